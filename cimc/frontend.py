@@ -1,0 +1,294 @@
+"""ONNX import: load, check, convert to the canonical opset, bind shapes, fold, build the IR.
+
+After import every value has a static shape, every shape sub-graph (Shape/Gather/Concat/...
+chains as exporters emit them) and every constant expression is folded into a constant,
+Identity and Dropout are gone, and initializers listed as graph inputs (old exporters do that)
+are constants rather than inputs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper, shape_inference, version_converter
+
+from .errors import ModelLoadError, ShapeError, UnsupportedOpError
+from .ir import Graph, Node, Value
+from .ops import REGISTRY
+
+CANONICAL_OPSET = 17
+_ONNX_DOMAINS = ("", "ai.onnx")
+_PASS_THROUGH = ("Identity", "Dropout")
+
+
+def import_onnx(
+    src: str | os.PathLike | onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> Graph:
+    """Import an ONNX model (path or ``ModelProto``) as a :class:`cimc.Graph` with static shapes.
+
+    ``input_shapes`` maps graph input names to full shapes and binds their dynamic dimensions.
+    """
+    model, where = _load(src)
+    _check_supported(model)
+    model = _to_canonical_opset(model, where)
+    _bind_input_shapes(model, dict(input_shapes or {}), where)
+    try:
+        model = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several types here
+        raise ShapeError(f"{where}: ONNX shape inference failed: {exc}") from exc
+    graph = _build(model, where)
+    fold_constants(graph)
+    _remove_pass_through(graph)
+    graph.prune_unused()
+    _verify_import(graph, where)
+    return graph
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def _load(src: Any) -> tuple[onnx.ModelProto, str]:
+    if isinstance(src, onnx.ModelProto):
+        where = f"model {src.graph.name or '<in memory>'}"
+        _run_checker(src, where)
+        return src, where
+    path = Path(src)
+    where = str(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{where}: no such file; give the path of an .onnx model")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise ModelLoadError(
+            f"{where}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
+            "the file may be truncated or of another format; re-export it"
+        ) from exc
+    if not model.graph.node or not model.opset_import:
+        raise ModelLoadError(
+            f"{where}: not an ONNX model (no graph or opset was found in the file); "
+            "check the path, or re-export the model"
+        )
+    _run_checker(path, where)
+    return model, where
+
+
+def _run_checker(model: onnx.ModelProto | Path, where: str) -> None:
+    try:
+        onnx.checker.check_model(str(model) if isinstance(model, Path) else model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(
+            f"{where}: fails the ONNX checker: {first}; fix or re-export the model"
+        ) from exc
+
+
+def _check_supported(model: onnx.ModelProto) -> None:
+    """Report every unsupported op type (with node names), all at once."""
+    unsupported: dict[str, list[str]] = {}
+    detail: dict[str, str] = {}
+    for i, n in enumerate(model.graph.node):
+        name = n.name or f"{n.op_type}_{i}"
+        op = n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}.{n.op_type}"
+        opdef = REGISTRY.get(op)
+        if opdef is None:
+            unsupported.setdefault(op, []).append(name)
+            continue
+        if opdef.check:
+            problem = opdef.check(Node(name, op, list(n.input), list(n.output), _attrs(n)))
+            if problem:
+                unsupported.setdefault(op, []).append(name)
+                detail[op] = problem
+    if unsupported:
+        raise UnsupportedOpError(unsupported, detail)
+
+
+def _to_canonical_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    version = next((o.version for o in model.opset_import if o.domain in _ONNX_DOMAINS), None)
+    if version is None or version == CANONICAL_OPSET:
+        return model
+    try:
+        return version_converter.convert_version(model, CANONICAL_OPSET)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{where}: cannot convert from opset {version} to opset {CANONICAL_OPSET} ({exc}); "
+            f"re-export the model at opset {CANONICAL_OPSET}"
+        ) from exc
+
+
+def _bind_input_shapes(
+    model: onnx.ModelProto, shapes: dict[str, Sequence[int]], where: str
+) -> None:
+    inits = {i.name for i in model.graph.initializer}
+    real_inputs = [i for i in model.graph.input if i.name not in inits]
+    names = [i.name for i in real_inputs]
+    for name in shapes:
+        if name not in names:
+            raise ShapeError(
+                f"{where}: input_shapes names {name!r}, which is not a model input; "
+                f"inputs are {names}"
+            )
+    for inp in real_inputs:
+        dims = inp.type.tensor_type.shape.dim
+        given = shapes.get(inp.name)
+        if given is not None:
+            given = [int(d) for d in given]
+            if len(given) != len(dims):
+                raise ShapeError(
+                    f"{where}: input {inp.name!r} has rank {len(dims)} but the given shape "
+                    f"{tuple(given)} has rank {len(given)}"
+                )
+            for i, (d, g) in enumerate(zip(dims, given)):
+                if d.HasField("dim_value") and d.dim_value != g:
+                    raise ShapeError(
+                        f"{where}: input {inp.name!r} dim {i} is fixed at {d.dim_value}, "
+                        f"but {g} was given"
+                    )
+                d.Clear()
+                d.dim_value = g
+            continue
+        for i, d in enumerate(dims):
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                sym = f" ({d.dim_param!r})" if d.dim_param else ""
+                example = ",".join(
+                    str(x.dim_value) if x.HasField("dim_value") and x.dim_value > 0 else "N"
+                    for x in dims
+                )
+                raise ShapeError(
+                    f"{where}: input {inp.name!r} dim {i}{sym} is dynamic; bind it with "
+                    f"input_shapes={{{inp.name!r}: (...)}} or --input-shape {inp.name}={example}"
+                )
+
+
+# ---- building the IR ---------------------------------------------------------------------------
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if isinstance(v, onnx.TensorProto):
+            v = numpy_helper.to_array(v)
+        elif isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, list):
+            v = [x.decode() if isinstance(x, bytes) else x for x in v]
+        out[a.name] = v
+    return out
+
+
+def _value_from_info(info: onnx.ValueInfoProto) -> Value | None:
+    t = info.type.tensor_type
+    if not t.HasField("elem_type") or not t.HasField("shape"):
+        return None
+    dims = []
+    for d in t.shape.dim:
+        if not d.HasField("dim_value"):
+            return None
+        dims.append(d.dim_value)
+    return Value(info.name, tuple(dims), onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+
+
+def _build(model: onnx.ModelProto, where: str) -> Graph:
+    g = Graph(model.graph.name or Path(where).stem)
+    inits = {}
+    for t in model.graph.initializer:
+        inits[t.name] = numpy_helper.to_array(t)
+    for name, data in inits.items():
+        g.add_constant(name, data)
+    for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if info.name in inits:
+            continue
+        v = _value_from_info(info)
+        if v is not None:
+            g.add_value(v)
+    g.inputs = [i.name for i in model.graph.input if i.name not in inits]
+    g.outputs = [o.name for o in model.graph.output]
+    for i, n in enumerate(model.graph.node):
+        name = g.unique_name(n.name or f"{n.op_type}_{i}")
+        g.add_node(Node(name, n.op_type, list(n.input), list(n.output), _attrs(n)))
+    return g
+
+
+def _placeholder(v: Value) -> np.ndarray:
+    """The constant's data, or a zero-filled stand-in that costs no memory."""
+    return v.data if v.is_constant else np.broadcast_to(np.zeros((), dtype=v.dtype), v.shape)
+
+
+def _outputs_of(node: Node, result: Any) -> list[np.ndarray]:
+    if isinstance(result, (tuple, list)):
+        return [np.asarray(r) for r in result]
+    return [np.asarray(result)]
+
+
+def fold_constants(graph: Graph) -> int:
+    """Evaluate every node whose inputs are all known, and give every value a static shape.
+
+    Shape and Size of a static-shape value are known even when the value is not. Nodes whose
+    output shape ONNX inference left open are evaluated on placeholder inputs to learn it.
+    Returns the number of nodes folded away.
+    """
+    folded = 0
+    for node in graph.nodes():
+        present = [i for i in node.inputs if i]
+        opdef = REGISTRY[node.op]
+        inputs_known = all(i in graph.values and graph.values[i].is_constant for i in present)
+        shape_query = node.op in ("Shape", "Size") and node.inputs[0] in graph.values
+        if inputs_known or shape_query:
+            args = [None if not i else _placeholder(graph.values[i]) for i in node.inputs]
+            results = _outputs_of(node, opdef.impl(node, *args))
+            if any(o in graph.outputs for o in node.outputs):
+                _record_shapes(graph, node, results)
+                continue
+            for out, data in zip(node.outputs, results):
+                if out:
+                    graph.add_constant(out, data)
+            graph.remove_node(node.name)
+            folded += 1
+            continue
+        if any(o and o not in graph.values for o in node.outputs):
+            missing = [i for i in present if i not in graph.values]
+            if missing:
+                raise ShapeError(
+                    f"node {node.name!r} ({node.op}): input {missing[0]!r} has no static shape"
+                )
+            args = [None if not i else _placeholder(graph.values[i]) for i in node.inputs]
+            _record_shapes(graph, node, _outputs_of(node, opdef.impl(node, *args)))
+    return folded
+
+
+def _record_shapes(graph: Graph, node: Node, results: list[np.ndarray]) -> None:
+    for out, data in zip(node.outputs, results):
+        if out and out not in graph.values:
+            graph.add_value(Value(out, tuple(data.shape), data.dtype))
+
+
+def _remove_pass_through(graph: Graph) -> None:
+    """Drop Identity and inference-mode Dropout, keeping the graph's output names."""
+    for node in graph.nodes():
+        if node.op not in _PASS_THROUGH:
+            continue
+        src, dst = node.inputs[0], node.outputs[0]
+        if dst in graph.outputs:
+            producer = graph.producer(src)
+            renamable = (
+                producer is not None and src not in graph.outputs and len(graph.consumers(src)) == 1
+            )
+            if not renamable:
+                continue
+            graph.remove_node(node.name)
+            graph.remove_node(producer.name)
+            producer.outputs = [dst if o == src else o for o in producer.outputs]
+            graph.add_node(producer)
+            continue
+        graph.remove_node(node.name)
+        graph.replace_all_uses(dst, src)
+
+
+def _verify_import(graph: Graph, where: str) -> None:
+    try:
+        graph.verify()
+    except ValueError as exc:
+        raise ShapeError(f"{where}: imported graph is inconsistent: {exc}") from exc

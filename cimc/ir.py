@@ -1,0 +1,338 @@
+"""The intermediate representation: a typed wrapper over ``networkx.DiGraph``.
+
+Nodes of the networkx graph are operation names; each carries its :class:`Node`. An edge u -> v
+means v reads a value u writes. Values (tensors) live in ``Graph.values`` with a static shape,
+a dtype and, for constants, their data. Shapes are static everywhere: the importer binds
+dynamic dimensions and folds shape sub-graphs, so passes never reason about symbols.
+
+Documented ``Node.meta`` keys (set by passes, read by later passes and reports):
+  ``compression``  weight-pool / quantisation record of a CiM layer (passes/weight_pool.py)
+  ``mapping``      tiling and dataflow of a CiM layer (passes/tile.py)
+  ``schedule``     permutation-unit schedule (passes/permute_schedule.py)
+  ``act_quant``    activation quantisation of the layer's input (passes/quantize_act.py)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+
+@dataclass
+class Value:
+    """A tensor: static shape, NumPy dtype, and data when it is a constant."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    data: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_constant(self) -> bool:
+        return self.data is not None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def type_str(self) -> str:
+        return f"{np.dtype(self.dtype).name}[{','.join(str(d) for d in self.shape)}]"
+
+
+@dataclass
+class Node:
+    """One operation: op type, attributes, and ordered input/output value names.
+
+    An omitted optional input is the empty string, as in ONNX.
+    """
+
+    name: str
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def constant_digest(data: np.ndarray) -> str:
+    """Short content hash of a constant, so the text form shows when weights change."""
+    h = hashlib.sha256()
+    h.update(str(data.dtype).encode())
+    h.update(str(data.shape).encode())
+    h.update(np.ascontiguousarray(data).tobytes())
+    return h.hexdigest()[:12]
+
+
+def _fmt_attr(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"tensor<{v.dtype.name}{list(v.shape)} {constant_digest(v)}>"
+    if isinstance(v, float):
+        return repr(float(np.float32(v)))
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_fmt_attr(x) for x in v) + "]"
+    if isinstance(v, bytes):
+        return repr(v.decode(errors="replace"))
+    return repr(v)
+
+
+class Graph:
+    """A model: named inputs and outputs, values, and nodes in a DAG.
+
+    Iteration order is a deterministic topological order (ties broken by insertion order), so
+    every traversal, text dump and program built from a graph is reproducible.
+    """
+
+    def __init__(self, name: str = "graph"):
+        self.name = name
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.values: dict[str, Value] = {}
+        self.meta: dict[str, Any] = {}
+        self._dag = nx.DiGraph()
+        self._order: dict[str, int] = {}
+        self._next = 0
+        self._producer: dict[str, str] = {}
+        self._readers: dict[str, set[str]] = {}
+        self._topo: list[str] | None = None
+
+    # ---- construction -------------------------------------------------------------------
+    def add_value(self, value: Value) -> Value:
+        self.values[value.name] = value
+        return value
+
+    def add_constant(self, name: str, data: np.ndarray) -> Value:
+        data = np.asarray(data)
+        return self.add_value(Value(name, tuple(data.shape), data.dtype, data))
+
+    def add_node(self, node: Node) -> Node:
+        if node.name in self._dag:
+            raise ValueError(f"duplicate node name {node.name!r}")
+        self._dag.add_node(node.name, node=node)
+        self._order[node.name] = self._next
+        self._next += 1
+        for out in node.outputs:
+            if out:
+                self._producer[out] = node.name
+                for user in self._readers.get(out, ()):
+                    self._dag.add_edge(node.name, user)
+        self._link_inputs(node)
+        return node
+
+    def _link_inputs(self, node: Node) -> None:
+        for inp in node.inputs:
+            if not inp:
+                continue
+            self._readers.setdefault(inp, set()).add(node.name)
+            src = self._producer.get(inp)
+            if src is not None and src != node.name:
+                self._dag.add_edge(src, node.name)
+        self._topo = None
+
+    def _unlink_inputs(self, node: Node) -> None:
+        for inp in node.inputs:
+            self._readers.get(inp, set()).discard(node.name)
+        for src in list(self._dag.predecessors(node.name)):
+            self._dag.remove_edge(src, node.name)
+        self._topo = None
+
+    def remove_node(self, name: str) -> None:
+        node = self.node(name)
+        self._unlink_inputs(node)
+        for out in node.outputs:
+            if self._producer.get(out) == name:
+                del self._producer[out]
+        self._dag.remove_node(name)
+        del self._order[name]
+        self._topo = None
+
+    def set_inputs(self, node: Node, inputs: list[str]) -> None:
+        """Rewire a node's inputs, keeping the DAG edges consistent."""
+        self._unlink_inputs(node)
+        node.inputs = list(inputs)
+        self._link_inputs(node)
+
+    def replace_all_uses(self, old: str, new: str) -> None:
+        """Make every reader of value ``old`` (and the graph outputs) read ``new`` instead."""
+        for user in self.consumers(old):
+            self.set_inputs(user, [new if i == old else i for i in user.inputs])
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    def unique_name(self, base: str) -> str:
+        """A value or node name not used yet, derived from ``base``."""
+        if base not in self.values and base not in self._dag:
+            return base
+        i = 1
+        while f"{base}_{i}" in self.values or f"{base}_{i}" in self._dag:
+            i += 1
+        return f"{base}_{i}"
+
+    def prune_unused(self) -> None:
+        """Drop nodes whose results nobody reads and values nobody references."""
+        changed = True
+        while changed:
+            changed = False
+            needed = set(self.outputs)
+            for n in self.nodes():
+                needed.update(n.inputs)
+            for n in list(self.nodes()):
+                if not any(o in needed for o in n.outputs):
+                    self.remove_node(n.name)
+                    changed = True
+        referenced = set(self.inputs) | set(self.outputs)
+        for n in self.nodes():
+            referenced.update(n.inputs)
+            referenced.update(n.outputs)
+        for name in [v for v in self.values if v not in referenced]:
+            del self.values[name]
+
+    # ---- queries ------------------------------------------------------------------------
+    def node(self, name: str) -> Node:
+        return self._dag.nodes[name]["node"]
+
+    def nodes(self) -> list[Node]:
+        """All nodes in deterministic topological order."""
+        if self._topo is None:
+            self._topo = list(
+                nx.lexicographical_topological_sort(self._dag, key=lambda n: self._order[n])
+            )
+        return [self._dag.nodes[n]["node"] for n in self._topo]
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes())
+
+    def __len__(self) -> int:
+        return self._dag.number_of_nodes()
+
+    def producer(self, value: str) -> Node | None:
+        name = self._producer.get(value)
+        return None if name is None else self.node(name)
+
+    def consumers(self, value: str) -> list[Node]:
+        """Nodes reading ``value``, in topological order."""
+        users = self._readers.get(value, ())
+        return [self.node(u) for u in sorted(users, key=self._order.__getitem__)]
+
+    def constant(self, name: str) -> np.ndarray | None:
+        v = self.values.get(name)
+        return None if v is None else v.data
+
+    @property
+    def dag(self) -> nx.DiGraph:
+        """The underlying networkx graph (read it; mutate through Graph's methods)."""
+        return self._dag
+
+    # ---- whole-graph operations -------------------------------------------------------------
+    def copy(self) -> Graph:
+        """A deep copy; constant arrays are shared read-only to keep copies of big models cheap."""
+        g = Graph(self.name)
+        g.inputs = list(self.inputs)
+        g.outputs = list(self.outputs)
+        g.meta = copy.deepcopy(self.meta)
+        for v in self.values.values():
+            data = v.data
+            if data is not None and data.flags.writeable:
+                data.flags.writeable = False
+            g.values[v.name] = Value(v.name, v.shape, v.dtype, data, copy.deepcopy(v.meta))
+        for n in self.nodes():
+            g.add_node(
+                Node(
+                    n.name,
+                    n.op,
+                    list(n.inputs),
+                    list(n.outputs),
+                    copy.deepcopy(n.attrs),
+                    copy.deepcopy(n.meta),
+                )
+            )
+        return g
+
+    def verify(self) -> None:
+        """Check the invariants every pass must keep; raises ``ValueError`` naming the first break."""
+        from .ops import REGISTRY
+
+        seen: set[str] = set(self.inputs)
+        for name in self.inputs:
+            v = self.values.get(name)
+            if v is None or v.is_constant:
+                raise ValueError(f"graph input {name!r} has no non-constant value")
+        seen.update(n for n, v in self.values.items() if v.is_constant)
+        if not nx.is_directed_acyclic_graph(self._dag):
+            raise ValueError("graph has a cycle")
+        for node in self.nodes():
+            if node.op not in REGISTRY:
+                raise ValueError(f"node {node.name!r}: op {node.op!r} is not registered")
+            for inp in node.inputs:
+                if inp and inp not in seen:
+                    raise ValueError(
+                        f"node {node.name!r} reads {inp!r} before it is defined (or never)"
+                    )
+                if inp and inp not in self.values:
+                    raise ValueError(f"node {node.name!r} reads {inp!r} which has no Value")
+            for out in node.outputs:
+                if not out:
+                    continue
+                if out in seen:
+                    raise ValueError(f"value {out!r} is defined twice (node {node.name!r})")
+                v = self.values.get(out)
+                if v is None:
+                    raise ValueError(f"node {node.name!r} writes {out!r} which has no Value")
+                if any((not isinstance(d, (int, np.integer))) or d < 0 for d in v.shape):
+                    raise ValueError(f"value {out!r} has a non-static shape {v.shape}")
+                seen.add(out)
+        for out in self.outputs:
+            if out not in seen:
+                raise ValueError(f"graph output {out!r} is never defined")
+        for name, v in self.values.items():
+            if v.data is not None and tuple(v.data.shape) != tuple(v.shape):
+                raise ValueError(f"constant {name!r}: data shape {v.data.shape} != {v.shape}")
+
+    def to_text(self) -> str:
+        """A stable, diffable listing: same graph, same text, byte for byte."""
+        used_consts = []
+        for n in self.nodes():
+            for i in n.inputs:
+                if i and self.values[i].is_constant and i not in used_consts:
+                    used_consts.append(i)
+        lines = [f"graph {self.name} {{"]
+        for name in self.inputs:
+            lines.append(f"  input %{name}: {self.values[name].type_str()}")
+        for name in used_consts:
+            v = self.values[name]
+            lines.append(f"  const %{name}: {v.type_str()} #{constant_digest(v.data)}")
+        for n in self.nodes():
+            outs = ", ".join(f"%{o}: {self.values[o].type_str()}" if o else "_" for o in n.outputs)
+            ins = ", ".join(f"%{i}" if i else "_" for i in n.inputs)
+            attrs = ", ".join(f"{k}={_fmt_attr(n.attrs[k])}" for k in sorted(n.attrs))
+            line = f"  {outs} = {n.op}({ins})"
+            if attrs:
+                line += f" {{{attrs}}}"
+            line += f"  # {n.name}"
+            lines.append(line)
+            for key in sorted(n.meta):
+                lines.append(f"    meta.{key} = {_fmt_meta(n.meta[key])}")
+        for name in self.outputs:
+            lines.append(f"  output %{name}: {self.values[name].type_str()}")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def __repr__(self) -> str:
+        return (
+            f"Graph({self.name!r}, {len(self)} nodes, inputs={self.inputs}, outputs={self.outputs})"
+        )
+
+
+def _fmt_meta(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt_meta(v[k])}" for k in sorted(v)) + "}"
+    if isinstance(v, np.ndarray):
+        return f"array<{v.dtype.name}{list(v.shape)} {constant_digest(v)}>"
+    if isinstance(v, (list, tuple)) and len(v) > 16:
+        return f"[{len(v)} items]"
+    return _fmt_attr(v)
