@@ -108,15 +108,18 @@ def _check_supported(model: onnx.ModelProto) -> None:
 
 
 def _to_canonical_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """Up-convert older models to opset 17. Newer models keep their opset: ONNX's converter
+    cannot reliably go down, and the registry accepts both forms of the few ops that changed
+    after 17 (axes and split sizes as inputs rather than attributes)."""
     version = next((o.version for o in model.opset_import if o.domain in _ONNX_DOMAINS), None)
-    if version is None or version == CANONICAL_OPSET:
+    if version is None or version >= CANONICAL_OPSET:
         return model
     try:
         return version_converter.convert_version(model, CANONICAL_OPSET)
     except Exception as exc:
         raise ModelLoadError(
             f"{where}: cannot convert from opset {version} to opset {CANONICAL_OPSET} ({exc}); "
-            f"re-export the model at opset {CANONICAL_OPSET}"
+            f"re-export the model at opset {CANONICAL_OPSET} or newer"
         ) from exc
 
 
