@@ -1,10 +1,35 @@
 """cimc: compile ONNX models for SRAM compute-in-memory accelerators and simulate them."""
 
+from . import cim_ops, errors, ops
 from .errors import CimcError
 from .frontend import import_onnx
 from .interpreter import Interpreter, interpret
-from . import errors, ops
 from .ir import Graph, Node, Value
+from .pass_manager import DumpIR, Instrument, Timing, VerifyEach, run_passes
+from .passes_base import Pass, PassContext, Pipeline, parse_pipeline, register_pass
+from .storage import storage_report
 
-__all__ = ["errors", "ops", "CimcError", "Graph", "Interpreter", "Node", "Value", "import_onnx", "interpret"]
+__all__ = [
+    "CimcError",
+    "DumpIR",
+    "Graph",
+    "Instrument",
+    "Interpreter",
+    "Node",
+    "Pass",
+    "PassContext",
+    "Pipeline",
+    "Timing",
+    "Value",
+    "VerifyEach",
+    "cim_ops",
+    "errors",
+    "import_onnx",
+    "interpret",
+    "ops",
+    "parse_pipeline",
+    "register_pass",
+    "run_passes",
+    "storage_report",
+]
 __version__ = "0.1.0"

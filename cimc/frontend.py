@@ -45,7 +45,7 @@ def import_onnx(
         raise ShapeError(f"{where}: ONNX shape inference failed: {exc}") from exc
     graph = _build(model, where)
     fold_constants(graph)
-    _remove_pass_through(graph)
+    remove_pass_through(graph)
     graph.prune_unused()
     _verify_import(graph, where)
     return graph
@@ -268,7 +268,7 @@ def _record_shapes(graph: Graph, node: Node, results: list[np.ndarray]) -> None:
             graph.add_value(Value(out, tuple(data.shape), data.dtype))
 
 
-def _remove_pass_through(graph: Graph) -> None:
+def remove_pass_through(graph: Graph) -> None:
     """Drop Identity and inference-mode Dropout, keeping the graph's output names."""
     for node in graph.nodes():
         if node.op not in _PASS_THROUGH:

@@ -254,7 +254,7 @@ class Graph:
         return g
 
     def verify(self) -> None:
-        """Check the invariants every pass must keep; raises ``ValueError`` naming the first break."""
+        """Check the invariants every pass keeps; raise ``ValueError`` naming the first break."""
         from .ops import REGISTRY
 
         seen: set[str] = set(self.inputs)

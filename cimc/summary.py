@@ -26,7 +26,9 @@ def layer_rows(graph: Graph) -> list[dict[str, Any]]:
             {
                 "name": node.name,
                 "op": node.op,
-                "inputs": [list(graph.values[i].shape) for i in ins if not graph.values[i].is_constant],
+                "inputs": [
+                    list(graph.values[i].shape) for i in ins if not graph.values[i].is_constant
+                ],
                 "outputs": [list(graph.values[o].shape) for o in node.outputs if o],
                 "params": int(params),
                 "macs": macs_of(node, graph),

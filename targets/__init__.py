@@ -1,0 +1,1 @@
+"""Hardware targets (installed as cimc.targets)."""

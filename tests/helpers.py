@@ -73,7 +73,9 @@ def with_seeded_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProt
             m.graph.initializer.append(numpy_helper.from_array(w, node.output[0]))
             if m.ir_version < 4:  # old IR: every initializer must also be a graph input
                 m.graph.input.append(
-                    onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, w.shape)
+                    onnx.helper.make_tensor_value_info(
+                        node.output[0], onnx.TensorProto.FLOAT, w.shape
+                    )
                 )
         else:
             keep.append(node)

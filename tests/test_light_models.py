@@ -36,7 +36,10 @@ def test_seeded_weights_match_onnxruntime(name):
     # The shipped weights are constants (every output is uniform), which would hide layout and
     # indexing bugs; seeded He-scaled weights make every channel and position distinct.
     model = with_seeded_weights(onnx.load(str(light_path(name))), seed=1)
-    feeds = {k: np.random.default_rng(2).random(v.shape, np.float32) for k, v in light_inputs(model).items()}
+    feeds = {
+        k: np.random.default_rng(2).random(v.shape, np.float32)
+        for k, v in light_inputs(model).items()
+    }
     graph = cimc.import_onnx(model)
     got = cimc.interpret(graph, feeds)
     ref = run_ort(model, feeds)

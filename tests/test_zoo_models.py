@@ -73,7 +73,9 @@ def test_model_with_external_data_loads(tmp_path):
     model = onnx.load(str(src))
     ext = tmp_path / "ext" / "m.onnx"
     ext.parent.mkdir()
-    onnx.save_model(model, str(ext), save_as_external_data=True, location="m.weights", size_threshold=0)
+    onnx.save_model(
+        model, str(ext), save_as_external_data=True, location="m.weights", size_threshold=0
+    )
     assert (ext.parent / "m.weights").stat().st_size > 1_000_000
     assert ext.stat().st_size < 200_000
     x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)

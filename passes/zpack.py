@@ -1,0 +1,42 @@
+"""zpack: lay every CiM layer's weights onto array rows along the input-channel (z) axis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cimc.cim_ops import CIM_OPS, cim_kind, weight_matrix
+from cimc.ir import Graph
+from cimc.passes_base import Pass, PassContext, register_pass
+
+
+@register_pass
+@dataclass(frozen=True)
+class ZPack(Pass):
+    """Record the z-packing of each CiM layer: K = kh*kw*cin in (ky, kx, cin) order, cin fastest,
+    cut into G = ceil(K / vector) row vectors, so layers with cin < vector still fill whole
+    vectors (CIMPool Fig. 2). Later passes (weight-pool, tile) read ``meta['zpack']``."""
+
+    name = "zpack"
+    vector: int = 128
+
+    @classmethod
+    def search_space(cls) -> dict[str, tuple]:
+        return {"vector": (32, 64, 128)}
+
+    def validate(self) -> None:
+        self.check_range("vector", 1, 4096)
+
+    def run(self, graph: Graph, ctx: PassContext) -> None:
+        for node in graph.nodes():
+            if node.op in CIM_OPS:
+                k = node.attrs["k"]
+            elif cim_kind(node, graph):
+                k = weight_matrix(node, graph).shape[1]
+            else:
+                continue
+            node.meta["zpack"] = {
+                "vector": self.vector,
+                "k": int(k),
+                "groups": -(-int(k) // self.vector),
+                "order": "ky,kx,cin",
+            }
