@@ -81,6 +81,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_passes(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .passes_base import describe_passes
+
+    passes = describe_passes()
+    if args.json:
+        json.dump(passes, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    table = Table(title="registered passes")
+    for col in ("pass", "options (defaults)", "searchable", "what it does"):
+        table.add_column(col, overflow="fold")
+    for p in passes:
+        opts = ", ".join(f"{k}={v}" for k, v in p["options"].items()) or "-"
+        table.add_row(p["name"], opts, ", ".join(p["search_space"]) or "-", p["summary"])
+    Console(width=max(140, Console().width)).print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cimc", description="Compile ONNX models for SRAM compute-in-memory and simulate them."
@@ -97,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("passes", help="list registered passes with their options and defaults")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_passes)
     return parser
 
 

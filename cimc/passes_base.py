@@ -99,8 +99,9 @@ _plugins_loaded = False
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
     """Class decorator: make a pass available by name in pipeline strings."""
-    if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:
-        raise TypeError(f"{cls.__name__} must be a frozen dataclass")
+    params = cls.__dict__.get("__dataclass_params__")  # its own, not inherited from Pass
+    if params is None or not params.frozen:
+        raise TypeError(f"{cls.__name__} must be decorated with @dataclass(frozen=True)")
     if not _NAME.match(cls.name or ""):
         raise TypeError(f"{cls.__name__}.name {cls.name!r} must be kebab-case")
     PASS_REGISTRY[cls.name] = cls
@@ -224,7 +225,7 @@ def describe_passes() -> list[dict[str, Any]]:
         out.append(
             {
                 "name": name,
-                "summary": cls.summary or (cls.__doc__ or "").strip().splitlines()[0],
+                "summary": cls.summary or " ".join((cls.__doc__ or "").split("\n\n")[0].split()),
                 "options": {
                     f.name.replace("_", "-"): _fmt(f.default) for f in dataclasses.fields(cls)
                 },
