@@ -10,6 +10,7 @@ checked with onnxruntime. Writes, atomically, into --out-dir:
 
     digits_cnn.onnx   the model: input "input" (batch, 1, 16, 16) float32 -> "logits" (batch, 10)
     digits_test.npz   the held-out test split: "input" (N, 1, 16, 16) float32, "label" (N,) int64
+    digits_calib.npz  64 training images, "input", for calibration
     digits_cnn.json   seed, epochs, split sizes, best epoch, accuracies, parameter count, versions
 
 Training is deterministic: the same seed, thread count and torch build give a byte-identical
@@ -235,6 +236,16 @@ def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return int((logits.argmax(1) == y).sum()) / len(y)
 
 
+CALIBRATION_SAMPLES = 64
+
+
+def write_calibration(out_dir: Path, train_images: np.ndarray) -> Path:
+    """The first CALIBRATION_SAMPLES training images: what `cimc demo` calibrates activation
+    ranges and output-aware assignment on (never the test images)."""
+    x = to_input(train_images[:CALIBRATION_SAMPLES])
+    return _write_atomic(out_dir, "digits_calib.npz", lambda p: np.savez(p, input=x))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -266,6 +277,7 @@ def main() -> None:
     npz_path = _write_atomic(
         out_dir, "digits_test.npz", lambda p: np.savez(p, input=x_test_np, label=y_test_np)
     )
+    calib_path = write_calibration(out_dir, splits["train"][0])
     onnx_acc = onnx_accuracy(onnx_path, x_test_np, y_test_np)
 
     info = {
@@ -296,7 +308,7 @@ def main() -> None:
         f"best epoch {best_epoch}: val {val_acc:.4f}  test torch {test_acc:.4f}  "
         f"test onnxruntime {onnx_acc:.4f}"
     )
-    for p in (onnx_path, npz_path, json_path):
+    for p in (onnx_path, npz_path, calib_path, json_path):
         print(f"  wrote {p} ({p.stat().st_size:,} bytes)")
 
 

@@ -33,3 +33,24 @@ __all__ = [
     "storage_report",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Late imports: the compiler and simulator pull in targets/ (and Numba) only when used."""
+    if name == "compile":
+        from .compiler import compile
+
+        return compile
+    if name == "simulate":
+        from .targets.simulator import simulate
+
+        return simulate
+    if name == "load_program":
+        from .program import load_program
+
+        return load_program
+    if name == "load_target":
+        from .targets.params import load_target
+
+        return load_target
+    raise AttributeError(f"module 'cimc' has no attribute {name!r}")

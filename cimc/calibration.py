@@ -85,8 +85,8 @@ def slot_moments(
         g = -(-k // vector)
         padded = np.zeros((group, m, g * vector))
         padded[:, :, :k] = rows
-        xv = padded.reshape(group, m, g, vector)
-        c = np.einsum("nmgv,nmgw->ngvw", xv, xv, optimize=True)
+        xv = padded.reshape(group, m, g, vector).transpose(0, 2, 1, 3)  # [group, G, M, V]
+        c = np.matmul(xv.transpose(0, 1, 3, 2), xv)
         out[node.name] = out.get(node.name, 0) + c
 
     observe_inputs(graph, feeds, layers, hook)

@@ -168,7 +168,7 @@ def pool_accumulators(
     padded = np.zeros((m, g * v), dtype=np.float64)
     padded[:, :k] = rows
     xv = padded.reshape(m, g, v)
-    columns = np.einsum("mgv,sv->gms", xv, pool.astype(np.float64), optimize=True)  # [G, M, S]
+    columns = np.matmul(xv.transpose(1, 0, 2), pool.T.astype(np.float64))  # [G, M, S]
     acc = np.zeros((m, idx.shape[0]), dtype=np.float64)
     for gi in range(g):
         acc += columns[gi][:, idx[:, gi]]

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("passes", help="list registered passes with their options and defaults")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_passes)
+
+    from .cli_program import add_parsers
+
+    add_parsers(sub)
     return parser
 
 

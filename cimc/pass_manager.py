@@ -99,6 +99,11 @@ def load_calibration(calibration: Any, graph: Graph) -> list[dict[str, np.ndarra
     feeds = []
     batch = {i: graph.values[i].shape[0] if graph.values[i].shape else 1 for i in graph.inputs}
     n = min(len(a) // batch[i] for i, a in arrays.items())
+    if n == 0:
+        raise FeedError(
+            f"calibration file {path} holds fewer samples than one batch of the model "
+            f"({batch}); compile with a smaller batch or give more samples"
+        )
     for k in range(n):
         feeds.append({i: a[k * batch[i] : (k + 1) * batch[i]] for i, a in arrays.items()})
     return feeds

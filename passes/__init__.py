@@ -9,8 +9,11 @@ from . import (  # noqa: F401
     error_prune,
     error_term,
     fold_bn,
+    lower,
+    permute_schedule,
     quantize_act,
     quantize_weights,
+    tile,
     weight_pool,
     zpack,
 )

@@ -1,0 +1,223 @@
+"""The hardware template: one parameter set that unites the CiMNet hierarchy and the macros.
+
+DRAM -> L2 decoder -> L1_num_child L1 decoders -> MA_num_child memory arrays (MA) each
+(CiMNet, Kundu et al. 2024). Each MA is a CIMPool macro (pool array rows x pool_cols, error
+array, permutation unit) or a conventional bit-sliced N-bit macro; a digital vector unit runs the
+non-MVM ops. Presets are TOML files in ``targets/presets`` whose comments give every constant's
+unit and, for energy and area, its source.
+
+Every parameter declares its unit, valid range and the choices the joint search may try.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cimc.errors import OptionError
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Unit, valid range and search choices of one parameter."""
+
+    unit: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()
+    allowed: tuple = ()
+    doc: str = ""
+
+
+SCALE = (0.125, 0.25, 0.5, 1.0)  # CiMNet searches each parameter at these multiples of a base
+
+SPECS: dict[str, Spec] = {
+    "macro": Spec("", allowed=("cimpool", "int"), doc="CIMPool two-array macro or N-bit CiM"),
+    "weights": Spec("", allowed=("sram", "dram"), doc="weights resident on chip or streamed"),
+    "weight_bits": Spec("bit", 1, 8, choices=(4, 8), doc="bits per weight of an int macro"),
+    "DRAM_bw": Spec("B/cycle", 1, 4096, choices=SCALE, doc="DRAM -> L2 decoder bandwidth"),
+    "L2_bw": Spec("B/cycle", 1, 4096, choices=SCALE, doc="L2 -> each L1 decoder (multicast)"),
+    "L1_bw": Spec("B/cycle", 1, 4096, choices=SCALE, doc="L1 -> each memory array (multicast)"),
+    "L1_num_child": Spec("count", 1, 1024, choices=SCALE, doc="number of L1 decoders"),
+    "MA_num_child": Spec("count", 1, 1024, choices=SCALE, doc="memory arrays per L1 decoder"),
+    "MA_bw": Spec("B/cycle", 1, 4096, choices=SCALE, doc="memory-array internal bandwidth"),
+    "MA_mem_size": Spec("byte", 256, 2**30, choices=SCALE, doc="weight capacity per MA"),
+    "MA_comp_per_core": Spec(
+        "bit-MAC/cycle", 64, 2**24, choices=SCALE, doc="1b x 1b MACs per cycle per MA"
+    ),
+    "rows": Spec("row", 8, 1024, choices=(64, 128, 256), doc="array rows (vector length V)"),
+    "pool_cols": Spec("col", 8, 1024, choices=(64, 128, 256), doc="pool array columns (S)"),
+    "error_rows": Spec("row", 1, 1024, choices=(32, 64, 128), doc="error array rows"),
+    "error_cols": Spec("col", 8, 1024, doc="error array columns (output channels per MVM)"),
+    "array_cols": Spec("col", 8, 4096, doc="columns of an int macro array"),
+    "act_bits": Spec("bit", 1, 16, choices=(4, 6, 8), doc="activation bits (bit-serial cycles)"),
+    "adc_bits": Spec("bit", 0, 16, doc="per-column ADC bits; 0 = ideal digital adder tree"),
+    "perm_lanes": Spec("route/cycle", 1, 1024, choices=(8, 16, 32), doc="permutation lanes"),
+    "acc_banks": Spec("bank", 1, 1024, doc="accumulator banks of the permutation unit"),
+    "vector_width": Spec("elem/cycle", 1, 4096, choices=(16, 32, 64), doc="vector unit width"),
+    "clock_mhz": Spec("MHz", 1, 10000, doc="clock frequency"),
+    "e_dram_pj_per_byte": Spec("pJ/B", 0, doc="DRAM access energy"),
+    "e_sram_pj_per_byte": Spec("pJ/B", 0, doc="on-chip buffer access energy"),
+    "e_bitmac_fj": Spec("fJ", 0, doc="energy of one 1b x 1b MAC in a CiM array"),
+    "e_route_pj": Spec("pJ", 0, doc="permutation route + accumulate of one result"),
+    "e_vector_pj_per_op": Spec("pJ", 0, doc="vector-unit energy per element operation"),
+    "a_cim_bit_um2": Spec("um^2", 0, doc="CiM bitcell area incl. its share of periphery"),
+    "a_sram_bit_um2": Spec("um^2", 0, doc="buffer SRAM bitcell area incl. periphery"),
+    "a_perm_um2_per_lane": Spec("um^2", 0, doc="permutation crossbar + accumulator per lane"),
+    "a_vector_um2_per_lane": Spec("um^2", 0, doc="vector unit area per lane"),
+    "buffer_bytes": Spec("byte", 0, doc="on-chip activation buffer (L2) capacity"),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A complete, validated parameter set (see SPECS for units)."""
+
+    name: str
+    macro: str
+    weights: str
+    weight_bits: int
+    DRAM_bw: float
+    L2_bw: float
+    L1_bw: float
+    L1_num_child: int
+    MA_num_child: int
+    MA_bw: float
+    MA_mem_size: int
+    MA_comp_per_core: int
+    rows: int
+    pool_cols: int
+    error_rows: int
+    error_cols: int
+    array_cols: int
+    act_bits: int
+    adc_bits: int
+    perm_lanes: int
+    acc_banks: int
+    vector_width: int
+    clock_mhz: float
+    e_dram_pj_per_byte: float
+    e_sram_pj_per_byte: float
+    e_bitmac_fj: float
+    e_route_pj: float
+    e_vector_pj_per_op: float
+    a_cim_bit_um2: float
+    a_sram_bit_um2: float
+    a_perm_um2_per_lane: float
+    a_vector_um2_per_lane: float
+    buffer_bytes: int
+
+    def __post_init__(self) -> None:
+        for name, spec in SPECS.items():
+            value = getattr(self, name)
+            if spec.allowed and value not in spec.allowed:
+                raise OptionError(
+                    f"target {self.name}: {name}={value!r} is not valid; choose one of "
+                    f"{', '.join(spec.allowed)}"
+                )
+            if spec.lo is not None and (
+                value < spec.lo or (spec.hi is not None and value > spec.hi)
+            ):
+                hi = "" if spec.hi is None else f", {spec.hi:g}]"
+                rng = f"[{spec.lo:g}{hi}" if spec.hi is not None else f">= {spec.lo:g}"
+                raise OptionError(
+                    f"target {self.name}: {name}={value} {spec.unit} is out of range {rng}"
+                )
+        if self.macro == "cimpool" and self.error_rows > self.rows:
+            raise OptionError(
+                f"target {self.name}: error_rows={self.error_rows} exceeds rows={self.rows}"
+            )
+
+    @property
+    def num_arrays(self) -> int:
+        return self.L1_num_child * self.MA_num_child
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.num_arrays * self.MA_mem_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Target:
+        return load_target(self.to_dict() | _coerce(changes))
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    """Convert string values (from --set or TOML) to each field's type, with clear errors."""
+    types = {f.name: f.type for f in dataclasses.fields(Target)}
+    out = {}
+    for key, value in values.items():
+        if key not in types:
+            raise OptionError(
+                f"unknown target parameter {key!r}; parameters are {', '.join(sorted(types))}"
+            )
+        kind = types[key]
+        try:
+            if kind == "int":
+                out[key] = (
+                    int(value) if not isinstance(value, float) or value.is_integer() else value
+                )
+                if isinstance(out[key], float):
+                    raise ValueError
+            elif kind == "float":
+                out[key] = float(value)
+            else:
+                out[key] = str(value)
+        except (TypeError, ValueError):
+            raise OptionError(f"target parameter {key}={value!r} must be {kind}") from None
+    return out
+
+
+def presets() -> dict[str, Path]:
+    """Bundled preset name -> TOML path."""
+    folder = resources.files("cimc.targets") / "presets"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def load_target(
+    source: str | Path | dict[str, Any] = "cimpool-sram", overrides: dict[str, Any] | None = None
+) -> Target:
+    """A preset name, a TOML file (which may say ``base = "preset"``), or a dict; then overrides."""
+    if isinstance(source, dict):
+        values = dict(source)
+    else:
+        known = presets()
+        path = known.get(str(source)) if str(source) in known else Path(source)
+        if not path.is_file():
+            raise OptionError(
+                f"unknown target {source!r}: not a preset ({', '.join(sorted(known))}) "
+                "nor a TOML file"
+            )
+        try:
+            values = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise OptionError(f"target file {path}: not valid TOML ({exc})") from exc
+        base = values.pop("base", None)
+        if base is not None:
+            values = load_target(base).to_dict() | values
+        values.setdefault("name", path.stem)
+    values = values | dict(overrides or {})
+    missing = [f.name for f in dataclasses.fields(Target) if f.name not in values]
+    if missing:
+        raise OptionError(f"target {values.get('name', source)!r} lacks parameters {missing}")
+    return Target(**_coerce(values))
+
+
+def search_choices(target: Target) -> dict[str, tuple]:
+    """Parameter -> concrete values the joint search may try around this target."""
+    out = {}
+    for name, spec in SPECS.items():
+        if not spec.choices:
+            continue
+        base = getattr(target, name)
+        if spec.choices == SCALE:
+            kind = type(base)
+            out[name] = tuple(sorted({kind(max(spec.lo or 1, base * s)) for s in SCALE}))
+        else:
+            out[name] = spec.choices
+    return out

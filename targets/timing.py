@@ -1,0 +1,171 @@
+"""Cycle-level timing of an instruction stream (Numba).
+
+Units: the DRAM channel, one L2 link per L1 decoder, one L1 link per memory array (MA), each
+MA's compute and its write port, and the vector unit. Instructions are taken in program order;
+each starts when its dependencies have finished and every unit it needs is free, occupies each
+unit for its own duration (bytes / bandwidth, or modelled cycles), and finishes when its
+slowest unit does, so transfers stream through the hierarchy and overlap with compute on other
+units (double buffering and multicast come from the program's dependencies and spans).
+SCALE and VEC wait for everything issued before them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from cimc.program import OP
+
+U_DRAM = 0
+
+
+@njit(cache=True)
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+@njit(cache=True)
+def run_timing(
+    op,
+    ma,
+    span,
+    stride,
+    nbytes,
+    work,
+    cycles,
+    dep0,
+    dep1,
+    n_l1,
+    n_child,
+    dram_bw,
+    l2_bw,
+    l1_bw,
+    ma_bw,
+    op_load_w,
+    op_load_x,
+    op_psum,
+    op_scale,
+    op_vec,
+):
+    """Returns (start, finish, busy per unit). Unit layout: [dram | L2 x n_l1 | L1 x N |
+    MA compute x N | MA write x N | vector]."""
+    n = n_l1 * n_child
+    n_units = 1 + n_l1 + 3 * n + 1
+    u_l2, u_l1, u_ma, u_wr, u_vec = 1, 1 + n_l1, 1 + n_l1 + n, 1 + n_l1 + 2 * n, 1 + n_l1 + 3 * n
+    free = np.zeros(n_units, np.int64)
+    busy = np.zeros(n_units, np.int64)
+    count = op.shape[0]
+    start = np.zeros(count, np.int64)
+    finish = np.zeros(count, np.int64)
+    horizon = 0
+    l2_load = np.zeros(n_l1, np.int64)
+    for i in range(count):
+        t = 0
+        if dep0[i] >= 0:
+            t = max(t, finish[dep0[i]])
+        if dep1[i] >= 0:
+            t = max(t, finish[dep1[i]])
+        o = op[i]
+        if o == op_scale or o == op_vec:
+            t = max(t, horizon, free[u_vec])
+            d = max(cycles[i], 1)
+            start[i] = t
+            finish[i] = t + d
+            free[u_vec] = t + d
+            busy[u_vec] += d
+        else:
+            l2_load[:] = 0
+            for j in range(span[i]):
+                m = (ma[i] + j * stride[i]) % n
+                l2_load[m // n_child] += 1
+            # when may it start: all its units free
+            for j in range(span[i]):
+                m = (ma[i] + j * stride[i]) % n
+                if o == op_load_w or o == op_load_x or o == op_psum:
+                    t = max(t, free[u_l1 + m])
+                if o == op_load_w:
+                    t = max(t, free[u_wr + m])
+                if o != op_load_w and o != op_load_x and o != op_psum:
+                    t = max(t, free[u_ma + m])
+            if o == op_load_w or o == op_load_x:
+                for d_ in range(n_l1):
+                    if l2_load[d_] > 0:
+                        t = max(t, free[u_l2 + d_])
+            if o == op_load_w:
+                t = max(t, free[U_DRAM])
+            end = t + 1
+            if o == op_load_w:
+                d = _ceil_div(nbytes[i], dram_bw)
+                free[U_DRAM] = t + d
+                busy[U_DRAM] += d
+                end = max(end, t + d)
+            if o == op_load_w or o == op_load_x:
+                for d_ in range(n_l1):
+                    if l2_load[d_] > 0:
+                        b = nbytes[i] * l2_load[d_]
+                        if o == op_load_x:
+                            b = min(b, work[i])
+                        d = _ceil_div(b, l2_bw)
+                        free[u_l2 + d_] = t + d
+                        busy[u_l2 + d_] += d
+                        end = max(end, t + d)
+            for j in range(span[i]):
+                m = (ma[i] + j * stride[i]) % n
+                if o == op_load_w or o == op_load_x or o == op_psum:
+                    d = _ceil_div(nbytes[i], l1_bw)
+                    free[u_l1 + m] = t + d
+                    busy[u_l1 + m] += d
+                    end = max(end, t + d)
+                if o == op_load_w:
+                    d = _ceil_div(nbytes[i], ma_bw)
+                    free[u_wr + m] = t + d
+                    busy[u_wr + m] += d
+                    end = max(end, t + d)
+                if o != op_load_w and o != op_load_x and o != op_psum:
+                    d = max(cycles[i], 1)
+                    free[u_ma + m] = t + d
+                    busy[u_ma + m] += d
+                    end = max(end, t + d)
+            start[i] = t
+            finish[i] = end
+        horizon = max(horizon, finish[i])
+    return start, finish, busy
+
+
+def time_program(instructions: np.ndarray, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start and finish cycle of every instruction, and busy cycles of every unit."""
+    ins = instructions
+    return run_timing(
+        ins["op"].astype(np.int64),
+        ins["ma"].astype(np.int64),
+        ins["span"].astype(np.int64),
+        np.maximum(ins["stride"], 1).astype(np.int64),
+        ins["bytes"].astype(np.int64),
+        ins["work"].astype(np.int64),
+        ins["cycles"].astype(np.int64),
+        ins["dep0"].astype(np.int64),
+        ins["dep1"].astype(np.int64),
+        int(target.L1_num_child),
+        int(target.MA_num_child),
+        max(1, int(target.DRAM_bw)),
+        max(1, int(target.L2_bw)),
+        max(1, int(target.L1_bw)),
+        max(1, int(target.MA_bw)),
+        OP["LOAD_W"],
+        OP["LOAD_X"],
+        OP["PSUM"],
+        OP["SCALE"],
+        OP["VEC"],
+    )
+
+
+def unit_names(target) -> list[str]:
+    n = target.num_arrays
+    return (
+        ["dram"]
+        + [f"l2_link{i}" for i in range(target.L1_num_child)]
+        + [f"l1_link{i}" for i in range(n)]
+        + [f"array{i}" for i in range(n)]
+        + [f"array_write{i}" for i in range(n)]
+        + ["vector"]
+    )
