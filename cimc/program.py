@@ -117,7 +117,7 @@ class _Arrays:
         raw = arr.tobytes()
         self.entries.append(
             {
-                "dtype": arr.dtype.str,
+                "dtype": np.lib.format.dtype_to_descr(arr.dtype),
                 "shape": list(arr.shape),
                 "offset": self.offset,
                 "nbytes": len(raw),
@@ -232,7 +232,10 @@ def load_program(path: str | os.PathLike) -> Program:
     for e in body["arrays"]:
         start = base + e["offset"]
         arr = np.frombuffer(
-            payload, dtype=np.dtype(e["dtype"]), count=int(np.prod(e["shape"])), offset=start
+            payload,
+            dtype=np.lib.format.descr_to_dtype(e["dtype"]),
+            count=int(np.prod(e["shape"])),
+            offset=start,
         )
         arrays.append(arr.reshape(e["shape"]))
     graph = _graph_from_json(body["graph"], arrays)

@@ -198,9 +198,10 @@ def load_target(
         except tomllib.TOMLDecodeError as exc:
             raise OptionError(f"target file {path}: not valid TOML ({exc})") from exc
         base = values.pop("base", None)
+        name = values.get("name", path.stem)
         if base is not None:
             values = load_target(base).to_dict() | values
-        values.setdefault("name", path.stem)
+        values["name"] = name
     values = values | dict(overrides or {})
     missing = [f.name for f in dataclasses.fields(Target) if f.name not in values]
     if missing:

@@ -156,7 +156,9 @@ def simulate(
     names = unit_names(target)
     kinds = _group_busy(busy, names)
     pool_mvm = ins["op"] == OP["MVM_POOL"]
-    kinds["permutation"] = int(np.ceil(ins["routes"][pool_mvm] / target.perm_lanes).sum())
+    if pool_mvm.any():  # the busiest array's permutation unit, conflict-free issue
+        per_ma = np.ceil(ins["routes"][pool_mvm] / target.perm_lanes)
+        kinds["permutation"] = int(np.bincount(ins["ma"][pool_mvm], weights=per_ma).max())
     layer_cycles: dict[str, int] = {}
     layer_units: dict[str, dict[str, int]] = {}
     prev = 0

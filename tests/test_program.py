@@ -1,0 +1,139 @@
+"""Compilation to .cimx: determinism, the file format, disassembly, capacity errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import cimc
+from cimc.cli import main
+from cimc.errors import CimcError, ProgramError
+from cimc.program import OPCODES, load_program
+from cimc.program import __doc__ as isa_doc
+from cimc.zoo import export_onnx
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return export_onnx("resnet18", tmp_path_factory.mktemp("m") / "r18.onnx", image_size=32)
+
+
+@pytest.fixture(scope="module")
+def program(model):
+    return cimc.compile(model, target="cimpool-sram", calibration=2)
+
+
+def test_compile_is_byte_identical(model, program, tmp_path):
+    again = cimc.compile(model, target="cimpool-sram", calibration=2)
+    a, b = program.save(tmp_path / "a.cimx"), again.save(tmp_path / "b.cimx")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_round_trip(program, tmp_path):
+    path = program.save(tmp_path / "p.cimx")
+    back = load_program(path)
+    np.testing.assert_array_equal(back.instructions, program.instructions)
+    assert back.graph.to_text() == program.graph.to_text()
+    assert back.layers == program.layers
+    assert back.manifest["pipeline"] == program.manifest["pipeline"]
+    assert back.manifest["source_sha256"] and len(back.manifest["source_sha256"]) == 64
+    assert back.manifest["target"]["name"] == "cimpool-sram"
+    x = {"input": np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)}
+    a, b = cimc.interpret(program.graph, x), cimc.interpret(back.graph, x)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_altered_truncated_or_foreign_files_are_rejected(program, tmp_path):
+    path = program.save(tmp_path / "p.cimx")
+    data = bytearray(path.read_bytes())
+    (tmp_path / "cut.cimx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ProgramError, match="truncated"):
+        load_program(tmp_path / "cut.cimx")
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.cimx").write_bytes(bytes(data))
+    with pytest.raises(ProgramError, match="checksum"):
+        load_program(tmp_path / "bad.cimx")
+    (tmp_path / "x.cimx").write_bytes(b"PK\x03\x04 not a program")
+    with pytest.raises(ProgramError, match="not a cimc program"):
+        load_program(tmp_path / "x.cimx")
+    v2 = bytearray(path.read_bytes())
+    v2[4] = 99
+    (tmp_path / "v.cimx").write_bytes(bytes(v2))
+    with pytest.raises(ProgramError, match="version 99"):
+        load_program(tmp_path / "v.cimx")
+
+
+def test_program_structure(program):
+    ins = program.instructions
+    counts = program.counts()
+    assert {"LOAD_X", "MVM_POOL", "MVM_INT", "SCALE", "VEC"} <= set(counts)
+    assert "LOAD_W" not in counts  # weights stay resident on cimpool-sram
+    assert (ins["dep0"] < np.arange(len(ins))).all() and (ins["dep1"] < np.arange(len(ins))).all()
+    cim = [e for e in program.layers if e["kind"] == "cim"]
+    assert len(cim) == 21  # 20 convs + fc
+    for op in OPCODES:
+        assert op in isa_doc  # every opcode is documented in one place
+    g = program.graph
+    for n in g.nodes():
+        if n.op.startswith("cimc."):
+            m = n.meta["mapping"]
+            assert m["modelled_cycles"] >= m["modelled_compute"] > 0
+    assert g.meta["weight_bytes"] <= program.target.capacity_bytes
+
+
+def test_dram_target_streams_weights(model):
+    p = cimc.compile(model, target="cimpool-dram", calibration=2)
+    assert p.counts()["LOAD_W"] > 0
+
+
+def test_model_too_big_says_how_many_bytes_are_missing(model):
+    with pytest.raises(CimcError, match=r"bytes are missing") as info:
+        cimc.compile(model, target="int8-sram", overrides={"MA_mem_size": 4096}, calibration=2)
+    need = int(str(info.value).split("need ")[1].split(" bytes")[0].replace(",", ""))
+    missing = int(str(info.value).split("; ")[1].split(" bytes")[0].replace(",", ""))
+    assert missing == need - 64 * 4096
+
+
+def test_pool_layers_need_a_cimpool_target(model):
+    with pytest.raises(CimcError, match="cimpool target"):
+        cimc.compile(
+            model,
+            target="int8-sram",
+            pipeline="fold-bn,zpack,weight-pool,quantize-act",
+            calibration=2,
+        )
+
+
+def test_cli_compile_disasm(model, tmp_path, capsys):
+    out = tmp_path / "r.cimx"
+    code = main(
+        [
+            "compile",
+            str(model),
+            "--target",
+            "int4-sram",
+            "--set",
+            "L1_bw=64",
+            "--calibration",
+            "2",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0 and out.is_file()
+    text = capsys.readouterr().out
+    assert "instructions" in text and "bits/weight" in text and "modelled" in text
+    p = load_program(out)
+    assert p.manifest["target"]["L1_bw"] == 64 and p.manifest["target"]["weight_bits"] == 4
+    assert main(["disasm", str(out), "--limit", "3"]) == 0
+    dis = capsys.readouterr().out
+    assert "MVM_INT" in dis and "layer 0" in dis and "more" in dis and "total" in dis
+    assert main(["compile", str(model), "--set", "L1_bw", "-o", str(out)]) == 2
+    assert main(["disasm", str(tmp_path / "none.cimx")]) == 2
+
+
+def test_cli_targets_json(capsys):
+    assert main(["targets", "--json"]) == 0
+    assert "cimpool-dram" in json.loads(capsys.readouterr().out)
