@@ -158,23 +158,41 @@ def _per_group(rows: np.ndarray, n_out: int, fn) -> np.ndarray:
     return np.concatenate([fn(rows[g], slice(g * og, (g + 1) * og)) for g in range(group)], axis=1)
 
 
+def _exact_dtype(rows: np.ndarray, k: int, weight_max: int) -> type:
+    """float32 when every partial sum is an integer below 2^24 (float32 adds it exactly and
+    BLAS runs twice as fast), float64 otherwise (float activations, wide weights, long K)."""
+    if rows.size and np.array_equal(rows, np.round(rows)):
+        if float(np.abs(rows).max()) * k * weight_max < 2**24:
+            return np.float32
+    return np.float64
+
+
+def array_sums(
+    rows: np.ndarray, pool: np.ndarray, slots: int, err: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the two arrays compute for rows [M, K]: the pool array's column sums
+    columns[G, M, S] per vector slot, and the error array's sums B[M, O] (None without one).
+    Both are exact integers when the rows are (quantised activations)."""
+    v = pool.shape[1]
+    m, k = rows.shape
+    dtype = _exact_dtype(rows, slots * v, 1)
+    padded = np.zeros((m, slots * v), dtype=dtype)
+    padded[:, :k] = rows
+    columns = np.matmul(padded.reshape(m, slots, v).transpose(1, 0, 2), pool.T.astype(dtype))
+    err_acc = None
+    if err is not None:
+        err_acc = (padded @ err.reshape(err.shape[0], -1).T.astype(dtype)).astype(np.float64)
+    return columns, err_acc
+
+
 def pool_accumulators(
     rows: np.ndarray, pool: np.ndarray, idx: np.ndarray, err: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A[M, O] through the pool array and permutation, and B[M, O] through the error array."""
-    s, v = pool.shape
-    g = idx.shape[1]
-    m, k = rows.shape
-    padded = np.zeros((m, g * v), dtype=np.float64)
-    padded[:, :k] = rows
-    xv = padded.reshape(m, g, v)
-    columns = np.matmul(xv.transpose(1, 0, 2), pool.T.astype(np.float64))  # [G, M, S]
-    acc = np.zeros((m, idx.shape[0]), dtype=np.float64)
-    for gi in range(g):
-        acc += columns[gi][:, idx[:, gi]]
-    err_acc = None
-    if err is not None:
-        err_acc = padded @ err.reshape(err.shape[0], -1).T.astype(np.float64)
+    columns, err_acc = array_sums(rows, pool, idx.shape[1], err)
+    acc = np.zeros((rows.shape[0], idx.shape[0]), dtype=np.float64)
+    for gi in range(idx.shape[1]):
+        acc += columns[gi][:, idx[:, gi]]  # float64 sums of exact integers stay exact
     return acc, err_acc
 
 

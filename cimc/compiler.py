@@ -81,7 +81,9 @@ def compile(  # noqa: A001  (the public name the issue asks for)
     else:
         steps = [_Progress(progress, len(pipe))]
         run_pipeline(graph, pipe, ctx, list(instruments) + steps)
-    return ctx.state["program"]
+    program = ctx.state["program"]
+    program.manifest["pipeline"] = str(pipe)
+    return program
 
 
 class _Progress(Instrument):

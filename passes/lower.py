@@ -150,8 +150,7 @@ def _emit_cim_layer(em: _Emitter, graph: Graph, node: Node, li: int, ready: int)
                 loaded.get(tt, -1),
             )
             em.used(ma, mvm)
-            if m["k_tiles"] > 1:
-                em.emit("PSUM", li, ma, 1, 1, b, b * m["chan_per_tile"] * PSUM_BYTES, 0, 0, 0, mvm)
+            em.emit("PSUM", li, ma, 1, 1, b, b * m["chan_per_tile"] * PSUM_BYTES, 0, 0, 0, mvm)
 
     if m["order"] == "weights-outer" or waves == 1:
         for w in range(waves):

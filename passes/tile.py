@@ -129,6 +129,7 @@ class Tile(Pass):
         graph.meta["weight_bytes_placed"] = int(
             sum(m["tiles"] * m["rep"] * m["tile_bytes"] for m in maps)
         )
+        # layers are placed one after another, wrapping round the arrays
         graph.meta["arrays_used"] = int(
-            min(target.num_arrays, max((m["tiles"] * m["rep"] for m in maps), default=0))
+            min(target.num_arrays, sum(m["tiles"] * m["rep"] for m in maps))
         )

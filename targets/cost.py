@@ -109,7 +109,8 @@ def layer_cost(work: LayerWork, tiling: Tiling, target: Target) -> LayerCost:
     l1 = math.ceil(tiles_per_ma * slice_bytes * resend / target.L1_bw)
     per_l1 = min(copies, target.MA_num_child) * slice_bytes
     l2 = math.ceil(min(per_l1, in_bytes_row * rows_per_copy) * resend / target.L2_bw)
-    psum = work.rows * work.out * PSUM_BYTES * max(0, tiling.k_tiles - 1)
+    # every tile sends its partial sums to the buffer (the reduction across K tiles)
+    psum = work.rows * work.out * PSUM_BYTES * tiling.k_tiles
     l1 += math.ceil(psum / (target.L1_bw * n_ma))
     # DRAM reads each tile once per wave; decoders multicast it to the copies.
     weight_bytes = tiling.tiles * tiling.tile_bytes

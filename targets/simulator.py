@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from cimc.cim_ops import POOL_OP, QUANT_OP, act_scale, fold, quantize_input, unfold
+from cimc.cim_ops import POOL_OP, QUANT_OP, act_scale, array_sums, fold, quantize_input, unfold
 from cimc.interpreter import Interpreter
 from cimc.ir import Node
 from cimc.ops import REGISTRY
@@ -30,7 +30,8 @@ from .timing import time_program, unit_names
 
 @njit(cache=True, parallel=True)
 def route_accumulate(columns: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Permutation unit: acc[m, o] = sum_g columns[g, m, idx[o, g]] (exact int64)."""
+    """Permutation unit: acc[m, o] = sum_g columns[g, m, idx[o, g]], in int64 accumulators
+    (columns hold exact integers in floating point)."""
     g, m, _ = columns.shape
     o = idx.shape[0]
     acc = np.zeros((m, o), np.int64)
@@ -38,24 +39,17 @@ def route_accumulate(columns: np.ndarray, idx: np.ndarray) -> np.ndarray:
         for gi in range(g):
             col = columns[gi, r]
             for oi in range(o):
-                acc[r, oi] += col[idx[oi, gi]]
+                acc[r, oi] += np.int64(col[idx[oi, gi]])
     return acc
 
 
 def _pool_layer(rows: np.ndarray, pool, idx, err, alpha, beta) -> np.ndarray:
-    """One conv group: pool-array sums, routing, error-array sums, scales (float64)."""
-    s, v = pool.shape
-    g = idx.shape[1]
-    m, k = rows.shape
-    x = np.zeros((m, g * v), dtype=np.float64)
-    x[:, :k] = rows
-    xv = x.reshape(m, g, v)
-    columns = np.matmul(xv.transpose(1, 0, 2), pool.T.astype(np.float64))  # [G, M, S]
-    acc = route_accumulate(columns.astype(np.int64), idx.astype(np.int64))
+    """One conv group: array sums, the permutation unit's routing, then the scales (float64)."""
+    columns, err_acc = array_sums(rows, pool, idx.shape[1], err)
+    acc = route_accumulate(columns, idx.astype(np.int64))
     y = alpha * acc.astype(np.float64)
-    if err is not None:
-        err_acc = (x @ err.reshape(err.shape[0], -1).T.astype(np.float64)).astype(np.int64)
-        y = y + beta * err_acc.astype(np.float64)
+    if err_acc is not None:
+        y = y + beta * err_acc.astype(np.int64).astype(np.float64)
     return y
 
 

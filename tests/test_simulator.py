@@ -1,0 +1,140 @@
+"""The simulator: outputs bit-identical to the reference interpreter on every model and preset,
+and cycle totals within their bounds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from helpers import LIGHT_MODELS, light_inputs, light_path
+
+import cimc
+from cimc.compiler import random_calibration
+from cimc.cli import main
+from cimc.targets.params import load_target, presets
+from cimc.targets.simulator import simulate
+from cimc.targets.timing import time_program
+from cimc.zoo import export_onnx
+
+# Reduced resolution for the zoo (the same graphs; benchmarks/sim_speed.py runs 224 px).
+ZOO = {"resnet18": 32, "resnet50": 32, "mobilenetv3_large": 32, "vit_b16": 32}
+PRESETS = sorted(presets())
+COMPRESSION = {  # one compressed graph per macro kind; each preset then tiles and lowers it
+    "cimpool": "fold-bn,zpack,weight-pool,error-term,error-prune,quantize-act,permute-schedule",
+    "int8": "fold-bn,quantize-weights{bits=8},quantize-act",
+    "int4": "fold-bn,quantize-weights{bits=4},quantize-act",
+}
+
+
+def kind_of(preset: str) -> str:
+    t = load_target(preset)
+    return "cimpool" if t.macro == "cimpool" else f"int{t.weight_bits}"
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    models = {n: export_onnx(n, out / f"{n}.onnx", image_size=s, seed=2) for n, s in ZOO.items()}
+    models.update({n: light_path(n) for n in LIGHT_MODELS})
+    return models
+
+
+_compressed: dict[tuple[str, str], cimc.Graph] = {}
+
+
+def compressed(sources, model: str, kind: str) -> cimc.Graph:
+    key = (model, kind)
+    if key not in _compressed:
+        graph = cimc.import_onnx(sources[model])
+        calib = random_calibration(graph, 1, seed=7)
+        _compressed[key] = cimc.run_passes(graph, COMPRESSION[kind], calibration=calib)
+    return _compressed[key]
+
+
+def feeds_for(model: str, graph) -> dict:
+    if model in LIGHT_MODELS:
+        return light_inputs(onnx.load(str(light_path(model)), load_external_data=False))
+    rng = np.random.default_rng(11)
+    return {i: rng.standard_normal(graph.values[i].shape).astype(np.float32) for i in graph.inputs}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("model", list(ZOO) + LIGHT_MODELS)
+def test_bit_identical_and_bounded(sources, model, preset):
+    graph = compressed(sources, model, kind_of(preset))
+    program = cimc.compile(graph, target=preset, pipeline="zpack", calibration=[])
+    feeds = feeds_for(model, graph)
+    result = simulate(program, feeds)
+    reference = cimc.interpret(program.graph, feeds)
+    assert set(result.outputs) == set(reference)
+    for name in reference:
+        assert np.array_equal(result.outputs[name], reference[name]), name  # bit for bit
+        assert np.all(np.isfinite(reference[name]))
+    _, _, busy = time_program(program.instructions, program.target)
+    assert busy.max() <= result.cycles <= busy.sum()
+    assert result.energy_pj > 0 and result.area_mm2 > 0
+    assert sum(result.layer_cycles.values()) == result.cycles
+
+
+def test_to_json_and_units(sources):
+    graph = compressed(sources, "resnet18", "cimpool")
+    program = cimc.compile(graph, target="cimpool-dram", pipeline="zpack", calibration=[])
+    result = simulate(program, feeds_for("resnet18", graph))
+    data = json.loads(result.to_json())
+    for key in (
+        "cycles",
+        "latency_s",
+        "energy_pj",
+        "energy_breakdown",
+        "area_mm2",
+        "area_breakdown",
+        "unit_busy",
+        "utilisation",
+        "layer_cycles",
+    ):
+        assert key in data
+    for unit in ("dram", "l2_link", "l1_link", "array", "array_write", "permutation", "vector"):
+        assert unit in data["unit_busy"], unit
+        assert 0 <= data["utilisation"][unit] <= 1
+    assert data["unit_busy"]["dram"] > 0 and data["energy_breakdown"]["dram"] > 0
+    assert data["latency_s"] == pytest.approx(data["cycles"] / 500e6)
+
+
+def test_timing_only_matches_full_timing(sources):
+    graph = compressed(sources, "mobilenetv3_large", "int8")
+    program = cimc.compile(graph, target="cimnet", pipeline="zpack", calibration=[])
+    full = simulate(program, feeds_for("mobilenetv3_large", graph))
+    timing = simulate(program, functional=False)
+    assert timing.cycles == full.cycles and timing.outputs == {}
+    assert timing.energy_pj == full.energy_pj
+
+
+def test_cli_run(sources, tmp_path, capsys):
+    out = tmp_path / "r.cimx"
+    assert main(["compile", str(sources["resnet18"]), "--calibration", "1", "-o", str(out)]) == 0
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32))
+    code = main(
+        [
+            "run",
+            str(out),
+            "--input",
+            f"input={x}",
+            "--compare",
+            str(sources["resnet18"]),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--plot",
+            str(tmp_path / "r.png"),
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "cycles" in text and "energy" in text and "area" in text and "cosine" in text
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert 0.0 <= report["compare"]["logits"]["top1_agreement"] <= 1.0
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert main(["run", str(out)]) == 0
+    assert "seeded random" in capsys.readouterr().out
