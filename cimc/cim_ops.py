@@ -161,9 +161,9 @@ def _per_group(rows: np.ndarray, n_out: int, fn) -> np.ndarray:
 def _exact_dtype(rows: np.ndarray, k: int, weight_max: int) -> type:
     """float32 when every partial sum is an integer below 2^24 (float32 adds it exactly and
     BLAS runs twice as fast), float64 otherwise (float activations, wide weights, long K)."""
-    if rows.size and np.array_equal(rows, np.round(rows)):
-        if float(np.abs(rows).max()) * k * weight_max < 2**24:
-            return np.float32
+    integral = rows.size and np.array_equal(rows, np.round(rows))
+    if integral and float(np.abs(rows).max()) * k * weight_max < 2**24:
+        return np.float32
     return np.float64
 
 

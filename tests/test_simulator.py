@@ -8,14 +8,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-from helpers import LIGHT_MODELS, light_inputs, light_path
-
-import cimc
-from cimc.compiler import random_calibration
-from cimc.cli import main
 from cimc.targets.params import load_target, presets
 from cimc.targets.simulator import simulate
 from cimc.targets.timing import time_program
+from helpers import LIGHT_MODELS, light_inputs, light_path
+
+import cimc
+from cimc.cli import main
+from cimc.compiler import random_calibration
 from cimc.zoo import export_onnx
 
 # Reduced resolution for the zoo (the same graphs; benchmarks/sim_speed.py runs 224 px).
