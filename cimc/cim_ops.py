@@ -158,11 +158,11 @@ def _per_group(rows: np.ndarray, n_out: int, fn) -> np.ndarray:
     return np.concatenate([fn(rows[g], slice(g * og, (g + 1) * og)) for g in range(group)], axis=1)
 
 
-def _exact_dtype(rows: np.ndarray, k: int, weight_max: int) -> type:
-    """float32 when every partial sum is an integer below 2^24 (float32 adds it exactly and
-    BLAS runs twice as fast), float64 otherwise (float activations, wide weights, long K)."""
+def _exact_dtype(rows: np.ndarray, k: int) -> type:
+    """float32 when every partial sum of rows against {-1, 0, +1} weights is an integer below
+    2^24 (float32 adds it exactly and BLAS runs twice as fast), float64 otherwise."""
     integral = rows.size and np.array_equal(rows, np.round(rows))
-    if integral and float(np.abs(rows).max()) * k * weight_max < 2**24:
+    if integral and float(np.abs(rows).max()) * k < 2**24:
         return np.float32
     return np.float64
 
@@ -175,7 +175,7 @@ def array_sums(
     Both are exact integers when the rows are (quantised activations)."""
     v = pool.shape[1]
     m, k = rows.shape
-    dtype = _exact_dtype(rows, slots * v, 1)
+    dtype = _exact_dtype(rows, slots * v)
     padded = np.zeros((m, slots * v), dtype=dtype)
     padded[:, :k] = rows
     columns = np.matmul(padded.reshape(m, slots, v).transpose(1, 0, 2), pool.T.astype(dtype))

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_program import add_parsers
 
     add_parsers(sub)
+    from .train.cli import add_parser as add_train_parser  # torch is imported only when run
+
+    add_train_parser(sub)
     return parser
 
 

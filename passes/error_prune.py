@@ -38,6 +38,27 @@ def structured_mask(score: np.ndarray, keep: float, group: int, run: int) -> np.
     return np.repeat(keep_runs, run, axis=2)
 
 
+def pruned_error(
+    r: np.ndarray,
+    real: np.ndarray,
+    keep: float,
+    group: int,
+    chunk: int,
+    moments: np.ndarray | None = None,
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """(err[O, G, V] int8, beta, mask[groups, G, V]) for residual R: the signs of R at the kept
+    positions, the least-squares beta on them, and the structured mask (also used by
+    cimc.train, so fine-tuning prunes exactly as this pass does)."""
+    score = np.abs(r)
+    if moments is not None:
+        energy = np.sqrt(np.einsum("ngvv->ngv", moments).mean(axis=0))
+        score = score * energy[None]
+    mask = structured_mask(score, keep, group, chunk)
+    per_channel = np.repeat(mask, group, axis=0)[: r.shape[0]] & real[None]
+    e = np.where(r >= 0, 1, -1).astype(np.int8) * per_channel.astype(np.int8)
+    return e, least_squares_beta(r * per_channel, e, moments), mask
+
+
 @register_pass
 @dataclass(frozen=True)
 class ErrorPrune(Pass):
@@ -68,19 +89,13 @@ class ErrorPrune(Pass):
         for node in graph.nodes():
             if node.op != POOL_OP or not node.inputs[3]:
                 continue
+            if node.meta["compression"].get("learned"):
+                continue  # fine-tuned with its own mask (cimc.train): left as it is
             vector = node.attrs["vector"]
             self.run_layer_checks(vector)
             r, real = residual(graph, node)
             moments = layer_moments(graph, ctx, node)
-            score = np.abs(r)
-            if moments is not None:
-                energy = np.sqrt(np.einsum("ngvv->ngv", moments).mean(axis=0))
-                score = score * energy[None]
-            mask = structured_mask(score, self.keep, self.group, self.chunk)
-            n_out = r.shape[0]
-            per_channel = np.repeat(mask, self.group, axis=0)[:n_out] & real[None]
-            e = np.where(r >= 0, 1, -1).astype(np.int8) * per_channel.astype(np.int8)
-            beta = least_squares_beta(r * per_channel, e, moments)
+            e, beta, mask = pruned_error(r, real, self.keep, self.group, self.chunk, moments)
             set_error(graph, node, e, beta)
             node.meta["compression"] = {
                 **node.meta["compression"],

@@ -20,11 +20,17 @@ from cimc.passes_base import Pass, PassContext, register_pass
 
 def residual(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray]:
     """(R[O, G, V], real[G*V] mask of unpadded positions) of a pool-compressed layer."""
-    comp = node.meta["compression"]
-    w = comp["weight"].astype(np.float64)
-    pool = graph.values[node.inputs[1]].data.astype(np.float64)
-    idx = graph.values[node.inputs[2]].data
-    alpha = graph.values[node.inputs[4]].data
+    w = node.meta["compression"]["weight"]
+    pool, idx, alpha = (graph.values[node.inputs[i]].data for i in (1, 2, 4))
+    return pool_residual(w, pool, idx, alpha)
+
+
+def pool_residual(
+    w: np.ndarray, pool: np.ndarray, idx: np.ndarray, alpha: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """R = W - alpha P[idx] as [O, G, V] (zero at padding) and the real-position mask [G, V]."""
+    w = w.astype(np.float64)
+    pool = pool.astype(np.float64)
     o, k = w.shape
     v = pool.shape[1]
     g = idx.shape[1]
@@ -47,7 +53,7 @@ def least_squares_beta(r: np.ndarray, e: np.ndarray, moments: np.ndarray | None)
     num = den = 0.0
     for gr in range(group):
         sl = slice(gr * og, (gr + 1) * og)
-        ce = np.einsum("gvw,ogw->ogv", moments[gr], e[sl].astype(np.float64), optimize=True)
+        ce = np.matmul(e[sl].astype(np.float64).transpose(1, 0, 2), moments[gr]).transpose(1, 0, 2)
         num += float(np.sum(r[sl] * ce))
         den += float(np.sum(e[sl] * ce))
     return num / den if den else 0.0
@@ -82,8 +88,8 @@ class ErrorTerm(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
         for node in graph.nodes():
-            if node.op != POOL_OP:
-                continue
+            if node.op != POOL_OP or node.meta["compression"].get("learned"):
+                continue  # learned (fine-tuned) layers keep the error term they were tuned with
             r, real = residual(graph, node)
             e = np.where(r >= 0, 1, -1).astype(np.int8) * real[None].astype(np.int8)
             beta = least_squares_beta(r, e, layer_moments(graph, ctx, node))

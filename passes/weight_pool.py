@@ -11,7 +11,9 @@ identically.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.linalg import hadamard
@@ -74,8 +76,8 @@ def make_pool(
         pool = rng.choice(np.array([-1, 1], dtype=np.int8), size=(size, vector))
         return _distinct_rows(pool, rng)
     x = vectors[np.abs(vectors).sum(axis=1) > 0]
-    if len(x) > 65536:
-        x = x[rng.choice(len(x), 65536, replace=False)]
+    if len(x) > 16384:  # a seeded sample: 16k vectors pin 128 binary centres down well
+        x = x[rng.choice(len(x), 16384, replace=False)]
     if len(x) < size:
         extra = rng.standard_normal((size - len(x), vector))
         x = np.concatenate([x, extra])
@@ -95,6 +97,19 @@ def make_pool(
             break
         pool = new
     return _distinct_rows(pool, rng)
+
+
+def build_pool(
+    weights: dict[str, np.ndarray], size: int, vector: int, init: str, seed: int
+) -> np.ndarray:
+    """The network's pool from its compressed layers' W[O, K] (each RMS-normalised, so no
+    layer dominates): what the pass computes, and what ``cimc.train`` freezes before tuning."""
+    sample = [
+        pack_vectors(w, vector).reshape(-1, vector) / (np.sqrt(np.mean(w**2)) or 1.0)
+        for w in weights.values()
+    ]
+    stacked = np.concatenate(sample) if sample else np.zeros((0, vector))
+    return make_pool(stacked, size, vector, init, seed)
 
 
 def _choose(score: np.ndarray, rule: str, block: int) -> np.ndarray:
@@ -131,32 +146,41 @@ def assign(
 
     Without ``moments`` this minimises the weight error ||w - alpha P[idx]||^2. With the
     layer's input second moments C[group, G, V, V] it minimises the output error
-    (w - alpha p)^T C_g (w - alpha p), alternating indices and alpha twice.
+    (w - alpha p)^T C_g (w - alpha p) (C_g lightly ridged), alternating indices and alpha.
     """
     o, g, v = vecs.shape
     s = pool.shape[0]
     p = pool.astype(np.float64)
-    dots = np.einsum("ogv,sv->ogs", vecs, p, optimize=True)
-    idx = _choose(dots, rule, s)
-    picked = np.take_along_axis(dots, idx[:, :, None], axis=2)[:, :, 0]
-    alpha = _alpha(picked.sum(axis=1), np.full(o, float(k)), per_channel)
     if moments is None:
-        return idx, alpha
+        dots = np.matmul(vecs, p.T)  # [O, G, S]
+        idx = _choose(dots, rule, s)
+        picked = np.take_along_axis(dots, idx[:, :, None], axis=2)[:, :, 0]
+        return idx, _alpha(picked.sum(axis=1), np.full(o, float(k)), per_channel)
     group = moments.shape[0]
     og = o // group
-    u = np.empty((o, g, s))
-    q = np.empty((o, g, s))
+    # Scale-free, and a small ridge so that few calibration rows (a rank-deficient C) still
+    # leave the weight error a say in directions the data never excited.
+    moments = moments / (float(np.abs(moments).max()) or 1.0)
+    ridge = 1e-2 * np.einsum("ngvv->ng", moments).mean(axis=(0, 1)) / v
+    moments = moments + ridge * np.eye(v)
+    u = np.empty((o, g, s), dtype=np.float32)  # p^T C_g w per (channel, slot, pool vector)
+    q = np.empty((group, g, s), dtype=np.float32)  # p^T C_g p: the same for a whole group
     for gr in range(group):
-        for gi in range(g):
-            pc = p @ moments[gr, gi]  # [S, V]
-            u[gr * og : (gr + 1) * og, gi] = vecs[gr * og : (gr + 1) * og, gi] @ pc.T
-            q[gr * og : (gr + 1) * og, gi] = np.einsum("sv,sv->s", pc, p)
-    for _ in range(2):
+        sl = slice(gr * og, (gr + 1) * og)
+        pc = np.matmul(p[None], moments[gr])  # [G, S, V]
+        q[gr] = np.einsum("gsv,sv->gs", pc, p)
+        u[sl] = np.matmul(vecs[sl].transpose(1, 0, 2), pc.transpose(0, 2, 1)).transpose(1, 0, 2)
+    q_of = q if group == 1 else q[np.arange(o) // og]
+    # Seed alpha with mean-value scaling (exact when P[idx] = sign(w)), refine it with one
+    # cheap argmax round, then assign with the rule and fit the final alpha.
+    mean_abs = np.abs(vecs).sum(axis=(1, 2)) / k
+    alpha = _alpha(mean_abs * k, np.full(o, float(k)), per_channel)
+    for rule_now in ("nearest", rule):
         a = alpha[:, None, None] if per_channel else alpha[0]
-        idx = _choose(2 * a * u - a * a * q, rule, s)
-        num = np.take_along_axis(u, idx[:, :, None], axis=2)[:, :, 0].sum(axis=1)
-        den = np.take_along_axis(q, idx[:, :, None], axis=2)[:, :, 0].sum(axis=1)
-        alpha = _alpha(num, den, per_channel)
+        idx = _choose(2 * a * u - a * a * q_of, rule_now, s)
+        num = np.take_along_axis(u, idx[:, :, None], axis=2)[:, :, 0].sum(axis=1, dtype=np.float64)
+        den = np.take_along_axis(np.broadcast_to(q_of, u.shape), idx[:, :, None], axis=2)[:, :, 0]
+        alpha = _alpha(num, den.sum(axis=1, dtype=np.float64), per_channel)
     return idx, alpha
 
 
@@ -176,6 +200,145 @@ def select_layers(
     return chosen, left
 
 
+ASSIGNMENT_FORMAT = "cimc-assignment-1"
+
+
+def read_assignment(path: str) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """(pool, {weight initializer name: {field: array}}) from an assignment file.
+
+    The file is an .npz with ``format`` = ``cimc-assignment-1``, ``pool`` int8 [S, V], and per
+    compressed layer, keyed ``<weight name>|<field>``: ``idx`` [O, G], ``alpha`` [1 or O], and
+    with an error term ``err`` int8 [O, G, V], ``beta`` [1], ``keep``, and when keep < 1
+    ``mask`` bool [groups, G, V], ``group``, ``chunk`` (the error-prune layout)."""
+    file = Path(path)
+    if not file.is_file():
+        raise OptionError(
+            f"weight-pool: assignment file {file} does not exist; give the .npz that "
+            "cimc.train's export wrote next to the ONNX model"
+        )
+    try:
+        with np.load(file) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise OptionError(
+            f"weight-pool: assignment file {file} is not a readable .npz ({exc})"
+        ) from None
+    if str(data.get("format", "")) != ASSIGNMENT_FORMAT or "pool" not in data:
+        raise OptionError(
+            f"weight-pool: {file} is not a cimc assignment file (format {ASSIGNMENT_FORMAT}); "
+            "write one with cimc.train.export_model"
+        )
+    layers: dict[str, dict[str, np.ndarray]] = {}
+    for key, arr in data.items():
+        name, sep, field_ = key.rpartition("|")
+        if sep:
+            layers.setdefault(name, {})[field_] = arr
+    return data["pool"], layers
+
+
+def install_assignment(graph: Graph, opts: WeightPool, chosen: list[Node], left: list[Node]):
+    """Install a learned assignment as it is: pool, idx, alpha, and err/beta when present.
+
+    Each chosen layer's weight must be what the file reconstructs (alpha P[idx] + beta err, to
+    float32 precision): the ONNX that cimc.train exported holds exactly that weight. Layers get
+    ``meta['compression']['learned'] = True``; error-term and error-prune leave them alone."""
+    where = f"weight-pool: assignment file {opts.assignment}"
+    pool, layers = read_assignment(opts.assignment)
+    if pool.shape != (opts.pool, opts.vector):
+        raise OptionError(
+            f"{where} holds a pool of {pool.shape[0]} x {pool.shape[1]} but the pass has "
+            f"pool={opts.pool}, vector={opts.vector}; set weight-pool{{pool={pool.shape[0]},"
+            f"vector={pool.shape[1]}}} and zpack{{vector={pool.shape[1]}}}"
+        )
+    names = {n.inputs[1] for n in chosen}
+    extra, missing = sorted(set(layers) - names), sorted(names - set(layers))
+    if extra or missing:
+        raise OptionError(
+            f"{where} does not match the graph: in the file but not compressed here: "
+            f"{extra or 'none'}; compressed here but not in the file: {missing or 'none'}. "
+            "Compile the ONNX model exported with that file, with the same skip-* options "
+            "and without fold-bn (it renames and changes the weights)"
+        )
+    pool = pool.astype(np.int8)
+    s, v = pool.shape
+    pool_value = graph.add_constant(graph.unique_name(POOL_VALUE), pool).name
+    for n in chosen:
+        lay = layers[n.inputs[1]]
+        w = weight_matrix(n, graph).astype(np.float64)
+        o, k = w.shape
+        g = -(-k // v)
+        idx = np.asarray(lay.get("idx", np.zeros(0)))
+        alpha = np.asarray(lay.get("alpha", np.zeros(0)), dtype=np.float64).reshape(-1)
+        err = lay.get("err")
+        beta = np.asarray(lay.get("beta", np.zeros(1)), dtype=np.float64).reshape(-1)
+        bad = (
+            idx.shape != (o, g)
+            or idx.dtype.kind not in "iu"
+            or (idx.size and (idx.min() < 0 or idx.max() >= s))
+            or alpha.size not in (1, o)
+            or (err is not None and (err.shape != (o, g, v) or beta.size != 1))
+        )
+        if bad:
+            raise OptionError(
+                f"{where}: layer {n.name!r} (weight {n.inputs[1]!r}, W {o}x{k}, {g} vectors of "
+                f"{v}) needs idx[{o},{g}] in [0, {s}), alpha[1 or {o}] and optionally "
+                f"err[{o},{g},{v}] with beta[1]; the file has idx{list(idx.shape)}, "
+                f"alpha{list(alpha.shape)}" + ("" if err is None else f", err{list(err.shape)}")
+            )
+        idx = idx.astype(np.int32)
+        recon = pool[idx].astype(np.float64) * (
+            alpha.reshape(-1, 1, 1) if alpha.size > 1 else alpha[0]
+        )
+        if err is not None:
+            recon = recon + beta[0] * err.astype(np.float64)
+        recon = recon.reshape(o, -1)[:, :k]
+        gap = float(np.max(np.abs(recon - w))) if w.size else 0.0
+        if gap > 1e-5 * max(float(np.max(np.abs(w))), 1e-30):
+            raise OptionError(
+                f"{where} does not reproduce the weights of layer {n.name!r} (max error {gap:.3g}"
+                f", max |w| {np.max(np.abs(w)):.3g}): the file belongs to another model, or a "
+                "pass before weight-pool changed the weights (compile fine-tuned models "
+                "without fold-bn)"
+            )
+        comp = {
+            "scheme": "pool",
+            "weight": w.astype(np.float32),
+            "vector": v,
+            "pool_size": s,
+            "assign": "learned",
+            "scale": "per-channel" if alpha.size > 1 else "per-layer",
+            "calibrated": False,
+            "learned": True,
+        }
+        if err is not None:
+            keep = float(lay.get("keep", 1.0))
+            comp["error_keep"] = keep
+            if keep < 1.0:
+                if "mask" not in lay or "chunk" not in lay:
+                    raise OptionError(
+                        f"{where}: layer {n.name!r} has keep={keep} but no mask/chunk"
+                    )
+                comp.update(
+                    error_group=int(lay.get("group", 128)),
+                    error_chunk=int(lay["chunk"]),
+                    error_mask=lay["mask"].astype(bool),
+                )
+        attrs = {**unfold_attrs(n, graph), "k": int(k), "vector": v}
+        operands = [
+            ("pool", pool_value),
+            ("idx", idx),
+            ("err", None if err is None else err.astype(np.int8)),
+            ("alpha", alpha),
+            ("beta", None if err is None else beta[:1]),
+            ("bias", bias_vector(n, graph, o)),
+        ]
+        rewrite_as_cim_op(graph, n, POOL_OP, operands, attrs, {"compression": comp})
+    if opts.others:
+        for n in left:
+            to_quant_mvm(graph, n, opts.others)
+    graph.prune_unused()
+
+
 def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -183,7 +346,11 @@ def _is_power_of_two(n: int) -> bool:
 @register_pass
 @dataclass(frozen=True)
 class WeightPool(Pass):
-    """Compress CiM layers to indices into a shared binary pool (CIMPool)."""
+    """Compress CiM layers to indices into a shared binary pool (CIMPool).
+
+    ``assignment`` names a file written by ``cimc.train`` (fine-tuning): its pool, indices,
+    alpha and error terms are installed as they are instead of being computed (see
+    :func:`install_assignment`)."""
 
     name = "weight-pool"
     vector: int = 128
@@ -196,6 +363,7 @@ class WeightPool(Pass):
     skip_depthwise: bool = True
     skip_last: bool = True
     others: int = 8
+    assignment: str = ""
 
     @classmethod
     def search_space(cls) -> dict[str, tuple]:
@@ -236,6 +404,9 @@ class WeightPool(Pass):
                     f"weight-pool: vector={self.vector} but zpack laid out layer {n.name!r} with "
                     f"vector={packed}; give both passes the same vector"
                 )
+        if self.assignment:
+            install_assignment(graph, self, chosen, left)
+            return
         weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in chosen}
         vecs = {name: pack_vectors(w, self.vector) for name, w in weights.items()}
         moments = None
@@ -243,12 +414,7 @@ class WeightPool(Pass):
             attrs = {n.name: unfold_attrs(n, graph) for n in chosen}
             moments = slot_moments(graph, ctx.calibration, attrs, self.vector)
             ctx.state["slot_moments"] = moments
-        sample = [
-            v.reshape(-1, self.vector) / (np.sqrt(np.mean(weights[name] ** 2)) or 1.0)
-            for name, v in vecs.items()
-        ]
-        stacked = np.concatenate(sample) if sample else np.zeros((0, self.vector))
-        pool = make_pool(stacked, self.pool, self.vector, self.init, self.seed)
+        pool = build_pool(weights, self.pool, self.vector, self.init, self.seed)
         pool_value = graph.add_constant(graph.unique_name(POOL_VALUE), pool).name
         for n in chosen:
             w = weights[n.name]

@@ -1,0 +1,140 @@
+"""Export a fine-tuned model: ONNX holding the compressed weights, plus the learned assignment.
+
+The ONNX file is the plain network (Conv/Linear + BatchNorm + ...) whose CiM-layer weights are
+the compressed ones (alpha P[idx] + beta err, or the int-N grid), so onnxruntime alone already
+gives the fine-tuned model's float-activation outputs. Activation quantisation is left to the
+compiler's quantize-act. The assignment file (.npz, format ``cimc-assignment-1``, see
+:func:`cimc.passes.weight_pool.read_assignment`) holds the pool and, keyed by each compressed
+layer's ONNX weight initializer, idx, alpha and the error term. Compile with the pipeline that
+:meth:`Scheme.pipeline` gives, e.g. ``zpack,weight-pool{assignment=model.npz},quantize-act``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from cimc.errors import CimcError
+from cimc.passes.weight_pool import ASSIGNMENT_FORMAT
+
+from .layers import CimLayer, Scheme, _set_module, cim_layers
+
+
+@dataclass(frozen=True)
+class Exported:
+    onnx: Path
+    assignment: Path | None
+    pipeline: str
+
+
+def plain_model(model: nn.Module) -> nn.Module:
+    """A copy with every CimLayer replaced by its Conv2d/Linear holding the compressed weight."""
+    model.eval()
+    out = copy.deepcopy(model)
+    for name, m in list(cim_layers(out)):
+        layer = m.layer
+        if m.role != "float":
+            with torch.no_grad():
+                layer.weight.copy_(m.compressed_weight())
+        _set_module(out, name, layer)
+    return out.eval()
+
+
+def _replace_atomic(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            model.eval(),
+            example,
+            str(tmp),
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    _replace_atomic(tmp, path)
+
+
+def _initializer_names(path: Path, expected: dict[str, np.ndarray]) -> dict[str, str]:
+    """module name -> the ONNX initializer holding its weight (by name, else by value)."""
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    found = {}
+    for module, weight in expected.items():
+        name = f"{module}.weight"
+        if name not in inits:
+            same = [
+                n
+                for n, t in inits.items()
+                if tuple(t.dims) == weight.shape
+                and np.array_equal(onnx.numpy_helper.to_array(t), weight)
+            ]
+            if len(same) != 1:
+                raise CimcError(
+                    f"export: cannot find the ONNX initializer of layer {module!r}'s weight in "
+                    f"{path}; the exporter renamed or merged it"
+                )
+            name = same[0]
+        found[module] = name
+    return found
+
+
+def export_model(
+    model: nn.Module,
+    onnx_path: str | Path,
+    example: torch.Tensor,
+    assignment_path: str | Path | None = None,
+) -> Exported:
+    """Write the ONNX model and, for CIMPool models, the assignment file (default: the ONNX
+    path with suffix .npz). Returns the paths and the pipeline that compiles them."""
+    onnx_path = Path(onnx_path)
+    scheme: Scheme = getattr(model, "cim_scheme", Scheme(kind="fp32", act_bits=0, keep=None))
+    plain = plain_model(model)
+    export_onnx(plain, example, onnx_path)
+    pooled = {n: m for n, m in cim_layers(model) if m.role == "pool"}
+    if not pooled:
+        return Exported(onnx_path, None, scheme.pipeline())
+    path = Path(assignment_path) if assignment_path else onnx_path.with_suffix(".npz")
+    weights = {n: plain.get_submodule(n).weight.detach().numpy() for n in pooled}
+    names = _initializer_names(onnx_path, weights)
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(ASSIGNMENT_FORMAT),
+        "scheme": np.array(json.dumps(scheme.to_dict())),
+    }
+    for module, m in pooled.items():
+        m.compressed_weight()  # the assignment of the current weights
+        a: CimLayer = m
+        key = names[module]
+        arrays["pool"] = a.pool.numpy().astype(np.int8)
+        st = a.assignment
+        arrays[f"{key}|idx"] = st["idx"].astype(np.int32)
+        arrays[f"{key}|alpha"] = np.asarray(st["alpha"], dtype=np.float64)
+        if "err" in st:
+            arrays[f"{key}|err"] = st["err"].astype(np.int8)
+            arrays[f"{key}|beta"] = np.asarray(st["beta"], dtype=np.float64)
+            arrays[f"{key}|keep"] = np.array(float(st["keep"]))
+            if st.get("mask") is not None:
+                arrays[f"{key}|mask"] = st["mask"].astype(bool)
+                arrays[f"{key}|group"] = np.array(scheme.group)
+                arrays[f"{key}|chunk"] = np.array(scheme.chunk)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    np.savez_compressed(tmp, **arrays)
+    _replace_atomic(tmp, path)
+    return Exported(onnx_path, path, scheme.pipeline(str(path)))
