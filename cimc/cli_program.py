@@ -145,7 +145,8 @@ def disasm_text(program, limit: int | None = None) -> str:
     for li, entry in enumerate(program.layers):
         sel = np.flatnonzero(ins["layer"] == li)
         lines.append(
-            f"\nlayer {li} {entry['node']} ({entry['op']}, {entry['kind']}): {len(sel)} instructions"
+            f"\nlayer {li} {entry['node']} ({entry['op']}, {entry['kind']}): "
+            f"{len(sel)} instructions"
         )
         shown = sel if limit is None else sel[:limit]
         for i in shown:
@@ -295,7 +296,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = simulate(program, feeds)
     for name, value in result.outputs.items():
         console.print(
-            f"output {name}: shape {tuple(value.shape)}, mean {value.mean():.4g}, std {value.std():.4g}"
+            f"output {name}: shape {tuple(value.shape)}, "
+            f"mean {value.mean():.4g}, std {value.std():.4g}"
             + (
                 f", argmax {value.reshape(value.shape[0], -1).argmax(1)[:8].tolist()}"
                 if value.ndim >= 2
@@ -341,7 +343,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     fp32 = sess.run(None, {"input": x})[0].argmax(1)
     console.print(
-        f"bundled model: {model}\nheld-out digits: {n} images (never used in training or calibration)"
+        f"bundled model: {model}\n"
+        f"held-out digits: {n} images (never used in training or calibration)"
     )
     table = Table(title="digits CNN: simulated CiM vs onnxruntime fp32")
     for col in (

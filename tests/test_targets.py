@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from cimc.targets.params import SPECS, Target, load_target, presets, search_choices
 
 from cimc.cli import main
 from cimc.errors import OptionError
-from cimc.targets.params import SPECS, Target, load_target, presets, search_choices
 
 CIMNET = (
     "DRAM_bw",

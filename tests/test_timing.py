@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from cimc.program import INSTR_DTYPE, OP
 from cimc.targets.params import load_target
 from cimc.targets.timing import time_program, unit_names
+
+from cimc.program import INSTR_DTYPE, OP
 
 T = load_target(
     "cimpool-sram",
