@@ -29,16 +29,17 @@ argmax is the same either way. The models table gives, per model, the share of t
 output energy that varies with the input: where it is small (an untrained net's logits are often
 mostly one fixed vector), cosine ~1 and top-1 agreement say little about the compressed layers.
 So the table adds a centered cosine: the same cosine after subtracting from each model's outputs
-their own mean over the evaluation inputs, i.e. how well the input-dependent part is kept.
+their own mean over the evaluation inputs, i.e. how well the input-dependent part is kept
+(n/a: the outputs do not vary with the input at float32 precision).
 
 Inputs are fixed: seeded standard-normal images at batch 1, --calib for calibration (seed 1)
 and --eval for evaluation (seed 2), 8 each by default. Resolution: zoo CNNs run at --size
-(default 64) and ViT-B/16 at --vit-size (default 32, i.e. 4 patches + class token): at 224 the
-reference interpreter and calibration make every pipeline ~10x slower (about 14 interpreter
-runs of the model per pipeline), while the weights, and so bits/weight, do not depend on the
-resolution. The light models have their input size fixed in the file (224; AlexNet/VGG/ZFNet
-flatten into FC layers sized for it), so they run at 224; that is affordable (VGG-19, the
-slowest, takes a few minutes).
+(default 64) and ViT-B/16 at --vit-size (default 32, i.e. 4 patches + class token): a pool
+pipeline runs the reference interpreter 16 times on calibration inputs and 8 times on
+evaluation inputs, so 224 would make the zoo part ~12x slower, while the weights, and so
+bits/weight, do not depend on the resolution. The light models have their input size fixed in
+the file (224; AlexNet/VGG/ZFNet flatten into FC layers sized for it), so they run at 224; that
+is affordable: the full run takes ~20-35 min on a busy 2-core machine, ~10 of it VGG-19.
 
 An ablation (--ablate-model, default resnet18) varies one weight-pool choice at a time around
 the default pool+prune pipeline: kmeans / random / hadamard pool, non-repeating / nearest
@@ -201,9 +202,10 @@ def fidelity(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:
     ref_c = [r - np.mean(ref, axis=0) for r in ref]
     got_c = [g - np.mean(got, axis=0) for g in got]
     centered = []
+    varies = input_dependent_fraction(ref) > 1e-9  # else the centered ref is rounding noise
     for r, g in zip(ref_c, got_c, strict=True):
         den = float(np.linalg.norm(r) * np.linalg.norm(g))
-        centered.append(float(r @ g) / den if den else float("nan"))
+        centered.append(float(r @ g) / den if den and varies else float("nan"))
     return {
         "cosine": float(np.mean(cos)),
         "centered_cosine": float(np.mean(centered)),
@@ -350,9 +352,9 @@ def timing_run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- printing ----------------------------------------------------------------------------------
-def fmt(x: Any, spec: str) -> str:
+def fmt(x: Any, spec: str, nan: str = "-") -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
+        return nan
     return format(x, spec)
 
 
@@ -378,7 +380,7 @@ def table(rows: list[dict], first: tuple[str, ...]) -> str:
                 fmt(r["compressed_bits_per_weight"], ".3f"),
                 fmt(r["compression_vs_int8"], ".2f") + "x",
                 fmt(r["cosine"], ".4f") + ("" if r["finite"] else " (non-finite)"),
-                fmt(r["centered_cosine"], ".3f"),
+                fmt(r["centered_cosine"], ".3f", nan="n/a"),
                 fmt(r["top1_agreement"], ".3f"),
                 fmt(r["seconds"], ".1f"),
             ]
@@ -396,7 +398,7 @@ def model_table(infos: list[dict]) -> str:
         lines.append(
             f"| {i['model']} | {shape} | {i['cim_weights'] / 1e6:.2f} M | "
             f"{i['import_seconds']:.1f} | {i['fp32_eval_seconds']:.1f} | "
-            f"{fmt(i['input_dependent_fraction'], '.3f')} |"
+            f"{fmt(i['input_dependent_fraction'], '.2g')} |"
         )
     return "\n".join(lines)
 
@@ -484,6 +486,8 @@ def main() -> None:
     if bad:
         ap.error(f"unknown model(s) {bad}; choose from {', '.join(known)}")
     timing_mode = args.timing or models == ["resnet50"]
+    if args.calib < 1 or args.repeat < 1 or (args.eval < 1 and not timing_mode):
+        ap.error("--calib and --repeat must be >= 1, and --eval too unless timing")
 
     if args.blas_threads:
         from threadpoolctl import threadpool_limits

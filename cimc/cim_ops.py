@@ -196,14 +196,26 @@ def pool_accumulators(
     return acc, err_acc
 
 
+def dense_weights(pool, idx, alpha, err=None, beta=None) -> np.ndarray:
+    """W_hat[O, G*V] = alpha P[idx] + beta err: the weights a pool layer stands for."""
+    o, g = idx.shape
+    w = pool.astype(np.float64)[idx] * (alpha.reshape(-1, 1, 1) if alpha.size > 1 else alpha[0])
+    if err is not None:
+        w = w + beta[0] * err
+    return w.reshape(o, -1)
+
+
 def _pool_mvm(node: Node, x, pool, idx, err=None, alpha=None, beta=None, bias=None) -> np.ndarray:
     a = node.attrs
     rows, lead = unfold(quantize_input(x, a), a)
     n_out = idx.shape[0]
 
     def compute(r: np.ndarray, out: slice) -> np.ndarray:
-        acc, err_acc = pool_accumulators(r, pool, idx[out], None if err is None else err[out])
         al = alpha if alpha.size == 1 else alpha[out]
+        if not a.get("act_bits", 0):  # float activations (before quantize-act): one dense GEMM
+            w = dense_weights(pool, idx[out], al, None if err is None else err[out], beta)
+            return r @ w[:, : r.shape[1]].T
+        acc, err_acc = pool_accumulators(r, pool, idx[out], None if err is None else err[out])
         y = al * acc
         if err_acc is not None:
             y = y + beta * err_acc

@@ -56,7 +56,7 @@ def pruned_error(
     mask = structured_mask(score, keep, group, chunk)
     per_channel = np.repeat(mask, group, axis=0)[: r.shape[0]] & real[None]
     e = np.where(r >= 0, 1, -1).astype(np.int8) * per_channel.astype(np.int8)
-    return e, least_squares_beta(r * per_channel, e, moments), mask
+    return e, least_squares_beta(r, e, moments), mask
 
 
 @register_pass

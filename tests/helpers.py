@@ -56,7 +56,7 @@ def seeded_weight(model: onnx.ModelProto, name: str, shape, rng: np.random.Gener
         return rng.uniform(0.5, 1.0, shape).astype(np.float32)
     if op == "Mul":
         return rng.uniform(0.5, 1.0, shape).astype(np.float32)
-    return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+    return (rng.standard_normal(shape) * 0.01).astype(np.float32)  # small: keep inputs visible
 
 
 def with_seeded_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
@@ -81,7 +81,19 @@ def with_seeded_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProt
             keep.append(node)
     del m.graph.node[:]
     m.graph.node.extend(keep)
-    return m
+    return _expose_logits(m)
+
+
+def _expose_logits(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Add the input of a final Softmax as a graph output: softmax of random-weight logits
+    saturates to one-hot, which would hide errors; the logits do not."""
+    last = model.graph.node[-1]
+    if last.op_type != "Softmax":
+        return model
+    inferred = onnx.shape_inference.infer_shapes(model)
+    info = next(v for v in inferred.graph.value_info if v.name == last.input[0])
+    model.graph.output.append(info)
+    return model
 
 
 def run_ort(model: onnx.ModelProto | str | os.PathLike, feeds: dict) -> dict[str, np.ndarray]:
