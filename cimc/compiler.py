@@ -18,15 +18,14 @@ from .passes_base import PassContext, parse_pipeline
 from .program import Program
 
 BACKEND = ("tile", "lower")
-CIMPOOL_PIPELINE = (
-    "fold-bn,zpack,weight-pool,error-term,error-prune{keep=0.5},quantize-act,permute-schedule"
-)
 
 
 def default_pipeline(target) -> str:
     """Compression for the target's macro; the backend passes are appended by ``compile``."""
     if target.macro == "cimpool":
-        return CIMPOOL_PIPELINE
+        from .passes import DEFAULT_COMPRESSION
+
+        return f"{DEFAULT_COMPRESSION},permute-schedule"
     return f"fold-bn,quantize-weights{{bits={target.weight_bits}}},quantize-act"
 
 
