@@ -80,14 +80,15 @@ def slot_moments(
     out: dict[str, np.ndarray] = {}
 
     def hook(node: Node, args: list) -> None:
-        rows, _ = unfold(args[0].astype(np.float64), layers[node.name])
+        # float32 products (statistics, not numerics that must be exact), float64 totals
+        rows, _ = unfold(args[0].astype(np.float32), layers[node.name])
         group, m, k = rows.shape
         g = -(-k // vector)
-        padded = np.zeros((group, m, g * vector))
+        padded = np.zeros((group, m, g * vector), dtype=np.float32)
         padded[:, :, :k] = rows
         xv = padded.reshape(group, m, g, vector).transpose(0, 2, 1, 3)  # [group, G, M, V]
         c = np.matmul(xv.transpose(0, 1, 3, 2), xv)
-        out[node.name] = out.get(node.name, 0) + c
+        out[node.name] = out.get(node.name, 0) + c.astype(np.float64)
 
     observe_inputs(graph, feeds, layers, hook)
     return out

@@ -100,13 +100,20 @@ def make_pool(
 
 
 def build_pool(
-    weights: dict[str, np.ndarray], size: int, vector: int, init: str, seed: int
+    weights: dict[str, np.ndarray],
+    size: int,
+    vector: int,
+    init: str,
+    seed: int,
+    packed: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The network's pool from its compressed layers' W[O, K] (each RMS-normalised, so no
-    layer dominates): what the pass computes, and what ``cimc.train`` freezes before tuning."""
+    layer dominates): what the pass computes, and what ``cimc.train`` freezes before tuning.
+    ``packed`` may give the layers' vectors already cut by ``pack_vectors``."""
+    packed = packed or {name: pack_vectors(w, vector) for name, w in weights.items()}
     sample = [
-        pack_vectors(w, vector).reshape(-1, vector) / (np.sqrt(np.mean(w**2)) or 1.0)
-        for w in weights.values()
+        packed[name].reshape(-1, vector) / (np.sqrt(np.mean(w**2)) or 1.0)
+        for name, w in weights.items()
     ]
     stacked = np.concatenate(sample) if sample else np.zeros((0, vector))
     return make_pool(stacked, size, vector, init, seed)
@@ -414,7 +421,7 @@ class WeightPool(Pass):
             attrs = {n.name: unfold_attrs(n, graph) for n in chosen}
             moments = slot_moments(graph, ctx.calibration, attrs, self.vector)
             ctx.state["slot_moments"] = moments
-        pool = build_pool(weights, self.pool, self.vector, self.init, self.seed)
+        pool = build_pool(weights, self.pool, self.vector, self.init, self.seed, vecs)
         pool_value = graph.add_constant(graph.unique_name(POOL_VALUE), pool).name
         for n in chosen:
             w = weights[n.name]
