@@ -37,19 +37,12 @@ from rich.table import Table
 
 from cimc.train import data as D
 from cimc.train import finetune as T
+from cimc.train.cli import SCHEME_NAMES
 from cimc.train.evaluate import compile_and_score
 from cimc.train.export import export_model
 from cimc.train.layers import get_scheme
 
-SCHEMES = (
-    "fp32",
-    "int8",
-    "int4",
-    "cimpool-pool-only",
-    "cimpool-keep1",
-    "cimpool-keep0.5",
-    "cimpool-keep0.25",
-)
+SCHEMES = SCHEME_NAMES
 BUDGET_BITS = 0.56
 
 # per data set: split sizes (None: all; chars: images per class), epochs, fine-tune epochs

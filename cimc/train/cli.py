@@ -163,14 +163,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cimc")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return args.func(args)
-    except CimcError as exc:
-        print(f"cimc: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m cimc.train.cli ...`` = ``cimc train ...``."""
+    from cimc.cli import main as cimc_main
+
+    return cimc_main(["train", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":
