@@ -27,7 +27,6 @@ import json
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,9 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
+
+from cimc.train.export import export_onnx
+from cimc.train.models import BasicBlock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16  # model input is SIZE x SIZE
@@ -91,28 +93,6 @@ def random_shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- model
-
-
-class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN plus shortcut (1x1 conv + BN when the shape changes), ReLU."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + identity)
 
 
 class DigitsCNN(nn.Module):
@@ -209,23 +189,6 @@ def _write_atomic(out_dir: Path, final_name: str, write) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return out_dir / final_name
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    with warnings.catch_warnings():
-        # torch 2.9+ warns (DeprecationWarning, twice) that the TorchScript exporter is legacy.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model.eval(),
-            example,
-            str(path),
-            opset_version=17,
-            dynamo=False,
-            do_constant_folding=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
 
 
 def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
