@@ -8,6 +8,7 @@ are constants rather than inputs.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper, shape_inference, version_converter
 
 from .errors import ModelLoadError, ShapeError, UnsupportedOpError
@@ -37,13 +38,14 @@ def import_onnx(
     """
     model, where = _load(src)
     _check_supported(model)
+    model, weights = _without_weights(model)
     model = _to_canonical_opset(model, where)
     _bind_input_shapes(model, dict(input_shapes or {}), where)
     try:
         model = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises several types here
         raise ShapeError(f"{where}: ONNX shape inference failed: {exc}") from exc
-    graph = _build(model, where)
+    graph = _build(model, weights, where)
     fold_constants(graph)
     remove_pass_through(graph)
     graph.prune_unused()
@@ -105,6 +107,47 @@ def _check_supported(model: onnx.ModelProto) -> None:
                 detail[op] = problem
     if unsupported:
         raise UnsupportedOpError(unsupported, detail)
+
+
+_WEIGHT_TYPES = (
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+)
+
+
+def _without_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TensorProto]]:
+    """A copy of ``model`` whose large float initializers keep name, type and dims but no data,
+    and those initializers by name.
+
+    ONNX's version converter and shape inference serialise the whole model; on VGG-19 (575 MB)
+    that was 16 of 18 seconds of import. Neither needs weight values (data propagation reads
+    only small integer shape tensors), and the copy also keeps the caller's model unmodified."""
+    light = onnx.ModelProto()
+    _copy_fields(light, model, skip="graph")
+    _copy_fields(light.graph, model.graph, skip="initializer")
+    weights = {}
+    for t in model.graph.initializer:
+        if t.data_type in _WEIGHT_TYPES and math.prod(t.dims) >= 1024:
+            stub = light.graph.initializer.add(name=t.name, data_type=t.data_type)
+            stub.dims.extend(t.dims)
+            weights[t.name] = t
+        else:
+            light.graph.initializer.append(t)
+    return light, weights
+
+
+def _copy_fields(dst: Message, src: Message, skip: str) -> None:
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 def _to_canonical_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
@@ -194,11 +237,12 @@ def _value_from_info(info: onnx.ValueInfoProto) -> Value | None:
     return Value(info.name, tuple(dims), onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
 
 
-def _build(model: onnx.ModelProto, where: str) -> Graph:
+def _build(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto], where: str) -> Graph:
+    """The IR of ``model``, with the data of initializers it holds as stubs from ``weights``."""
     g = Graph(model.graph.name or Path(where).stem)
     inits = {}
     for t in model.graph.initializer:
-        inits[t.name] = numpy_helper.to_array(t)
+        inits[t.name] = numpy_helper.to_array(weights.get(t.name, t))
     for name, data in inits.items():
         g.add_constant(name, data)
     for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):

@@ -49,3 +49,20 @@ def test_seeded_weights_match_onnxruntime(name):
     # outputs test and the zoo models cover input-dependent numerics.)
     logits = ref[list(ref)[-1]]
     assert np.std(logits) > 1e-3 * np.abs(logits).max()
+
+
+def test_import_keeps_weights_and_leaves_the_callers_model_alone():
+    # Import converts and shape-infers a weightless copy (version conversion from opset 3 here)
+    # and takes the weights from the caller's model: they must arrive bit for bit, and the
+    # caller's ModelProto must not change.
+    model = with_seeded_weights(onnx.load(str(light_path("squeezenet"))), seed=3)
+    before = model.SerializeToString()
+    graph = cimc.import_onnx(model)
+    assert model.SerializeToString() == before
+    used = {i for n in model.graph.node for i in n.input}
+    weights = {
+        t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name in used
+    }
+    assert len(weights) > 10 and set(weights) <= set(graph.values)
+    for name in weights:
+        np.testing.assert_array_equal(graph.values[name].data, weights[name])
