@@ -84,9 +84,11 @@ def slot_moments(
         rows, _ = unfold(args[0].astype(np.float32), layers[node.name])
         group, m, k = rows.shape
         g = -(-k // vector)
-        padded = np.zeros((group, m, g * vector), dtype=np.float32)
-        padded[:, :, :k] = rows
-        xv = padded.reshape(group, m, g, vector).transpose(0, 2, 1, 3)  # [group, G, M, V]
+        if k % vector:
+            rows = np.concatenate(
+                [rows, np.zeros((group, m, g * vector - k), dtype=np.float32)], axis=2
+            )
+        xv = rows.reshape(group, m, g, vector).transpose(0, 2, 1, 3)  # [group, G, M, V]
         c = np.matmul(xv.transpose(0, 1, 3, 2), xv)
         out[node.name] = out.get(node.name, 0) + c.astype(np.float64)
 

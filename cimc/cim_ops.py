@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .ir import Graph, Node
-from .ops import _conv_params, _windows, register_op
+from .ops import _conv_params, _windows, pad_spatial, register_op
 
 POOL_OP = "cimc.PoolMVM"
 QUANT_OP = "cimc.QuantMVM"
@@ -132,7 +132,7 @@ def unfold(x: np.ndarray, attrs: dict[str, Any]) -> tuple[np.ndarray, tuple[int,
     n, c, h, w = x.shape
     kh, kw = attrs["kernel"]
     strides, dil, pads, group = attrs["strides"], attrs["dilations"], attrs["pads"], attrs["group"]
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    xp = pad_spatial(x, pads)
     ho = (h + pads[0] + pads[2] - (kh - 1) * dil[0] - 1) // strides[0] + 1
     wo = (w + pads[1] + pads[3] - (kw - 1) * dil[1] - 1) // strides[1] + 1
     win = _windows(xp, (kh, kw), strides, dil, (ho, wo))  # n, c, ho, wo, kh, kw

@@ -360,6 +360,14 @@ def _as_2d(x: np.ndarray) -> np.ndarray:
     return x[..., None] if x.ndim == 3 else x
 
 
+def pad_spatial(x: np.ndarray, pads) -> np.ndarray:
+    """NCHW ``x`` zero-padded by pads = [top, left, bottom, right] (``x`` itself when all are
+    zero: most convolutions of a ResNet are unpadded 1x1)."""
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+
+
 def _windows(xp: np.ndarray, k, strides, dil, out_sp) -> np.ndarray:
     """View [N, C, Ho, Wo, kh, kw] of a padded NCHW input."""
     span = ((k[0] - 1) * dil[0] + 1, (k[1] - 1) * dil[1] + 1)
@@ -374,7 +382,7 @@ def conv2d(x, w, strides, dil, pads, group) -> np.ndarray:
     x, w = _wide(x), _wide(w)
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    xp = pad_spatial(x, pads)
     ho = (h + pads[0] + pads[2] - (kh - 1) * dil[0] - 1) // strides[0] + 1
     wo = (wd + pads[1] + pads[3] - (kw - 1) * dil[1] - 1) // strides[1] + 1
     if group == c and cg == 1 and group > 1:

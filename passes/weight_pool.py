@@ -38,9 +38,11 @@ POOL_VALUE = "cimc.pool"
 
 
 def pack_vectors(w: np.ndarray, vector: int) -> np.ndarray:
-    """W[O, K] -> [O, G, V], zero-padding K to a multiple of V."""
+    """W[O, K] -> [O, G, V], zero-padding K to a multiple of V (a view of W when K is one)."""
     o, k = w.shape
     g = -(-k // vector)
+    if k == g * vector:
+        return np.asarray(w, dtype=np.float64).reshape(o, g, vector)
     out = np.zeros((o, g * vector), dtype=np.float64)
     out[:, :k] = w
     return out.reshape(o, g, vector)
@@ -57,17 +59,15 @@ def _distinct_rows(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_pool(
-    vectors: np.ndarray, size: int, vector: int, init: str, seed: int, iters: int = 20
+    x: np.ndarray, size: int, vector: int, init: str, rng: np.random.Generator, iters: int = 20
 ) -> np.ndarray:
-    """The binary pool P[S, V] (int8 +-1).
+    """The binary pool P[S, V] (int8 +-1) from the sample ``x`` of weight vectors.
 
     ``kmeans``: k-means on the sign-constrained centres that the assignment later uses: each
     round assigns vectors to the centre of largest dot product and sets each centre to the sign
-    of its members' sum (the binary vector maximising that sum). Vectors are given per layer
-    RMS-normalised, so no layer dominates. ``random``: seeded signs. ``hadamard``: rows of a
-    Hadamard matrix (and their negations when S > V).
+    of its members' sum (the binary vector maximising that sum). ``random``: seeded signs.
+    ``hadamard``: rows of a Hadamard matrix (and their negations when S > V).
     """
-    rng = np.random.default_rng(seed)
     if init == "hadamard":
         h = hadamard(vector).astype(np.int8)
         rows = np.concatenate([h, -h])
@@ -75,9 +75,6 @@ def make_pool(
     if init == "random":
         pool = rng.choice(np.array([-1, 1], dtype=np.int8), size=(size, vector))
         return _distinct_rows(pool, rng)
-    x = vectors[np.abs(vectors).sum(axis=1) > 0]
-    if len(x) > 16384:  # a seeded sample: 16k vectors pin 128 binary centres down well
-        x = x[rng.choice(len(x), 16384, replace=False)]
     if len(x) < size:
         extra = rng.standard_normal((size - len(x), vector))
         x = np.concatenate([x, extra])
@@ -99,6 +96,34 @@ def make_pool(
     return _distinct_rows(pool, rng)
 
 
+POOL_SAMPLE = 16384  # vectors k-means sees: 16k pin 128 binary centres down well
+
+
+def pool_sample(
+    weights: dict[str, np.ndarray],
+    packed: dict[str, np.ndarray],
+    vector: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A seeded sample of at most POOL_SAMPLE non-zero weight vectors over all layers, each
+    divided by its layer's RMS so that no layer dominates. Only the sampled vectors are copied
+    (ResNet-50 has 184k vectors)."""
+    parts = [packed[name].reshape(-1, vector) for name in weights]
+    scales = [np.sqrt(np.mean(w**2)) or 1.0 for w in weights.values()]
+    nonzero = [np.flatnonzero(np.any(part != 0, axis=1)) for part in parts]
+    offsets = np.cumsum([0] + [len(nz) for nz in nonzero])
+    total = int(offsets[-1])
+    picked = np.arange(total)
+    if total > POOL_SAMPLE:
+        picked = rng.choice(total, POOL_SAMPLE, replace=False)
+    layer_of = np.searchsorted(offsets, picked, side="right") - 1
+    x = np.empty((len(picked), vector))
+    for li, (part, nz, scale) in enumerate(zip(parts, nonzero, scales)):
+        at = np.flatnonzero(layer_of == li)
+        x[at] = part[nz[picked[at] - offsets[li]]] / scale
+    return x
+
+
 def build_pool(
     weights: dict[str, np.ndarray],
     size: int,
@@ -107,16 +132,15 @@ def build_pool(
     seed: int,
     packed: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The network's pool from its compressed layers' W[O, K] (each RMS-normalised, so no
-    layer dominates): what the pass computes, and what ``cimc.train`` freezes before tuning.
-    ``packed`` may give the layers' vectors already cut by ``pack_vectors``."""
-    packed = packed or {name: pack_vectors(w, vector) for name, w in weights.items()}
-    sample = [
-        packed[name].reshape(-1, vector) / (np.sqrt(np.mean(w**2)) or 1.0)
-        for name, w in weights.items()
-    ]
-    stacked = np.concatenate(sample) if sample else np.zeros((0, vector))
-    return make_pool(stacked, size, vector, init, seed)
+    """The network's pool from its compressed layers' W[O, K]: what the pass computes, and
+    what ``cimc.train`` freezes before tuning. ``packed`` may give the layers' vectors
+    already cut by ``pack_vectors``."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((0, vector))
+    if init == "kmeans":
+        packed = packed or {name: pack_vectors(w, vector) for name, w in weights.items()}
+        x = pool_sample(weights, packed, vector, rng)
+    return make_pool(x, size, vector, init, rng)
 
 
 def _choose(score: np.ndarray, rule: str, block: int) -> np.ndarray:

@@ -92,6 +92,33 @@ def test_pool_is_binary_shared_and_distinct(resnet18):
     np.testing.assert_array_equal(hp @ hp.T, 128 * np.eye(128))
 
 
+def test_pool_sample_is_normalised_nonzero_vectors_of_every_layer():
+    from cimc.passes.weight_pool import POOL_SAMPLE, pack_vectors, pool_sample
+
+    rng = np.random.default_rng(0)
+    weights = {"a": rng.standard_normal((6, 200)), "b": 5 * rng.standard_normal((4, 256))}
+    weights["a"][2, 128:] = 0  # one all-zero (padded) vector: k-means must not see it
+    packed = {n: pack_vectors(w, 128) for n, w in weights.items()}
+    expected = np.concatenate(
+        [
+            (lambda r: r[np.any(r != 0, axis=1)])(packed[n].reshape(-1, 128))
+            / np.sqrt(np.mean(w**2))
+            for n, w in weights.items()
+        ]
+    )
+    got = pool_sample(weights, packed, 128, np.random.default_rng(1))
+    assert got.shape == (6 * 2 - 1 + 4 * 2, 128)
+    np.testing.assert_array_equal(got, expected)
+    # Over the limit: a sample of distinct rows of the same set.
+    big = {"c": rng.standard_normal((POOL_SAMPLE // 64 + 8, 128 * 64))}
+    packed = {"c": pack_vectors(big["c"], 128)}
+    sample = pool_sample(big, packed, 128, np.random.default_rng(1))
+    every = packed["c"].reshape(-1, 128) / np.sqrt(np.mean(big["c"] ** 2))
+    assert sample.shape == (POOL_SAMPLE, 128)
+    assert len(np.unique(sample, axis=0)) == POOL_SAMPLE
+    assert set(map(bytes, sample)) <= set(map(bytes, every))
+
+
 def test_layer_policy_first_last_depthwise(resnet18):
     g = cimc.run_passes(resnet18, PIPE)
     cim = [n for n in g.nodes() if n.op in (POOL_OP, QUANT_OP)]
