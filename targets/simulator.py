@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from cimc.cim_ops import POOL_OP, QUANT_OP, act_scale, array_sums, fold, quantize_input, unfold
 from cimc.interpreter import Interpreter
@@ -28,14 +28,14 @@ from .energy import area_breakdown, energy_breakdown
 from .timing import time_program, unit_names
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def route_accumulate(columns: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Permutation unit: acc[m, o] = sum_g columns[g, m, idx[o, g]], in int64 accumulators
     (columns hold exact integers in floating point)."""
     g, m, _ = columns.shape
     o = idx.shape[0]
     acc = np.zeros((m, o), np.int64)
-    for r in prange(m):
+    for r in range(m):
         for gi in range(g):
             col = columns[gi, r]
             for oi in range(o):
