@@ -158,24 +158,22 @@ def _per_group(rows: np.ndarray, n_out: int, fn) -> np.ndarray:
     return np.concatenate([fn(rows[g], slice(g * og, (g + 1) * og)) for g in range(group)], axis=1)
 
 
-def _exact_dtype(rows: np.ndarray, k: int) -> type:
-    """float32 when every partial sum of rows against {-1, 0, +1} weights is an integer below
-    2^24 (float32 adds it exactly and BLAS runs twice as fast), float64 otherwise."""
-    integral = rows.size and np.array_equal(rows, np.round(rows))
-    if integral and float(np.abs(rows).max()) * k < 2**24:
-        return np.float32
-    return np.float64
+def _sum_dtype(act_bits: int, k: int) -> type:
+    """float32 when the rows are quantised activations (integers of magnitude <= 2^act_bits)
+    and every partial sum against {-1, 0, +1} weights stays below 2^24, which float32 adds
+    exactly (and BLAS twice as fast); float64 otherwise."""
+    return np.float32 if act_bits and 2**act_bits * k < 2**24 else np.float64
 
 
 def array_sums(
-    rows: np.ndarray, pool: np.ndarray, slots: int, err: np.ndarray | None
+    rows: np.ndarray, pool: np.ndarray, slots: int, err: np.ndarray | None, act_bits: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """What the two arrays compute for rows [M, K]: the pool array's column sums
-    columns[G, M, S] per vector slot, and the error array's sums B[M, O] (None without one).
-    Both are exact integers when the rows are (quantised activations)."""
+    """What the two arrays compute for rows [M, K] of ``act_bits``-bit activations: the pool
+    array's column sums columns[G, M, S] per vector slot, and the error array's sums B[M, O]
+    (None without one). Both are exact integers."""
     v = pool.shape[1]
     m, k = rows.shape
-    dtype = _exact_dtype(rows, slots * v)
+    dtype = _sum_dtype(act_bits, slots * v)
     padded = np.zeros((m, slots * v), dtype=dtype)
     padded[:, :k] = rows
     columns = np.matmul(padded.reshape(m, slots, v).transpose(1, 0, 2), pool.T.astype(dtype))
@@ -186,10 +184,10 @@ def array_sums(
 
 
 def pool_accumulators(
-    rows: np.ndarray, pool: np.ndarray, idx: np.ndarray, err: np.ndarray | None
+    rows: np.ndarray, pool: np.ndarray, idx: np.ndarray, err: np.ndarray | None, act_bits: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A[M, O] through the pool array and permutation, and B[M, O] through the error array."""
-    columns, err_acc = array_sums(rows, pool, idx.shape[1], err)
+    columns, err_acc = array_sums(rows, pool, idx.shape[1], err, act_bits)
     acc = np.zeros((rows.shape[0], idx.shape[0]), dtype=np.float64)
     for gi in range(idx.shape[1]):
         acc += columns[gi][:, idx[:, gi]]  # float64 sums of exact integers stay exact
@@ -215,7 +213,9 @@ def _pool_mvm(node: Node, x, pool, idx, err=None, alpha=None, beta=None, bias=No
         if not a.get("act_bits", 0):  # float activations (before quantize-act): one dense GEMM
             w = dense_weights(pool, idx[out], al, None if err is None else err[out], beta)
             return r @ w[:, : r.shape[1]].T
-        acc, err_acc = pool_accumulators(r, pool, idx[out], None if err is None else err[out])
+        acc, err_acc = pool_accumulators(
+            r, pool, idx[out], None if err is None else err[out], a["act_bits"]
+        )
         y = al * acc
         if err_acc is not None:
             y = y + beta * err_acc

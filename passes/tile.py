@@ -53,7 +53,8 @@ def layer_work(graph: Graph, node: Node, target: Target) -> LayerWork:
 
 
 def check_lowerable(graph: Graph, target: Target) -> list[Node]:
-    """CiM layers in order; float CiM layers or pool layers on int macros are errors."""
+    """CiM layers in order; float weights, float activations or pool layers on int macros
+    are errors."""
     layers = []
     for node in graph.nodes():
         if cim_kind(node, graph):
@@ -66,6 +67,11 @@ def check_lowerable(graph: Graph, target: Target) -> list[Node]:
                 raise CimcError(
                     f"layer {node.name!r} is pool-compressed but target {target.name} has "
                     f"{target.macro} macros; use a cimpool target or quantize-weights"
+                )
+            if not node.attrs.get("act_bits"):
+                raise CimcError(
+                    f"layer {node.name!r} ({node.op}) takes float activations, but the arrays "
+                    "take bit-serial integer inputs; end the pipeline with quantize-act"
                 )
             layers.append(node)
     return layers

@@ -43,9 +43,9 @@ def route_accumulate(columns: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _pool_layer(rows: np.ndarray, pool, idx, err, alpha, beta) -> np.ndarray:
+def _pool_layer(rows: np.ndarray, pool, idx, err, alpha, beta, act_bits: int) -> np.ndarray:
     """One conv group: array sums, the permutation unit's routing, then the scales (float64)."""
-    columns, err_acc = array_sums(rows, pool, idx.shape[1], err)
+    columns, err_acc = array_sums(rows, pool, idx.shape[1], err, act_bits)
     acc = route_accumulate(columns, idx.astype(np.int64))
     y = alpha * acc.astype(np.float64)
     if err_acc is not None:
@@ -73,9 +73,8 @@ class _Machine(Interpreter):
         for gi in range(group):
             out = slice(gi * og, (gi + 1) * og)
             al = alpha if alpha.size == 1 else alpha[out]
-            parts.append(
-                _pool_layer(rows[gi], pool, idx[out], None if err is None else err[out], al, beta)
-            )
+            e = None if err is None else err[out]
+            parts.append(_pool_layer(rows[gi], pool, idx[out], e, al, beta, a["act_bits"]))
         y = (parts[0] if group == 1 else np.concatenate(parts, axis=1)) * act_scale(a)
         if bias is not None:
             y = y + bias

@@ -106,6 +106,13 @@ def test_pool_layers_need_a_cimpool_target(model):
         )
 
 
+def test_float_activations_cannot_be_lowered(model):
+    # The arrays take bit-serial integer inputs: without quantize-act there is nothing exact
+    # to simulate, so compile says which layer and what to add.
+    with pytest.raises(CimcError, match=r"float activations.*quantize-act"):
+        cimc.compile(model, target="int8-sram", pipeline="fold-bn,quantize-weights{bits=8}")
+
+
 def test_cli_compile_disasm(model, tmp_path, capsys):
     out = tmp_path / "r.cimx"
     code = main(
