@@ -377,6 +377,17 @@ def _windows(xp: np.ndarray, k, strides, dil, out_sp) -> np.ndarray:
     ]
 
 
+def _tap(xp: np.ndarray, i: int, j: int, strides, dil, out_sp) -> np.ndarray:
+    """View [N, C, Ho, Wo] of the inputs that kernel position (i, j) sees at every output."""
+    y0, x0 = i * dil[0], j * dil[1]
+    return xp[
+        :,
+        :,
+        y0 : y0 + strides[0] * (out_sp[0] - 1) + 1 : strides[0],
+        x0 : x0 + strides[1] * (out_sp[1] - 1) + 1 : strides[1],
+    ]
+
+
 def conv2d(x, w, strides, dil, pads, group) -> np.ndarray:
     """NCHW convolution without bias (pads = [top, left, bottom, right]); also used by passes."""
     x, w = _wide(x), _wide(w)
@@ -391,13 +402,7 @@ def conv2d(x, w, strides, dil, pads, group) -> np.ndarray:
         out = np.zeros((n, o, ho, wo), dtype=np.result_type(x, w))
         for i in range(kh):
             for j in range(kw):
-                y0, x0 = i * dil[0], j * dil[1]
-                patch = src[
-                    :,
-                    :,
-                    y0 : y0 + strides[0] * (ho - 1) + 1 : strides[0],
-                    x0 : x0 + strides[1] * (wo - 1) + 1 : strides[1],
-                ]
+                patch = _tap(src, i, j, strides, dil, (ho, wo))
                 out += patch * w[:, 0, i, j][None, :, None, None]
         return out
     win = _windows(xp, (kh, kw), strides, dil, (ho, wo))
@@ -519,7 +524,9 @@ def _pool(node: Node, x: np.ndarray, kind: str) -> np.ndarray:
     if kind == "max":
         fill = -np.inf if np.issubdtype(x2.dtype, np.floating) else np.iinfo(x2.dtype).min
         xp = np.pad(x2, widths, constant_values=fill)
-        y = _windows(xp, k, strides, dil, out_sp).max(axis=(-2, -1))
+        y = _tap(xp, 0, 0, strides, dil, out_sp)
+        for i, j in np.ndindex(k[0], k[1]):  # per kernel position: ~10x faster than a 6-D reduce
+            y = np.maximum(y, _tap(xp, i, j, strides, dil, out_sp))
     else:
         xp = np.pad(_wide(x2), widths)
         sums = _windows(xp, k, strides, dil, out_sp).sum(axis=(-2, -1))
