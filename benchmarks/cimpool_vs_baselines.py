@@ -182,23 +182,28 @@ def main() -> None:
             energy[scheme] = analyse(prog, storage, f"{FRONT[scheme]},{args.energy_tile}")
     wall = time.perf_counter() - t_start
 
+    def row(label: str, cell) -> list[str]:
+        return [label] + [cell(s) for s in schemes]
+
     cp = area["cimpool"]
     print(f"\n## {args.model} at {args.size}: on-chip area (weights in SRAM, no replicas)\n")
     header = ["mm^2"] + [area[s]["target"] for s in schemes]
-    rows = [[k] + [f"{area[s]['area_breakdown'][k]:.3f}" for s in schemes] for k in AREA_KEYS]
-    rows.append(["**total**"] + [f"**{area[s]['area_mm2']:.3f}**" for s in schemes])
     macro = {s: sum(area[s]["area_breakdown"][k] for k in MACRO_KEYS) for s in schemes}
-    rows.append(["macros (cim + pool + permutation)"] + [f"{macro[s]:.3f}" for s in schemes])
-    rows.append(["weight bytes placed"] + [f"{area[s]['weight_bytes_placed']:,}" for s in schemes])
-    rows.append(["arrays used"] + [f"{area[s]['arrays_used']}" for s in schemes])
-    rows.append(
-        ["stored bits / weight (all CiM layers)"]
-        + [f"{area[s]['stored_bits_per_weight']:.3f}" for s in schemes]
-    )
-    rows.append(
-        ["placed bits / weight (tile-padded)"]
-        + [f"{8 * area[s]['weight_bytes_placed'] / area[s]['weights']:.3f}" for s in schemes]
-    )
+    rows = [row(k, lambda s, k=k: f"{area[s]['area_breakdown'][k]:.3f}") for k in AREA_KEYS]
+    rows += [
+        row("**total**", lambda s: f"**{area[s]['area_mm2']:.3f}**"),
+        row("macros (cim + pool + permutation)", lambda s: f"{macro[s]:.3f}"),
+        row("weight bytes placed", lambda s: f"{area[s]['weight_bytes_placed']:,}"),
+        row("arrays used", lambda s: f"{area[s]['arrays_used']}"),
+        row(
+            "stored bits / weight (all CiM layers)",
+            lambda s: f"{area[s]['stored_bits_per_weight']:.3f}",
+        ),
+        row(
+            "placed bits / weight (tile-padded)",
+            lambda s: f"{8 * area[s]['weight_bytes_placed'] / area[s]['weights']:.3f}",
+        ),
+    ]
     print(md_table(header, rows))
     print()
     red = {}
@@ -217,24 +222,21 @@ def main() -> None:
     print(f"\n## {args.model} at {args.size}: energy per image, weights streamed from DRAM\n")
     header = ["uJ / image"] + [energy[s]["target"] for s in schemes]
     rows = [
-        [k] + [f"{energy[s]['energy_breakdown'][k] / 1e6:.2f}" for s in schemes]
-        for k in ENERGY_KEYS
+        row(k, lambda s, k=k: f"{energy[s]['energy_breakdown'][k] / 1e6:.2f}") for k in ENERGY_KEYS
     ]
-    rows.append(["**total**"] + [f"**{energy[s]['energy_pj'] / 1e6:.2f}**" for s in schemes])
-    rows.append(
-        ["DRAM share of total"]
-        + [
-            f"{100 * energy[s]['energy_breakdown']['dram'] / energy[s]['energy_pj']:.1f}%"
-            for s in schemes
-        ]
-    )
-    rows.append(["DRAM bytes read"] + [f"{energy[s]['dram_bytes']:,}" for s in schemes])
-    rows.append(["cycles"] + [f"{energy[s]['cycles']:,}" for s in schemes])
-    rows.append(["latency (ms)"] + [f"{energy[s]['latency_s'] * 1e3:.3f}" for s in schemes])
-    rows.append(
-        ["energy vs cimpool"]
-        + [f"{energy[s]['energy_pj'] / ce['energy_pj']:.2f}x" for s in schemes]
-    )
+    rows += [
+        row("**total**", lambda s: f"**{energy[s]['energy_pj'] / 1e6:.2f}**"),
+        row(
+            "DRAM share of total",
+            lambda s: (
+                f"{100 * energy[s]['energy_breakdown']['dram'] / energy[s]['energy_pj']:.1f}%"
+            ),
+        ),
+        row("DRAM bytes read", lambda s: f"{energy[s]['dram_bytes']:,}"),
+        row("cycles", lambda s: f"{energy[s]['cycles']:,}"),
+        row("latency (ms)", lambda s: f"{energy[s]['latency_s'] * 1e3:.3f}"),
+        row("energy vs cimpool", lambda s: f"{energy[s]['energy_pj'] / ce['energy_pj']:.2f}x"),
+    ]
     print(md_table(header, rows))
     print()
     ratios = {s: energy[s]["energy_pj"] / ce["energy_pj"] for s in ("int4", "int8")}
