@@ -76,6 +76,7 @@ from typing import Any
 import numpy as np
 
 import cimc
+from cimc.atomic import write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -445,14 +446,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         return x
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(clean(data), f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(clean(data), indent=1))
 
 
 def main() -> None:

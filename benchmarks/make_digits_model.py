@@ -24,8 +24,6 @@ import argparse
 import copy
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+from cimc.atomic import atomic_path
 from cimc.train.export import export_onnx
 from cimc.train.models import BasicBlock
 
@@ -169,25 +168,9 @@ def train(
 # --------------------------------------------------------------------------- output
 
 
-def _tmp_path(out_dir: Path, final_name: str) -> Path:
-    """A fresh file name in out_dir that ends like final_name (np.savez appends .npz else)."""
-    fd, name = tempfile.mkstemp(
-        dir=out_dir, prefix=f".{final_name}.", suffix=Path(final_name).suffix
-    )
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; give the result normal permissions
-    return Path(name)
-
-
 def _write_atomic(out_dir: Path, final_name: str, write) -> Path:
-    tmp = _tmp_path(out_dir, final_name)
-    try:
+    with atomic_path(out_dir / final_name) as tmp:
         write(tmp)
-        os.replace(tmp, out_dir / final_name)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_dir / final_name
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .atomic import atomic_path
 from .errors import CimcError
 
 console = Console(width=max(120, Console().width))
@@ -260,9 +261,8 @@ def plot_layers(result, program, path: str) -> None:
     ax.legend()
     ax.set_title(f"{program.graph.name} on {program.manifest['target']['name']}")
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 def print_result(result, program) -> None:
@@ -315,7 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"top-1 agreement {c['top1_agreement']:.3f}"
             )
     if args.json:
-        from .pass_manager import write_text_atomic
+        from .atomic import write_text_atomic
 
         write_text_atomic(args.json, json.dumps(report, indent=1, sort_keys=True))
     if args.plot:

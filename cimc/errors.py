@@ -48,5 +48,9 @@ class PassError(CimcError):
     """A pass failed; the message names its pipeline position and the passes already run."""
 
 
+class OutputError(CimcError):
+    """An output file cannot be written where it was asked for."""
+
+
 class ProgramError(CimcError):
     """A .cimx program file is truncated, altered or of an unknown version."""

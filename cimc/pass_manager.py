@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import write_text_atomic
 from .errors import CimcError, FeedError, PassError
 from .ir import Graph
 from .passes_base import Pass, PassContext, Pipeline, parse_pipeline
@@ -73,14 +75,6 @@ class VerifyEach(Instrument):
         graph.verify()
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary name beside ``path`` and rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def load_calibration(calibration: Any, graph: Graph) -> list[dict[str, np.ndarray]] | None:
     """Feeds for calibration: a list of feed dicts, or an .npz whose arrays are named after the
     graph inputs with samples along the first axis (other arrays, such as labels, are ignored)."""
@@ -89,7 +83,19 @@ def load_calibration(calibration: Any, graph: Graph) -> list[dict[str, np.ndarra
     path = Path(calibration)
     if not path.is_file():
         raise FeedError(f"calibration file {path} does not exist; give an .npz of input samples")
-    with np.load(path) as data:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise FeedError(
+            f"calibration file {path} is not a readable .npz ({exc}); save input samples "
+            "with np.savez(FILE, <input name>=samples)"
+        ) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise FeedError(
+            f"calibration file {path} holds one bare array; calibration needs an .npz naming "
+            f"each input: np.savez(FILE, {graph.inputs[0] if graph.inputs else 'input'}=samples)"
+        )
+    with data:
         missing = [i for i in graph.inputs if i not in data.files]
         if missing:
             raise FeedError(

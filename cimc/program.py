@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import write_bytes_atomic
 from .errors import ProgramError
 from .ir import Graph, Node, Value
 
@@ -95,12 +96,7 @@ class Program:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: a temporary name beside ``path``, then rename."""
-        path = Path(path)
-        data = to_bytes(self)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-        return path
+        return write_bytes_atomic(path, to_bytes(self))
 
 
 # ---- serialisation ----------------------------------------------------------------------------

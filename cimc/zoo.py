@@ -13,10 +13,8 @@ at package import time.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -24,6 +22,8 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .atomic import atomic_path
 
 __all__ = ["ZOO", "build", "export_onnx"]
 
@@ -548,25 +548,17 @@ def export_onnx(
     )
     dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (dummy,),
-                tmp,
-                input_names=["input"],
-                output_names=["logits"],
-                opset_version=17,
-                dynamo=False,
-                do_constant_folding=False,
-                dynamic_axes=dynamic_axes,
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+            do_constant_folding=False,
+            dynamic_axes=dynamic_axes,
+        )
     return path

@@ -108,6 +108,9 @@ def test_all_errors_share_the_base_class():
         assert issubclass(cls, CimcError)
 
 
+SQUEEZENET = str(light_path("squeezenet"))
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -115,14 +118,20 @@ def test_all_errors_share_the_base_class():
         ["inspect", "{tmp}/missing.onnx"],
         ["inspect", str(light_path("squeezenet")), "--input-shape", "data_0"],
         ["inspect", str(light_path("squeezenet")), "--input-shape", "nope=1,3,224,224"],
+        # a bare .npy where calibration needs an .npz naming each input
+        ["compile", SQUEEZENET, "--calibration", "{tmp}/calib.npy", "-o", "{tmp}/a.cimx"],
+        ["compile", SQUEEZENET, "--calibration", "{tmp}/garbage.onnx", "-o", "{tmp}/a.cimx"],
+        ["compile", SQUEEZENET, "--calibration", "0", "-o", "{tmp}/no/such/dir/a.cimx"],
     ],
 )
 def test_cli_prints_one_line_and_exits_2(args, tmp_path, capsys):
     (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07garbage" * 10)
+    np.save(tmp_path / "calib.npy", np.zeros((2, 3, 224, 224), np.float32))
     code = main([a.format(tmp=tmp_path) for a in args])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("cimc: error: ") and err.count("\n") == 1
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # nothing half-written
 
 
 def test_cli_as_a_process_has_no_traceback(tmp_path):
@@ -133,3 +142,19 @@ def test_cli_as_a_process_has_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    from cimc.atomic import atomic_path
+
+    target = tmp_path / "out.cimx"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.cimx"]
+    with (
+        pytest.raises(cimc.errors.OutputError, match="does not exist"),
+        atomic_path(tmp_path / "missing" / "x.cimx"),
+    ):
+        pass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import onnx
 import torch
 from torch import nn
 
+from cimc.atomic import atomic_path
 from cimc.errors import CimcError
 from cimc.passes.weight_pool import ASSIGNMENT_FORMAT
 
@@ -49,14 +49,8 @@ def plain_model(model: nn.Module) -> nn.Module:
     return out.eval()
 
 
-def _replace_atomic(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-
-
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             model.eval(),
@@ -69,7 +63,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> No
             output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
-    _replace_atomic(tmp, path)
 
 
 def _initializer_names(path: Path, expected: dict[str, np.ndarray]) -> dict[str, str]:
@@ -134,7 +127,6 @@ def export_model(
                 arrays[f"{key}|mask"] = st["mask"].astype(bool)
                 arrays[f"{key}|group"] = np.array(scheme.group)
                 arrays[f"{key}|chunk"] = np.array(scheme.chunk)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    _replace_atomic(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **arrays)
     return Exported(onnx_path, path, scheme.pipeline(str(path)))
