@@ -74,12 +74,14 @@ class Interpreter:
             if tuple(x.shape) != tuple(v.shape):
                 raise FeedError(
                     f"input {name!r} has shape {tuple(x.shape)}, the graph expects {v.shape}; "
-                    "re-import with input_shapes to change it"
+                    "shapes are fixed at import: import or compile again with input_shapes "
+                    "(CLI: --input-shape) to change it"
                 )
             if x.dtype != v.dtype:
                 if np.dtype(x.dtype).kind != np.dtype(v.dtype).kind:
                     raise FeedError(
-                        f"input {name!r} has dtype {x.dtype}, the graph expects {np.dtype(v.dtype)}"
+                        f"input {name!r} has dtype {x.dtype}, the graph expects "
+                        f"{np.dtype(v.dtype)}; convert it (x.astype({np.dtype(v.dtype).name}))"
                     )
                 x = x.astype(v.dtype)
             env[name] = x
