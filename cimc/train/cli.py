@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from cimc.atomic import atomic_path, write_text_atomic
 from cimc.errors import CimcError
 
 SCHEME_NAMES = (
@@ -123,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             fp32.load_state_dict(torch.load(args.pretrained, weights_only=True))
         else:
             fp32 = T.pretrain(splits, cfg, widths, **kw)
-            torch.save(fp32.state_dict(), out / "fp32.pt")
+            with atomic_path(out / "fp32.pt") as tmp:
+                torch.save(fp32.state_dict(), tmp)
         model = T.finetune(fp32, scheme, splits, T.finetune_config(cfg, args.finetune_epochs), **kw)
     example = torch.from_numpy(splits.x_train[:1])
     exported = export_model(model, out / "model.onnx", example)
@@ -144,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if not args.no_compile:
         summary.update(compile_and_score(exported, splits, model, cfg.calib))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(
         f"{splits.name} {scheme.label}: val {summary['val_acc']:.4f} test {summary['test_acc']:.4f}"
     )
