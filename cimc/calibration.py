@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .cim_ops import unfold
 from .errors import FeedError
@@ -89,7 +90,10 @@ def slot_moments(
                 [rows, np.zeros((group, m, g * vector - k), dtype=np.float32)], axis=2
             )
         xv = rows.reshape(group, m, g, vector).transpose(0, 2, 1, 3)  # [group, G, M, V]
-        c = np.matmul(xv.transpose(0, 1, 3, 2), xv)
+        # One BLAS thread: with more, OpenBLAS splits this long sum over M between threads and
+        # rounds differently per thread count, and the program would depend on the machine.
+        with threadpool_limits(1, user_api="blas"):
+            c = np.matmul(xv.transpose(0, 1, 3, 2), xv)
         out[node.name] = out.get(node.name, 0) + c.astype(np.float64)
 
     observe_inputs(graph, feeds, layers, hook)

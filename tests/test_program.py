@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -29,6 +33,19 @@ def test_compile_is_byte_identical(model, program, tmp_path):
     again = cimc.compile(model, target="cimpool-sram", calibration=2)
     a, b = program.save(tmp_path / "a.cimx"), again.save(tmp_path / "b.cimx")
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_program_does_not_depend_on_the_blas_thread_count(model, tmp_path):
+    # OpenBLAS splits long sums between threads and rounds differently per thread count; the
+    # calibration statistics must not, or a program would depend on the machine it was built on.
+    digests = []
+    for threads in ("1", "2"):
+        out = tmp_path / f"t{threads}.cimx"
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        code = "import cimc, sys; cimc.compile(sys.argv[1], calibration=4).save(sys.argv[2])"
+        subprocess.run([sys.executable, "-c", code, str(model), str(out)], env=env, check=True)
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
 
 
 def test_round_trip(program, tmp_path):
