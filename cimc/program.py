@@ -109,8 +109,7 @@ class _Arrays:
         self.offset = 0
 
     def add(self, arr: np.ndarray) -> int:
-        arr = np.ascontiguousarray(arr)
-        raw = arr.tobytes()
+        raw = arr.tobytes(order="C")  # not np.ascontiguousarray: it makes 0-d arrays 1-d
         self.entries.append(
             {
                 "dtype": np.lib.format.dtype_to_descr(arr.dtype),
