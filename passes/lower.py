@@ -173,6 +173,16 @@ def program_layers(graph: Graph) -> list[dict]:
     ]
 
 
+def _drop_float_weights(graph: Graph) -> None:
+    """Remove the float weights the compression passes keep in ``meta['compression']`` for the
+    passes after them: the chip holds only the compressed form, and they were most of a
+    program's file (ResNet-18 at cimpool-sram: 59 MB with them, 12.6 MB without)."""
+    for node in graph.nodes():
+        comp = node.meta.get("compression")
+        if comp and "weight" in comp:
+            node.meta["compression"] = {k: v for k, v in comp.items() if k != "weight"}
+
+
 @register_pass
 @dataclass(frozen=True)
 class Lower(Pass):
@@ -183,6 +193,7 @@ class Lower(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> None:
         target = ctx.target or load_target()
         check_lowerable(graph, target)
+        _drop_float_weights(graph)
         em = _Emitter(target)
         layers = program_layers(graph)
         ready = -1

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import cimc
 from cimc.cli import main
@@ -62,6 +63,31 @@ def test_round_trip(program, tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_scalar_constants_survive_the_file(tmp_path):
+    # A 0-d Gather index (ViT's q/k/v split) once came back from a .cimx as shape (1,), which
+    # added an axis and broke the next Transpose.
+    w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Gather", ["h", "i"], ["y"], axis=1),
+        ],
+        "scalar_index",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(1, np.int64), "i")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    program = cimc.compile(model, target="int8-sram", calibration=2)
+    back = load_program(program.save(tmp_path / "s.cimx"))
+    for v in back.graph.values.values():
+        assert v.data is None or v.data.shape == v.shape, v.name
+    x = {"x": np.random.default_rng(1).standard_normal((1, 4, 8)).astype(np.float32)}
+    got = cimc.simulate(back, x).outputs["y"]
+    np.testing.assert_array_equal(got, cimc.interpret(program.graph, x)["y"])
+    assert got.shape == (1, 8)
+
+
 def test_altered_truncated_or_foreign_files_are_rejected(program, tmp_path):
     path = program.save(tmp_path / "p.cimx")
     data = bytearray(path.read_bytes())
@@ -98,6 +124,15 @@ def test_program_structure(program):
             m = n.meta["mapping"]
             assert m["modelled_cycles"] >= m["modelled_compute"] > 0
     assert g.meta["weight_bytes"] <= program.target.capacity_bytes
+
+
+def test_program_holds_no_float_weights(model, program, tmp_path):
+    # The compression passes keep each layer's float weight in meta for the passes after them;
+    # the program must not carry it (it was 80 % of the file, larger than the fp32 ONNX).
+    for n in program.graph.nodes():
+        assert "weight" not in n.meta.get("compression", {}), n.name
+    size = program.save(tmp_path / "p.cimx").stat().st_size
+    assert size < model.stat().st_size / 3
 
 
 def test_dram_target_streams_weights(model):
