@@ -31,7 +31,9 @@ instruction from the program's blobs (integer accumulations are order-independen
 
 File (.cimx): ``b"CIMX"``, u32 format version, u64 payload length, sha256(payload), payload.
 The payload is a JSON manifest (length-prefixed) followed by 64-byte aligned raw arrays; the
-manifest lists every array's dtype, shape and offset. Same program, same bytes.
+manifest lists every array's dtype, shape and offset. Large int8 arrays of -1/0/+1 (error terms)
+are stored as two bit planes (non-zero, negative): 2 bits per element instead of 8. Same program,
+same bytes.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .atomic import write_bytes_atomic
 from .errors import ProgramError
 from .ir import Graph, Node, Value
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"CIMX"
 _HEADER = struct.Struct("<4sIQ32s")
 
@@ -109,15 +111,13 @@ class _Arrays:
         self.offset = 0
 
     def add(self, arr: np.ndarray) -> int:
-        raw = arr.tobytes(order="C")  # not np.ascontiguousarray: it makes 0-d arrays 1-d
-        self.entries.append(
-            {
-                "dtype": np.lib.format.dtype_to_descr(arr.dtype),
-                "shape": list(arr.shape),
-                "offset": self.offset,
-                "nbytes": len(raw),
-            }
-        )
+        entry = {"dtype": np.lib.format.dtype_to_descr(arr.dtype), "shape": list(arr.shape)}
+        if _is_ternary(arr):
+            raw = np.packbits(arr != 0).tobytes() + np.packbits(arr < 0).tobytes()
+            entry["encoding"] = "ternary-bitplanes"
+        else:
+            raw = arr.tobytes(order="C")  # not np.ascontiguousarray: it makes 0-d arrays 1-d
+        self.entries.append({**entry, "offset": self.offset, "nbytes": len(raw)})
         pad = (-len(raw)) % 64
         self.chunks.append(raw + b"\0" * pad)
         self.offset += len(raw) + pad
@@ -135,6 +135,20 @@ class _Arrays:
         if isinstance(obj, float) and not np.isfinite(obj):
             return {"__float__": repr(obj)}
         return obj
+
+
+def _is_ternary(arr: np.ndarray) -> bool:
+    return arr.dtype == np.int8 and arr.size >= 1024 and int(np.abs(arr).max()) <= 1
+
+
+def _read_array(payload: bytes, start: int, entry: dict[str, Any]) -> np.ndarray:
+    dtype = np.lib.format.descr_to_dtype(entry["dtype"])
+    count = int(np.prod(entry["shape"]))
+    if entry.get("encoding") == "ternary-bitplanes":
+        planes = np.frombuffer(payload, np.uint8, entry["nbytes"], start).reshape(2, -1)
+        nonzero, negative = (np.unpackbits(p, count=count).astype(dtype) for p in planes)
+        return (nonzero - 2 * (nonzero & negative)).reshape(entry["shape"])
+    return np.frombuffer(payload, dtype, count, start).reshape(entry["shape"])
 
 
 def _graph_to_json(graph: Graph, arrays: _Arrays) -> dict[str, Any]:
@@ -223,16 +237,7 @@ def load_program(path: str | os.PathLike) -> Program:
     (text_len,) = struct.unpack_from("<Q", payload)
     body = json.loads(payload[8 : 8 + text_len])
     base = 8 + text_len + ((-(8 + text_len)) % 64)
-    arrays = []
-    for e in body["arrays"]:
-        start = base + e["offset"]
-        arr = np.frombuffer(
-            payload,
-            dtype=np.lib.format.descr_to_dtype(e["dtype"]),
-            count=int(np.prod(e["shape"])),
-            offset=start,
-        )
-        arrays.append(arr.reshape(e["shape"]))
+    arrays = [_read_array(payload, base + e["offset"], e) for e in body["arrays"]]
     graph = _graph_from_json(body["graph"], arrays)
     return Program(
         instructions=arrays[body["instructions"]],
