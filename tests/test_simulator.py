@@ -71,12 +71,13 @@ def feeds_for(model: str, graph) -> dict:
 
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("model", list(ZOO) + LIGHT_MODELS)
-def test_bit_identical_and_bounded(sources, model, preset):
+def test_bit_identical_and_bounded(sources, model, preset, tmp_path):
     graph = compressed(sources, model, kind_of(preset))
-    program = cimc.compile(graph, target=preset, pipeline="zpack", calibration=[])
+    compiled = cimc.compile(graph, target=preset, pipeline="zpack", calibration=[])
+    program = cimc.load_program(compiled.save(tmp_path / "p.cimx"))  # as users run it: a file
     feeds = feeds_for(model, graph)
     result = simulate(program, feeds)
-    reference = cimc.interpret(program.graph, feeds)
+    reference = cimc.interpret(compiled.graph, feeds)
     assert set(result.outputs) == set(reference)
     for name in reference:
         assert np.array_equal(result.outputs[name], reference[name]), name  # bit for bit
