@@ -138,7 +138,8 @@ class _Arrays:
 
 
 def _is_ternary(arr: np.ndarray) -> bool:
-    return arr.dtype == np.int8 and arr.size >= 1024 and int(np.abs(arr).max()) <= 1
+    """(Not np.abs: it maps int8 -128 to -128.)"""
+    return arr.dtype == np.int8 and arr.size >= 1024 and arr.min() >= -1 and arr.max() <= 1
 
 
 def _read_array(payload: bytes, start: int, entry: dict[str, Any]) -> np.ndarray:

@@ -88,6 +88,24 @@ def test_scalar_constants_survive_the_file(tmp_path):
     assert got.shape == (1, 8)
 
 
+def test_array_encodings_round_trip_exactly():
+    from cimc.program import _Arrays, _read_array
+
+    rng = np.random.default_rng(0)
+    ternary = rng.integers(-1, 2, size=(3, 5, 128)).astype(np.int8)
+    with_min = ternary.copy()
+    with_min[0, 0, 0] = -128  # np.abs(-128) is -128 in int8: must not pass for ternary
+    for arr in (ternary, with_min, rng.integers(-128, 128, 2000).astype(np.int8), np.array(3.0)):
+        store = _Arrays()
+        store.add(arr)
+        back = _read_array(b"".join(store.chunks), 0, store.entries[0])
+        assert back.dtype == arr.dtype and back.shape == arr.shape and np.array_equal(back, arr)
+    assert store.entries[0].get("encoding") is None
+    store = _Arrays()
+    store.add(ternary)
+    assert store.entries[0]["encoding"] == "ternary-bitplanes" and store.offset < ternary.size / 3
+
+
 def test_altered_truncated_or_foreign_files_are_rejected(program, tmp_path):
     path = program.save(tmp_path / "p.cimx")
     data = bytearray(path.read_bytes())
