@@ -43,7 +43,8 @@ def write_model(model: str, size: int, folder: Path) -> Path:
     from helpers import light_path, with_seeded_weights
 
     path = folder / f"{model}.onnx"
-    onnx.save(with_seeded_weights(onnx.load(str(light_path(model[6:]))), seed=1), str(path))
+    source = onnx.load(str(light_path(model.removeprefix("light_"))))
+    onnx.save(with_seeded_weights(source, seed=1), str(path))
     return path
 
 
