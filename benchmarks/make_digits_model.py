@@ -35,8 +35,8 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from cimc.atomic import atomic_path
-from cimc.train.export import export_onnx
 from cimc.train.models import BasicBlock
+from cimc.zoo import export_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16  # model input is SIZE x SIZE
@@ -218,7 +218,9 @@ def main() -> None:
 
     out_dir = args.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = _write_atomic(out_dir, "digits_cnn.onnx", lambda p: export_onnx(model, x_te[:1], p))
+    onnx_path = _write_atomic(
+        out_dir, "digits_cnn.onnx", lambda p: export_module(model, x_te[:1], p, dynamic_batch=True)
+    )
     x_test_np, y_test_np = x_te.numpy(), y_te.numpy()
     npz_path = _write_atomic(
         out_dir, "digits_test.npz", lambda p: np.savez(p, input=x_test_np, label=y_test_np)

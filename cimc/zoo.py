@@ -25,7 +25,7 @@ from torch import nn
 
 from .atomic import atomic_path
 
-__all__ = ["ZOO", "build", "export_onnx"]
+__all__ = ["ZOO", "build", "export_module", "export_onnx"]
 
 ZOO: tuple[str, ...] = ("resnet18", "resnet50", "mobilenetv3_large", "vit_b16")
 
@@ -533,26 +533,35 @@ def export_onnx(
     num_classes: int = 1000,
     dynamic_batch: bool = False,
 ) -> pathlib.Path:
-    """Export ``build(name, ...)`` to ONNX (opset 17) at ``path``; return the path.
-
-    Uses the TorchScript exporter with constant folding off so BatchNormalization
-    nodes survive (the fold-bn pass downstream needs them). Input is ``input``
-    (N, 3, image_size, image_size) float32, output ``logits``; ``dynamic_batch``
-    makes dim 0 of both a symbolic ``batch``. Written to a temp file in the same
-    directory and renamed, so readers never see a partial model.
-    """
+    """Export ``build(name, ...)`` with :func:`export_module` at ``path`` (its directory is
+    created); input (N, 3, image_size, image_size) float32."""
     path = pathlib.Path(path)
     model = build(name, num_classes=num_classes, image_size=image_size, seed=seed)
     dummy = torch.randn(
         1, 3, image_size, image_size, generator=torch.Generator().manual_seed(int(seed))
     )
-    dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     path.parent.mkdir(parents=True, exist_ok=True)
+    return export_module(model, dummy, path, dynamic_batch)
+
+
+def export_module(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike[str],
+    dynamic_batch: bool = False,
+) -> pathlib.Path:
+    """Export a torch module to ONNX (opset 17) at ``path``; return the path.
+
+    Uses the TorchScript exporter with constant folding off so BatchNormalization nodes survive
+    (fold-bn downstream needs them, and fine-tuned models keep them). Input ``input``, output
+    ``logits``; ``dynamic_batch`` makes dim 0 of both a symbolic ``batch``. Written atomically.
+    """
+    dynamic_axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
-            (dummy,),
+            model.eval(),
+            (example,),
             str(tmp),
             input_names=["input"],
             output_names=["logits"],
@@ -561,4 +570,4 @@ def export_onnx(
             do_constant_folding=False,
             dynamic_axes=dynamic_axes,
         )
-    return path
+    return pathlib.Path(path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from torch import nn
 from cimc.atomic import atomic_path
 from cimc.errors import CimcError
 from cimc.passes.weight_pool import ASSIGNMENT_FORMAT
+from cimc.zoo import export_module
 
 from .layers import CimLayer, Scheme, _set_module, cim_layers
 
@@ -47,22 +47,6 @@ def plain_model(model: nn.Module) -> nn.Module:
                 layer.weight.copy_(m.compressed_weight())
         _set_module(out, name, layer)
     return out.eval()
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> None:
-    with atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            model.eval(),
-            example,
-            str(tmp),
-            opset_version=17,
-            dynamo=False,
-            do_constant_folding=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
 
 
 def _initializer_names(path: Path, expected: dict[str, np.ndarray]) -> dict[str, str]:
@@ -100,7 +84,7 @@ def export_model(
     onnx_path = Path(onnx_path)
     scheme: Scheme = getattr(model, "cim_scheme", Scheme(kind="fp32", act_bits=0, keep=None))
     plain = plain_model(model)
-    export_onnx(plain, example, onnx_path)
+    export_module(plain, example, onnx_path, dynamic_batch=True)
     pooled = {n: m for n, m in cim_layers(model) if m.role == "pool"}
     if not pooled:
         return Exported(onnx_path, None, scheme.pipeline())
