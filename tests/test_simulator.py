@@ -3,7 +3,10 @@ and cycle totals within their bounds."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,6 +19,7 @@ from helpers import LIGHT_MODELS, light_inputs, light_path
 import cimc
 from cimc.cli import main
 from cimc.compiler import random_calibration
+from cimc.program import to_bytes
 from cimc.zoo import export_onnx
 
 # Reduced resolution for the zoo (the same graphs; benchmarks/sim_speed.py runs 224 px).
@@ -32,6 +36,24 @@ COMPRESSION = {
     "int8": ("fold-bn,quantize-weights{bits=8}", "quantize-act"),
     "int4": ("fold-bn,quantize-weights{bits=4}", "quantize-act"),
 }
+
+
+# Golden programs (process replay): sha256 of every program's bytes and its simulated cycles.
+# A refactor must leave them unchanged; a change that means to alter programs or timing
+# regenerates them with CIMC_UPDATE_GOLDEN=1 and says why in its commit.
+GOLDEN = Path(__file__).parent / "data" / "golden_programs.json"
+
+
+def check_golden(key: str, program_bytes: bytes, cycles: int) -> None:
+    record = {"sha256": hashlib.sha256(program_bytes).hexdigest(), "cycles": int(cycles)}
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.is_file() else {}
+    if os.environ.get("CIMC_UPDATE_GOLDEN"):
+        golden[key] = record
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+        return
+    assert key in golden, f"no golden record for {key}; run with CIMC_UPDATE_GOLDEN=1"
+    assert golden[key] == record, f"{key}: program or cycles changed"
 
 
 def kind_of(preset: str) -> str:
@@ -86,6 +108,7 @@ def test_bit_identical_and_bounded(sources, model, preset, tmp_path):
     assert busy.max() <= result.cycles <= busy.sum()
     assert result.energy_pj > 0 and result.area_mm2 > 0
     assert sum(result.layer_cycles.values()) == result.cycles
+    check_golden(f"{model}@{preset}", to_bytes(program), result.cycles)
 
 
 def test_to_json_and_units(sources):
