@@ -249,7 +249,7 @@ def run_config(
         **fid,
         "seconds": seconds,
         "eval_seconds": time.perf_counter() - t_eval,
-        "passes": [{"pass": name, "seconds": s} for name, s in timing.records],
+        "passes": [{"pass": name, "seconds": s} for name, s, _ in timing.records],
     }
 
 

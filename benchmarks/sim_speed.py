@@ -212,7 +212,7 @@ def main() -> None:
         {
             "instructions": n_ins,
             "compile_s": t_compile,
-            "compile_passes": [{"pass": p, "s": s} for p, s in timing.records],
+            "compile_passes": [{"pass": p, "s": s} for p, s, _ in timing.records],
             "simulate_first_s": t_first,
             "simulate_full_s": t_full,
             "simulate_timing_first_s": t_timing_first,

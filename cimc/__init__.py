@@ -6,7 +6,7 @@ from .frontend import import_onnx
 from .interpreter import Interpreter, interpret
 from .ir import Graph, Node, Value
 from .pass_manager import DumpIR, Instrument, Timing, VerifyEach, run_passes
-from .passes_base import Pass, PassContext, Pipeline, parse_pipeline, register_pass
+from .passes_base import Pass, PassContext, PassResult, Pipeline, parse_pipeline, register_pass
 from .storage import storage_report
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "Node",
     "Pass",
     "PassContext",
+    "PassResult",
     "Pipeline",
     "Timing",
     "Value",

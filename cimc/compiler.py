@@ -22,11 +22,9 @@ BACKEND = ("tile", "lower")
 
 def default_pipeline(target) -> str:
     """Compression for the target's macro; the backend passes are appended by ``compile``."""
-    if target.macro == "cimpool":
-        from .passes import DEFAULT_COMPRESSION
+    from .targets.macros import macro_kind
 
-        return f"{DEFAULT_COMPRESSION},permute-schedule"
-    return f"fold-bn,quantize-weights{{bits={target.weight_bits}}},quantize-act"
+    return macro_kind(target).default_pipeline(target)
 
 
 def random_calibration(graph: Graph, samples: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -75,12 +73,9 @@ def compile(  # noqa: A001  (the public name the issue asks for)
     extra = [b for b in BACKEND if b not in names]
     pipe = parse_pipeline(",".join([str(pipe)] + extra) if str(pipe) else ",".join(extra))
     ctx = PassContext(calibration=feeds, target=tgt)
-    if progress is None:
-        run_pipeline(graph, pipe, ctx, instruments)
-    else:
-        steps = [_Progress(progress, len(pipe))]
-        run_pipeline(graph, pipe, ctx, list(instruments) + steps)
-    program = ctx.state["program"]
+    steps = [] if progress is None else [_Progress(progress, len(pipe))]
+    results = run_pipeline(graph, pipe, ctx, list(instruments) + steps)
+    program = results[-1].product  # lower is always last
     program.manifest["pipeline"] = str(pipe)
     return program
 

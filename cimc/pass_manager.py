@@ -20,7 +20,7 @@ import numpy as np
 from .atomic import write_text_atomic
 from .errors import CimcError, FeedError, PassError
 from .ir import Graph
-from .passes_base import Pass, PassContext, Pipeline, parse_pipeline
+from .passes_base import Pass, PassContext, PassResult, Pipeline, parse_pipeline
 
 
 class Instrument:
@@ -28,23 +28,28 @@ class Instrument:
 
     def before(self, index: int, pass_: Pass, graph: Graph) -> None: ...
 
-    def after(self, index: int, pass_: Pass, graph: Graph, seconds: float) -> None: ...
+    def after(
+        self, index: int, pass_: Pass, graph: Graph, seconds: float, result: PassResult
+    ) -> None: ...
 
 
 @dataclass
 class Timing(Instrument):
-    """Wall time of each pass, in pipeline order."""
+    """Wall time of each pass, in pipeline order, and whether it changed the graph."""
 
-    records: list[tuple[str, float]] = field(default_factory=list)
+    records: list[tuple[str, float, bool]] = field(default_factory=list)
 
-    def after(self, index: int, pass_: Pass, graph: Graph, seconds: float) -> None:
-        self.records.append((str(pass_), seconds))
+    def after(
+        self, index: int, pass_: Pass, graph: Graph, seconds: float, result: PassResult
+    ) -> None:
+        self.records.append((str(pass_), seconds, result.changed))
 
     def report(self) -> str:
-        total = sum(s for _, s in self.records) or 1e-12
+        total = sum(s for _, s, _ in self.records) or 1e-12
         lines = [
             f"{i:>3} {name:<48} {s * 1e3:>9.1f} ms {100 * s / total:5.1f}%"
-            for i, (name, s) in enumerate(self.records)
+            f"{'' if changed else '  (unchanged)'}"
+            for i, (name, s, changed) in enumerate(self.records)
         ]
         return "\n".join(lines)
 
@@ -59,7 +64,9 @@ class DumpIR(Instrument):
         if index == 0:
             self._write(0, "input", graph)
 
-    def after(self, index: int, pass_: Pass, graph: Graph, seconds: float) -> None:
+    def after(
+        self, index: int, pass_: Pass, graph: Graph, seconds: float, result: PassResult
+    ) -> None:
         self._write(index + 1, pass_.name, graph)
 
     def _write(self, number: int, name: str, graph: Graph) -> None:
@@ -71,7 +78,9 @@ class DumpIR(Instrument):
 class VerifyEach(Instrument):
     """Check the IR invariants after every pass."""
 
-    def after(self, index: int, pass_: Pass, graph: Graph, seconds: float) -> None:
+    def after(
+        self, index: int, pass_: Pass, graph: Graph, seconds: float, result: PassResult
+    ) -> None:
         graph.verify()
 
 
@@ -120,19 +129,26 @@ def run_pipeline(
     pipeline: str | Pipeline,
     ctx: PassContext,
     instruments: list[Instrument] | tuple[Instrument, ...] = (),
-) -> Graph:
-    """Run passes in place on ``graph``; a failing pass names its position and what ran before."""
+) -> list[PassResult]:
+    """Run passes in place on ``graph`` and return what each did, in order; a failing pass
+    names its position and what ran before."""
     pipe = parse_pipeline(pipeline)
     done: list[str] = []
+    results: list[PassResult] = []
     for index, pass_ in enumerate(pipe):
         for inst in instruments:
             inst.before(index, pass_, graph)
         start = time.perf_counter()
         try:
-            pass_.run(graph, ctx)
+            result = pass_.run(graph, ctx)
+            if not isinstance(result, PassResult):
+                raise PassError(
+                    f"run() returned {type(result).__name__}, not a cimc.PassResult; end it "
+                    "with `return PassResult(changed=...)`"
+                )
             seconds = time.perf_counter() - start
             for inst in instruments:
-                inst.after(index, pass_, graph, seconds)
+                inst.after(index, pass_, graph, seconds, result)
         except CimcError as exc:
             raise PassError(
                 f"pass #{index} {pass_} failed: {exc} "
@@ -144,9 +160,10 @@ def run_pipeline(
             )
             raise
         done.append(str(pass_))
+        results.append(result)
     graph.meta.setdefault("pipeline", [])
     graph.meta["pipeline"] = list(graph.meta["pipeline"]) + done
-    return graph
+    return results
 
 
 def run_passes(
@@ -163,4 +180,5 @@ def run_passes(
     """
     work = graph.copy()
     ctx = PassContext(calibration=load_calibration(calibration, graph), target=target)
-    return run_pipeline(work, pipeline, ctx, instruments)
+    run_pipeline(work, pipeline, ctx, instruments)
+    return work

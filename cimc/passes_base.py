@@ -1,8 +1,10 @@
 """Pass infrastructure: passes as frozen dataclasses, a registry, and pipeline strings.
 
 A pass has a kebab-case ``name``, its options as dataclass fields (with defaults), and
-``run(graph, ctx)`` which rewrites the graph in place. ``search_space()`` declares the option
-choices the joint search may try. Pipelines are strings such as
+``run(graph, ctx) -> PassResult`` which rewrites the graph in place and says what it did (as
+onnx-ir's passes do): whether the graph changed, and any product such as ``lower``'s Program.
+``search_space()`` declares the option choices the joint search may try. Pipelines are strings
+such as
 ``fold-bn,zpack{vector=128},weight-pool{pool=128,init=kmeans},error-prune{keep=0.5}`` that
 round-trip: ``parse_pipeline(str(p)) == p``. Modelled on xDSL's ``passes.py``.
 
@@ -37,6 +39,25 @@ class PassContext:
     target: Any = None
     state: dict[str, Any] = field(default_factory=dict)
 
+    def require_target(self, pass_name: str) -> Any:
+        """The target, or a CimcError: hardware passes never guess a preset."""
+        if self.target is None:
+            raise OptionError(
+                f"pass {pass_name} needs a target; compile with cimc.compile(..., target=...) "
+                f"or give run_passes(..., target=cimc.load_target('cimpool-sram'))"
+            )
+        return self.target
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass did: ``changed`` says whether the graph was modified, ``product`` carries
+    anything else it made (``lower``: the Program), ``summary`` a one-line account."""
+
+    changed: bool
+    product: Any = None
+    summary: str = ""
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -45,7 +66,7 @@ class Pass:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         raise NotImplementedError
 
     @classmethod

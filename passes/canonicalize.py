@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cimc.frontend import fold_constants, remove_pass_through
 from cimc.ir import Graph
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 
 @register_pass
@@ -16,7 +16,9 @@ class Canonicalize(Pass):
 
     name = "canonicalize"
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
-        fold_constants(graph)
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        before = graph.to_text()
+        folded = fold_constants(graph)
         remove_pass_through(graph)
         graph.prune_unused()
+        return PassResult(changed=graph.to_text() != before, summary=f"{folded} folded")

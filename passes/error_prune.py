@@ -16,7 +16,7 @@ import numpy as np
 from cimc.cim_ops import POOL_OP
 from cimc.errors import OptionError
 from cimc.ir import Graph
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 from .error_term import layer_moments, least_squares_beta, residual, set_error
 
@@ -85,7 +85,8 @@ class ErrorPrune(Pass):
                 f"that keep={self.keep} splits evenly (e.g. chunk=8 for vector=128)"
             )
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        pruned = 0
         for node in graph.nodes():
             if node.op != POOL_OP or not node.inputs[3]:
                 continue
@@ -104,4 +105,6 @@ class ErrorPrune(Pass):
                 "error_chunk": self.chunk,
                 "error_mask": mask,
             }
+            pruned += 1
         graph.prune_unused()
+        return PassResult(changed=pruned > 0, summary=f"{pruned} error terms pruned")

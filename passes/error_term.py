@@ -15,7 +15,7 @@ import numpy as np
 from cimc.calibration import slot_moments
 from cimc.cim_ops import POOL_OP
 from cimc.ir import Graph, Node
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 
 def residual(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +86,8 @@ class ErrorTerm(Pass):
 
     name = "error-term"
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        added = 0
         for node in graph.nodes():
             if node.op != POOL_OP or node.meta["compression"].get("learned"):
                 continue  # learned (fine-tuned) layers keep the error term they were tuned with
@@ -95,4 +96,6 @@ class ErrorTerm(Pass):
             beta = least_squares_beta(r, e, layer_moments(graph, ctx, node))
             set_error(graph, node, e, beta)
             node.meta["compression"] = {**node.meta["compression"], "error_keep": 1.0}
+            added += 1
         graph.prune_unused()
+        return PassResult(changed=added > 0, summary=f"{added} error terms added")

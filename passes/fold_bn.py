@@ -8,7 +8,7 @@ import numpy as np
 
 from cimc.cim_ops import cim_kind
 from cimc.ir import Graph, Node
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 
 def _foldable(graph: Graph, bn: Node) -> Node | None:
@@ -33,7 +33,8 @@ class FoldBatchNorm(Pass):
 
     name = "fold-bn"
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        folded = 0
         for bn in graph.nodes():
             if bn.op != "BatchNormalization":
                 continue
@@ -64,4 +65,6 @@ class FoldBatchNorm(Pass):
             graph.set_inputs(layer, [layer.inputs[0], w_name.name, b_name.name])
             graph.remove_node(bn.name)
             graph.replace_all_uses(bn.outputs[0], layer.outputs[0])
+            folded += 1
         graph.prune_unused()
+        return PassResult(changed=folded > 0, summary=f"{folded} BatchNorms folded")

@@ -4,7 +4,7 @@ Copy r of tile t of a layer lives on array (first + t * rep + r) mod N, so the c
 tile are neighbours (one multicast LOAD_W) and one copy's tiles share an input multicast
 (LOAD_X with stride rep). Rows are issued in blocks of ``ROW_BLOCK``. Weight loads (DRAM
 targets) are double-buffered: a load waits only for the MVMs that used the buffer it overwrites.
-The program lands in ``ctx.state['program']``.
+The Program is the pass's product (``PassResult.product``).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from cimc.targets.cost import PSUM_BYTES, ROW_BLOCK, vector_cycles
-from cimc.targets.params import Target, load_target
+from cimc.targets.macros import macro_kind
+from cimc.targets.mapping import LayerMapping, check_lowerable, layer_work
+from cimc.targets.params import Target
 
-from cimc.cim_ops import CIM_OPS, POOL_OP
+from cimc.cim_ops import CIM_OPS
 from cimc.ir import Graph, Node
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 from cimc.program import FORMAT_VERSION, INSTR_DTYPE, OP, Program
-
-from .tile import check_lowerable, layer_work
 
 
 class _Emitter:
@@ -88,22 +88,16 @@ class _Emitter:
 
 def _emit_cim_layer(em: _Emitter, graph: Graph, node: Node, li: int, ready: int) -> None:
     t = em.target
-    m = node.meta["mapping"]
-    work = layer_work(graph, node, t)
+    m = LayerMapping.from_meta(node)
+    work = layer_work(graph, node)
+    geo = macro_kind(t).geometry(work, t)
     n = t.num_arrays
-    tiles, rep, first = m["tiles"], m["rep"], m["first_array"]
+    tiles, rep, first = m.tiles, m.rep, m.first_array
     rows_per_copy = math.ceil(work.rows / rep)
-    slice_bytes = min(work.k, t.rows) * t.act_bits // 8 or 1
     row_bytes = work.k * work.groups * t.act_bits // 8 or 1
-    pool = node.op == POOL_OP
-    if pool:
-        bitops = (
-            t.rows * t.pool_cols + (work.error_rows if work.has_error else 0) * m["chan_per_tile"]
-        )
-    else:
-        bitops = t.rows * m["chan_per_tile"] * work.weight_bits
+    pool = geo.opcode == "MVM_POOL"
     stream = t.weights == "dram"
-    waves = m["modelled_waves"] if stream else 1
+    waves = m.modelled_waves if stream else 1
     per_wave = math.ceil(tiles / waves)
     blocks = [
         (r, s, min(s + ROW_BLOCK, min((r + 1) * rows_per_copy, work.rows)))
@@ -113,7 +107,7 @@ def _emit_cim_layer(em: _Emitter, graph: Graph, node: Node, li: int, ready: int)
 
     def loads(w: int) -> dict[int, int]:
         return {
-            tt: em.load_weights(li, first + tt * rep, rep, m["tile_bytes"])
+            tt: em.load_weights(li, first + tt * rep, rep, m.tile_bytes)
             for tt in range(w * per_wave, min((w + 1) * per_wave, tiles))
         }
 
@@ -127,7 +121,7 @@ def _emit_cim_layer(em: _Emitter, graph: Graph, node: Node, li: int, ready: int)
             min(len(wave_tiles), n),
             rep,
             b,
-            b * slice_bytes,
+            b * geo.slice_bytes,
             b * row_bytes,
             0,
             0,
@@ -136,23 +130,23 @@ def _emit_cim_layer(em: _Emitter, graph: Graph, node: Node, li: int, ready: int)
         for tt in wave_tiles:
             ma = first + tt * rep + r
             mvm = em.emit(
-                "MVM_POOL" if pool else "MVM_INT",
+                geo.opcode,
                 li,
                 ma,
                 1,
                 1,
                 b,
                 0,
-                b * bitops,
-                b * m["per_row_cycles"],
-                b * m["chan_per_tile"] if pool else 0,
+                b * geo.bitops_per_row,
+                b * m.per_row_cycles,
+                b * m.chan_per_tile if pool else 0,
                 x,
                 loaded.get(tt, -1),
             )
             em.used(ma, mvm)
-            em.emit("PSUM", li, ma, 1, 1, b, b * m["chan_per_tile"] * PSUM_BYTES, 0, 0, 0, mvm)
+            em.emit("PSUM", li, ma, 1, 1, b, b * m.chan_per_tile * PSUM_BYTES, 0, 0, 0, mvm)
 
-    if m["order"] == "weights-outer" or waves == 1:
+    if m.order == "weights-outer" or waves == 1:
         for w in range(waves):
             loaded = loads(w) if stream else {}
             for r, start, stop in blocks:
@@ -186,12 +180,12 @@ def _drop_float_weights(graph: Graph) -> None:
 @register_pass
 @dataclass(frozen=True)
 class Lower(Pass):
-    """Emit the instruction stream and constant blobs (``ctx.state['program']``)."""
+    """Emit the instruction stream and constant blobs; the Program is the result's product."""
 
     name = "lower"
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
-        target = ctx.target or load_target()
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        target = ctx.require_target(self.name)
         check_lowerable(graph, target)
         _drop_float_weights(graph)
         em = _Emitter(target)
@@ -212,4 +206,5 @@ class Lower(Pass):
             "target": target.to_dict(),
             "graph_sha256": hashlib.sha256(graph.to_text().encode()).hexdigest(),
         }
-        ctx.state["program"] = Program(em.array(), layers, graph, manifest)
+        program = Program(em.array(), layers, graph, manifest)
+        return PassResult(changed=True, product=program, summary=f"{len(em.rows):,} instructions")

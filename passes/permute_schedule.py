@@ -38,7 +38,7 @@ import numpy as np
 
 from cimc.cim_ops import POOL_OP
 from cimc.ir import Graph
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 
 def _banks(columns: np.ndarray, lanes: int, banks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,7 +196,8 @@ class PermuteSchedule(Pass):
     and S-channel block (exact bipartite edge colouring), next to in-order issue for comparison.
 
     ``lanes`` / ``banks`` override the target's ``perm_lanes`` / ``acc_banks`` (0 = the target's;
-    without a target, the ``cimpool-sram`` preset). Writes ``node.meta["schedule"]``:
+    without a target both must be given and the layers' inputs quantised).
+    Writes ``node.meta["schedule"]``:
     ``cycles`` / ``naive_cycles`` (int32 [G, n_blocks]), ``total_cycles`` /
     ``naive_total_cycles`` (per input row), ``mvm_cycles`` (= act_bits, the bit-serial MVM the
     routing overlaps), ``stall_cycles_per_row`` / ``naive_stall_cycles_per_row`` (sum of
@@ -213,19 +214,18 @@ class PermuteSchedule(Pass):
         self.check_range("lanes", 0, 1024)
         self.check_range("banks", 0, 1024)
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
-        target = ctx.target
-        if target is None:
-            from cimc.targets.params import load_target
-
-            target = load_target("cimpool-sram")
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        layers = [n for n in graph.nodes() if n.op == POOL_OP]
+        needs_target = not (self.lanes and self.banks) or any(
+            not n.attrs.get("act_bits") for n in layers
+        )
+        target = ctx.require_target(self.name) if needs_target else ctx.target
         lanes = self.lanes or int(target.perm_lanes)
         banks = self.banks or int(target.acc_banks)
-        for node in graph.nodes():
-            if node.op != POOL_OP:
-                continue
+        for node in layers:
             block = int(graph.values[node.inputs[1]].shape[0])
             idx = graph.values[node.inputs[2]].data
             act_bits = int(node.attrs.get("act_bits") or target.act_bits)
             group = int(node.attrs.get("group", 1))
             node.meta["schedule"] = layer_schedule(idx, block, lanes, banks, act_bits, group)
+        return PassResult(changed=bool(layers), summary=f"{len(layers)} layers scheduled")

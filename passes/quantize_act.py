@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from cimc.calibration import input_ranges
 from cimc.cim_ops import CIM_OPS, act_range
 from cimc.ir import Graph
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 
 @register_pass
@@ -32,7 +32,7 @@ class QuantizeActivations(Pass):
         self.check_choice("method", ("max", "percentile"))
         self.check_range("percentile", 50.0, 100.0)
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         layers = [n.name for n in graph.nodes() if n.op in CIM_OPS]
         pct = self.percentile if self.method == "percentile" else None
         ranges = input_ranges(graph, ctx.calibration, layers, pct)
@@ -47,3 +47,4 @@ class QuantizeActivations(Pass):
                 act_scale=float(amax / qmax) if amax > 0 else 1.0,
                 act_signed=int(signed),
             )
+        return PassResult(changed=bool(layers), summary=f"{len(layers)} layer inputs quantised")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cimc.cim_ops import float_cim_layers, to_quant_mvm
 from cimc.ir import Graph
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 
 @register_pass
@@ -27,9 +27,10 @@ class QuantizeWeights(Pass):
     def validate(self) -> None:
         self.check_choice("bits", (2, 3, 4, 5, 6, 7, 8))
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         layers = float_cim_layers(graph)
         for i, node in enumerate(layers):
             edge = i in (0, len(layers) - 1)
             to_quant_mvm(graph, node, 8 if self.keep_edges and edge else self.bits)
         graph.prune_unused()
+        return PassResult(changed=bool(layers), summary=f"{len(layers)} layers quantised")

@@ -32,7 +32,7 @@ from cimc.cim_ops import (
 )
 from cimc.errors import OptionError
 from cimc.ir import Graph, Node
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 POOL_VALUE = "cimc.pool"
 
@@ -426,7 +426,7 @@ class WeightPool(Pass):
                 f"(got vector={self.vector}, pool={self.pool}); use init=kmeans or random"
             )
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         chosen, left = select_layers(graph, self.skip_first, self.skip_depthwise, self.skip_last)
         for n in chosen:
             packed = n.meta.get("zpack", {}).get("vector", self.vector)
@@ -437,7 +437,7 @@ class WeightPool(Pass):
                 )
         if self.assignment:
             install_assignment(graph, self, chosen, left)
-            return
+            return PassResult(changed=True, summary=f"{len(chosen)} learned layers installed")
         weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in chosen}
         vecs = {name: pack_vectors(w, self.vector) for name, w in weights.items()}
         moments = None
@@ -482,3 +482,4 @@ class WeightPool(Pass):
             for n in left:
                 to_quant_mvm(graph, n, self.others)
         graph.prune_unused()
+        return PassResult(changed=bool(chosen), summary=f"{len(chosen)} layers pooled")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from cimc.cim_ops import CIM_OPS, cim_kind, weight_matrix
 from cimc.ir import Graph
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 
 @register_pass
@@ -26,7 +26,8 @@ class ZPack(Pass):
     def validate(self) -> None:
         self.check_range("vector", 1, 4096)
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        packed = 0
         for node in graph.nodes():
             if node.op in CIM_OPS:
                 k = node.attrs["k"]
@@ -40,3 +41,5 @@ class ZPack(Pass):
                 "groups": -(-int(k) // self.vector),
                 "order": "ky,kx,cin",
             }
+            packed += 1
+        return PassResult(changed=packed > 0, summary=f"{packed} layers packed")

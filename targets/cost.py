@@ -1,44 +1,24 @@
-"""Per-layer work, tiling candidates and the analytic cycle model.
+"""Tiling candidates and the analytic cycle model of one CiM layer.
 
-A CiM layer computes Y[M, O] = X[M, K] W[K, O] (per conv group). It is cut into tiles, each
-held by one memory array (MA):
-
-* CIMPool macro: a tile is (group, vector slot g, block of ``error_cols`` output channels). Per
-  input row it runs one bit-serial MVM on the pool array (rows x pool_cols) and, in parallel,
-  on the error array (kept rows x channels), then the permutation unit routes the pool results
-  into the block's accumulators (pipelined with the next MVM).
-* int-N macro: a tile is (group, slice of ``rows`` inputs, ``array_cols / N`` channels), N bit
-  slices per weight, one bit-serial MVM per input row.
+A CiM layer computes Y[M, O] = X[M, K] W[K, O] (per conv group), cut into tiles each held by one
+memory array (MA); the tile's geometry is the target's macro kind's rule (``targets.macros``).
 
 The analytic model (METHODS.md section 3) bounds what the simulator can achieve: per layer the
 busiest of compute, the L1 and L2 links, DRAM and the MA write port, plus the fill of the first
-load. The ``tile`` pass uses it to choose each layer's mapping; the simulator never beats it.
+load. The ``tile`` pass uses it to choose each layer's mapping.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
+from .macros import LayerWork, macro_kind
 from .params import Target
 
 PSUM_BYTES = 4  # a 32-bit partial sum
 ROW_BLOCK = 256  # input rows per instruction: the unit of pipelining and of weight reloads
-
-
-@dataclass(frozen=True)
-class LayerWork:
-    """Shape of one CiM layer's work, independent of the mapping."""
-
-    rows: int  # M: input rows (batch x output pixels)
-    k: int  # inputs per output channel (one conv group)
-    out: int  # output channels (all groups)
-    groups: int
-    scheme: str  # "pool" or "int"
-    weight_bits: int  # int layers: bits per weight
-    error_rows: int  # pool layers: kept error rows per vector slot (0 = no error term)
-    route_cycles: int  # pool layers: permutation cycles per (slot, block), from permute-schedule
-    has_error: bool
 
 
 @dataclass(frozen=True)
@@ -54,30 +34,18 @@ class Tiling:
     order: str  # "rows-outer" (inputs multicast once) or "weights-outer" (weight waves)
 
 
-def tile_geometry(work: LayerWork, target: Target) -> tuple[int, int, int, int, int]:
-    """(tiles, tile_bytes, k_tiles, channels per tile, cycles per row per tile)."""
-    og = work.out // work.groups
-    if work.scheme == "pool":
-        v, s = target.rows, target.pool_cols
-        slots = math.ceil(work.k / v)
-        chan = min(target.error_cols, og)
-        blocks = math.ceil(og / chan)
-        err_rows = work.error_rows if work.has_error else 0
-        index_bits = chan * math.ceil(math.log2(s))
-        tile_bytes = math.ceil((index_bits + err_rows * chan + (v if err_rows < v else 0)) / 8)
-        bitops = v * s + err_rows * chan
-        mvm = target.act_bits * math.ceil(bitops / target.MA_comp_per_core)
-        route = work.route_cycles or math.ceil(chan / target.perm_lanes)
-        per_row = max(mvm, route)
-        return work.groups * slots * blocks, tile_bytes, slots, chan, per_row
-    rows = target.rows
-    chan = max(1, min(target.array_cols // work.weight_bits, og))
-    k_tiles = math.ceil(work.k / rows)
-    blocks = math.ceil(og / chan)
-    tile_bytes = math.ceil(rows * chan * work.weight_bits / 8)
-    bitops = rows * chan * work.weight_bits
-    mvm = target.act_bits * math.ceil(bitops / target.MA_comp_per_core)
-    return work.groups * k_tiles * blocks, tile_bytes, k_tiles, chan, mvm
+def base_tiling(work: LayerWork, target: Target) -> Tiling:
+    """One copy of the layer, inputs multicast once: the mapping every layer must fit."""
+    geo = macro_kind(target).geometry(work, target)
+    return Tiling(
+        geo.tiles,
+        geo.tile_bytes,
+        geo.k_tiles,
+        geo.chan_per_tile,
+        geo.per_row_cycles,
+        1,
+        "rows-outer",
+    )
 
 
 @dataclass(frozen=True)
@@ -126,12 +94,12 @@ def layer_cost(work: LayerWork, tiling: Tiling, target: Target) -> LayerCost:
 
 def candidates(work: LayerWork, target: Target) -> list[Tiling]:
     """Legal mappings: replication factors up to the number of free arrays, both loop orders."""
-    tiles, tile_bytes, k_tiles, chan, per_row = tile_geometry(work, target)
+    base = base_tiling(work, target)
     out = []
     rep = 1
-    while rep == 1 or (tiles * rep <= target.num_arrays and rep <= work.rows):
+    while rep == 1 or (base.tiles * rep <= target.num_arrays and rep <= work.rows):
         for order in ("rows-outer", "weights-outer"):
-            out.append(Tiling(tiles, tile_bytes, k_tiles, chan, per_row, rep, order))
+            out.append(dataclasses.replace(base, rep=rep, order=order))
         rep *= 2
     return out
 

@@ -16,6 +16,8 @@ import numpy as np
 
 from cimc.program import OP
 
+from .macros import macro_kind
+
 
 def energy_breakdown(ins: np.ndarray, target) -> dict[str, float]:
     """pJ per component for one run of the instruction stream."""
@@ -45,13 +47,11 @@ def area_breakdown(target, placed_bytes: int, arrays_used: int) -> dict[str, flo
     n = target.num_arrays if target.weights == "dram" else arrays_used
     stored = target.num_arrays * target.MA_mem_size if target.weights == "dram" else placed_bytes
     cim_bits = stored * 8
-    pool_bits = n * target.rows * target.pool_cols if target.macro == "cimpool" else 0
+    kind = macro_kind(target)
     return {
         "cim_arrays": cim_bits * target.a_cim_bit_um2 * um2,
-        "pool_arrays": pool_bits * target.a_cim_bit_um2 * um2,
+        "pool_arrays": n * kind.array_area_bits(target) * target.a_cim_bit_um2 * um2,
         "buffer": target.buffer_bytes * 8 * target.a_sram_bit_um2 * um2,
-        "permutation": (n * target.perm_lanes * target.a_perm_um2_per_lane * um2)
-        if target.macro == "cimpool"
-        else 0.0,
+        "permutation": n * kind.permutation_lanes(target) * target.a_perm_um2_per_lane * um2,
         "vector_unit": target.vector_width * target.a_vector_um2_per_lane * um2,
     }

@@ -36,7 +36,7 @@ class Spec:
 SCALE = (0.125, 0.25, 0.5, 1.0)  # CiMNet searches each parameter at these multiples of a base
 
 SPECS: dict[str, Spec] = {
-    "macro": Spec("", allowed=("cimpool", "int"), doc="CIMPool two-array macro or N-bit CiM"),
+    "macro": Spec("", doc="registered macro kind (targets.macros): cimpool, int, ..."),
     "weights": Spec("", allowed=("sram", "dram"), doc="weights resident on chip or streamed"),
     "weight_bits": Spec("bit", 1, 8, choices=(4, 8), doc="bits per weight of an int macro"),
     "DRAM_bw": Spec("B/cycle", 1, 4096, choices=SCALE, doc="DRAM -> L2 decoder bandwidth"),
@@ -127,10 +127,9 @@ class Target:
                 raise OptionError(
                     f"target {self.name}: {name}={value} {spec.unit} is out of range {rng}"
                 )
-        if self.macro == "cimpool" and self.error_rows > self.rows:
-            raise OptionError(
-                f"target {self.name}: error_rows={self.error_rows} exceeds rows={self.rows}"
-            )
+        from .macros import macro_kind
+
+        macro_kind(self).check_target(self)
 
     @property
     def num_arrays(self) -> int:

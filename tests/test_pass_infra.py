@@ -15,7 +15,7 @@ import cimc
 from cimc import passes_base
 from cimc.cli import main
 from cimc.errors import OptionError, PassError
-from cimc.passes_base import Pass, PassContext, parse_pipeline, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, parse_pipeline, register_pass
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,9 @@ def test_instruments_time_dump_and_verify(squeezenet, tmp_path):
         "zpack,quantize-weights",
         instruments=[timing, cimc.DumpIR(tmp_path), cimc.VerifyEach()],
     )
-    assert [name for name, _ in timing.records] == ["zpack", "quantize-weights"]
-    assert all(s >= 0 for _, s in timing.records)
+    assert [name for name, _, _ in timing.records] == ["zpack", "quantize-weights"]
+    assert all(s >= 0 for _, s, _ in timing.records)
+    assert all(changed for _, _, changed in timing.records)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "000_input.txt",
         "001_zpack.txt",
@@ -92,6 +93,30 @@ def test_instruments_time_dump_and_verify(squeezenet, tmp_path):
     ]
     assert "cimc.QuantMVM" in (tmp_path / "002_quantize-weights.txt").read_text()
     assert "cimc.QuantMVM" not in (tmp_path / "001_zpack.txt").read_text()
+
+
+def test_passes_report_what_they_changed(squeezenet):
+    """A pass's result says whether it changed the graph: fold-bn on a model without
+    BatchNorm changes nothing, quantize-weights does; lower's product is the Program."""
+    from cimc.pass_manager import run_pipeline
+
+    graph = squeezenet.copy()
+    ctx = cimc.PassContext(calibration=[], target=cimc.load_target("int8-sram"))
+    results = run_pipeline(graph, "fold-bn,fold-bn,quantize-weights", ctx)
+    assert [r.changed for r in results] == [False, False, True]
+    assert "quantised" in results[2].summary
+
+
+@pytest.mark.parametrize("name", ["tile", "lower", "permute-schedule"])
+def test_hardware_passes_need_a_target(squeezenet, name):
+    with pytest.raises(PassError, match="needs a target"):
+        cimc.run_passes(squeezenet, name)
+
+
+def test_compile_takes_the_program_from_lower(squeezenet):
+    program = cimc.compile(squeezenet, target="int8-sram", calibration=1)
+    assert isinstance(program, cimc.program.Program)
+    assert program.manifest["pipeline"].endswith("tile,lower")
 
 
 @register_pass
@@ -115,6 +140,7 @@ class _Corrupts(Pass):
     def run(self, graph, ctx):
         node = graph.nodes()[1]
         graph.set_inputs(node, ["nowhere"])
+        return PassResult(changed=True)
 
 
 def test_pass_error_names_position_and_passes_already_run(squeezenet):
@@ -139,7 +165,7 @@ def test_plugin_pass_from_an_entry_point(tmp_path, monkeypatch, squeezenet):
         textwrap.dedent(
             '''
             from dataclasses import dataclass
-            from cimc.passes_base import Pass
+            from cimc.passes_base import Pass, PassResult
 
             @dataclass(frozen=True)
             class CountLayers(Pass):
@@ -149,6 +175,7 @@ def test_plugin_pass_from_an_entry_point(tmp_path, monkeypatch, squeezenet):
 
                 def run(self, graph, ctx):
                     graph.meta[self.tag] = len(graph)
+                    return PassResult(changed=True)
             '''
         )
     )

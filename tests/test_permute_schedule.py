@@ -166,8 +166,10 @@ def test_random_routes_are_minimal_for_any_lanes_and_banks(lanes, banks):
 
 def test_overrides_and_default_target(scheduled):
     compressed = scheduled  # the pass recomputes meta["schedule"] from idx
-    narrow = cimc.run_passes(compressed, "permute-schedule{lanes=8,banks=32}")
-    default = cimc.run_passes(compressed, "permute-schedule")  # no target: cimpool-sram
+    narrow = cimc.run_passes(compressed, "permute-schedule{lanes=8,banks=32}", target=TARGET)
+    default = cimc.run_passes(
+        compressed, "permute-schedule", target=cimc.load_target("cimpool-sram")
+    )
     for a, b in zip(pool_layers(narrow), pool_layers(default)):
         sa, sb = a.meta["schedule"], b.meta["schedule"]
         assert (sa["lanes"], sa["banks"], sb["lanes"], sb["banks"]) == (8, 32, 16, 16)

@@ -79,7 +79,10 @@ def compressed(sources, model: str, kind: str) -> cimc.Graph:
         calib = random_calibration(graph, 1, seed=7)
         weights, activations = COMPRESSION[kind]
         _compressed[key] = cimc.run_passes(
-            cimc.run_passes(graph, weights), activations, calibration=calib
+            cimc.run_passes(graph, weights),
+            activations,
+            calibration=calib,
+            target=load_target("cimpool-sram"),  # permute-schedule's lanes and banks
         )
     return _compressed[key]
 

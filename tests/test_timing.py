@@ -89,7 +89,7 @@ def test_layer_boundary_waits_for_everything():
 def test_permutation_bound_layer(lanes, expect_per_row):
     """128 results per MVM: 16 lanes route them in 8 cycles (hidden under the 8-cycle
     bit-serial MVM); 4 lanes need 32 cycles, so the layer becomes permutation-bound."""
-    from cimc.targets.cost import LayerWork, tile_geometry
+    from cimc.targets.macros import LayerWork, macro_kind
 
     target = load_target("cimpool-sram", {"perm_lanes": lanes})
     work = LayerWork(
@@ -103,5 +103,5 @@ def test_permutation_bound_layer(lanes, expect_per_row):
         route_cycles=0,
         has_error=True,
     )
-    tiles, _, _, _, per_row = tile_geometry(work, target)
-    assert tiles == 2 and per_row == expect_per_row
+    geo = macro_kind(target).geometry(work, target)
+    assert geo.tiles == 2 and geo.per_row_cycles == expect_per_row
