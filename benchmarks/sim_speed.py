@@ -246,7 +246,7 @@ def main() -> None:
         f"{threads['onnxruntime']}; load average {res['load_avg_start'][0]:.1f} at start, "
         f"{res['load_avg_end'][0]:.1f} at end ({os.cpu_count()} CPUs)"
     )
-    slow = ", ".join(f"{p} {s:.1f} s" for p, s in passes[:3])
+    slow = ", ".join(f"{p} {s:.1f} s" for p, s, _ in passes[:3])
     print(f"compile (once, not in the ratio): {t_compile:.2f} s; slowest passes: {slow}\n")
     rows = [
         ("simulate, first run (incl. Numba load)", t_first, ""),
