@@ -54,3 +54,8 @@ class OutputError(CimcError):
 
 class ProgramError(CimcError):
     """A .cimx program file is truncated, altered or of an unknown version."""
+
+
+class GraphError(CimcError):
+    """A graph breaks the IR's invariants: a node reads an undefined value, a value has two
+    writers, the reader index is stale, or an output is never defined."""

@@ -19,7 +19,7 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper, shape_inference, version_converter
 
-from .errors import ModelLoadError, ShapeError, UnsupportedOpError
+from .errors import GraphError, ModelLoadError, ShapeError, UnsupportedOpError
 from .ir import Graph, Node, Value
 from .ops import REGISTRY
 
@@ -326,9 +326,7 @@ def remove_pass_through(graph: Graph) -> None:
             if not renamable:
                 continue
             graph.remove_node(node.name)
-            graph.remove_node(producer.name)
-            producer.outputs = [dst if o == src else o for o in producer.outputs]
-            graph.add_node(producer)
+            graph.set_outputs(producer, [dst if o == src else o for o in producer.outputs])
             continue
         graph.remove_node(node.name)
         graph.replace_all_uses(dst, src)
@@ -337,5 +335,5 @@ def remove_pass_through(graph: Graph) -> None:
 def _verify_import(graph: Graph, where: str) -> None:
     try:
         graph.verify()
-    except ValueError as exc:
+    except GraphError as exc:
         raise ShapeError(f"{where}: imported graph is inconsistent: {exc}") from exc
