@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,11 @@ class Value:
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor needs, computed without overflow for any shape."""
+        return math.prod(int(d) for d in self.shape) * np.dtype(self.dtype).itemsize
 
     def type_str(self) -> str:
         return f"{np.dtype(self.dtype).name}[{','.join(str(d) for d in self.shape)}]"
