@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
-from onnx import numpy_helper, shape_inference, version_converter
+from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
+from onnx.external_data_helper import uses_external_data
 
 from .errors import GraphError, ModelLoadError, NodeError, ShapeError, UnsupportedOpError
 from .interpreter import peak_live_bytes
@@ -67,6 +68,11 @@ def import_onnx(
 def _load(src: Any) -> tuple[onnx.ModelProto, str]:
     if isinstance(src, onnx.ModelProto):
         where = f"model {src.graph.name or '<in memory>'}"
+        for t in _external_tensors(src):
+            raise ModelLoadError(
+                f"{where}: tensor {t.name!r} keeps its data in an external file; import the "
+                "model from its path so the data is read from the model's folder"
+            )
         _run_checker(src, where)
         return src, where
     path = Path(src)
@@ -74,7 +80,7 @@ def _load(src: Any) -> tuple[onnx.ModelProto, str]:
     if not path.is_file():
         raise ModelLoadError(f"{where}: no such file; give the path of an .onnx model")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(
             f"{where}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
@@ -85,8 +91,41 @@ def _load(src: Any) -> tuple[onnx.ModelProto, str]:
             f"{where}: not an ONNX model (no graph or opset was found in the file); "
             "check the path, or re-export the model"
         )
+    _load_external_data(model, path, where)
     _run_checker(path, where)
     return model, where
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in external_data_helper._get_all_tensors(model) if uses_external_data(t)]
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path, where: str) -> None:
+    """Read external tensor data, only from existing files inside the model's folder."""
+    tensors = _external_tensors(model)
+    if not tensors:
+        return
+    folder = path.parent.resolve()
+    for t in tensors:
+        location = external_data_helper.ExternalDataInfo(t).location
+        file = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not file.is_relative_to(folder):
+            raise ModelLoadError(
+                f"{where}: tensor {t.name!r} names external data {location!r} outside the "
+                f"model's folder {folder}; keep the data file next to the model"
+            )
+        if not file.is_file():
+            raise ModelLoadError(
+                f"{where}: tensor {t.name!r}: external data file {location!r} is missing from "
+                f"{folder}; copy it next to the model"
+            )
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{where}: external data cannot be read ({type(exc).__name__}: {exc}); "
+            "re-save the model with its data"
+        ) from None
 
 
 def _run_checker(model: onnx.ModelProto | Path, where: str) -> None:
