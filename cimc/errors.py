@@ -54,3 +54,17 @@ class OutputError(CimcError):
 
 class ProgramError(CimcError):
     """A .cimx program file is truncated, altered or of an unknown version."""
+
+
+class GraphError(CimcError):
+    """A graph breaks the IR's invariants: a node reads an undefined value, a value has two
+    writers, the reader index is stale, or an output is never defined."""
+
+
+class NodeError(ModelLoadError):
+    """A node's attributes or inputs break ONNX's rules for its op (negative pads, zero strides,
+    a group that does not divide the channels, an axis out of range, an unknown Cast type...)."""
+
+
+class SizeLimitError(CimcError):
+    """A tensor, or the interpreter's live set, would need more memory than the limit allows."""

@@ -17,10 +17,13 @@ from typing import Any
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, Message
-from onnx import numpy_helper, shape_inference, version_converter
+from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
+from onnx.external_data_helper import uses_external_data
 
-from .errors import ModelLoadError, ShapeError, UnsupportedOpError
+from .errors import GraphError, ModelLoadError, NodeError, ShapeError, UnsupportedOpError
+from .interpreter import peak_live_bytes
 from .ir import Graph, Node, Value
+from .limits import check_bytes, memory_limit
 from .ops import REGISTRY
 
 CANONICAL_OPSET = 17
@@ -31,11 +34,16 @@ _PASS_THROUGH = ("Identity", "Dropout")
 def import_onnx(
     src: str | os.PathLike | onnx.ModelProto,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    memory_limit_bytes: int | None = None,
 ) -> Graph:
     """Import an ONNX model (path or ``ModelProto``) as a :class:`cimc.Graph` with static shapes.
 
-    ``input_shapes`` maps graph input names to full shapes and binds their dynamic dimensions.
+    ``input_shapes`` maps graph input names to full shapes and binds their dynamic dimensions
+    (named, or a non-positive ``dim_value`` as some exporters write). A tensor, or the reference
+    interpreter's peak live set, needing more than ``memory_limit_bytes`` (default
+    :func:`cimc.limits.memory_limit`) is refused before anything that size is allocated.
     """
+    limit = memory_limit() if memory_limit_bytes is None else memory_limit_bytes
     model, where = _load(src)
     _check_supported(model)
     model, weights = _without_weights(model)
@@ -46,10 +54,13 @@ def import_onnx(
     except Exception as exc:  # onnx raises several types here
         raise ShapeError(f"{where}: ONNX shape inference failed: {exc}") from exc
     graph = _build(model, weights, where)
-    fold_constants(graph)
+    for v in graph.values.values():
+        check_bytes(v.nbytes, f"{where}: tensor {v.name!r} {v.type_str()}", limit)
+    fold_constants(graph, where, limit)
     remove_pass_through(graph)
     graph.prune_unused()
     _verify_import(graph, where)
+    check_bytes(peak_live_bytes(graph), f"{where}: interpreting the model", limit)
     return graph
 
 
@@ -57,6 +68,11 @@ def import_onnx(
 def _load(src: Any) -> tuple[onnx.ModelProto, str]:
     if isinstance(src, onnx.ModelProto):
         where = f"model {src.graph.name or '<in memory>'}"
+        for t in _external_tensors(src):
+            raise ModelLoadError(
+                f"{where}: tensor {t.name!r} keeps its data in an external file; import the "
+                "model from its path so the data is read from the model's folder"
+            )
         _run_checker(src, where)
         return src, where
     path = Path(src)
@@ -64,7 +80,7 @@ def _load(src: Any) -> tuple[onnx.ModelProto, str]:
     if not path.is_file():
         raise ModelLoadError(f"{where}: no such file; give the path of an .onnx model")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError, OSError) as exc:
         raise ModelLoadError(
             f"{where}: not a readable ONNX model ({type(exc).__name__}: {exc}); "
@@ -75,8 +91,41 @@ def _load(src: Any) -> tuple[onnx.ModelProto, str]:
             f"{where}: not an ONNX model (no graph or opset was found in the file); "
             "check the path, or re-export the model"
         )
+    _load_external_data(model, path, where)
     _run_checker(path, where)
     return model, where
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in external_data_helper._get_all_tensors(model) if uses_external_data(t)]
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path, where: str) -> None:
+    """Read external tensor data, only from existing files inside the model's folder."""
+    tensors = _external_tensors(model)
+    if not tensors:
+        return
+    folder = path.parent.resolve()
+    for t in tensors:
+        location = external_data_helper.ExternalDataInfo(t).location
+        file = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not file.is_relative_to(folder):
+            raise ModelLoadError(
+                f"{where}: tensor {t.name!r} names external data {location!r} outside the "
+                f"model's folder {folder}; keep the data file next to the model"
+            )
+        if not file.is_file():
+            raise ModelLoadError(
+                f"{where}: tensor {t.name!r}: external data file {location!r} is missing from "
+                f"{folder}; copy it next to the model"
+            )
+    try:
+        external_data_helper.load_external_data_for_model(model, str(folder))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"{where}: external data cannot be read ({type(exc).__name__}: {exc}); "
+            "re-save the model with its data"
+        ) from None
 
 
 def _run_checker(model: onnx.ModelProto | Path, where: str) -> None:
@@ -101,7 +150,7 @@ def _check_supported(model: onnx.ModelProto) -> None:
             unsupported.setdefault(op, []).append(name)
             continue
         if opdef.check:
-            problem = opdef.check(Node(name, op, list(n.input), list(n.output), _attrs(n)))
+            problem = opdef.check(Node(name, op, n.input, n.output, _attrs(n, name)))
             if problem:
                 unsupported.setdefault(op, []).append(name)
                 detail[op] = problem
@@ -183,13 +232,18 @@ def _bind_input_shapes(
         given = shapes.get(inp.name)
         if given is not None:
             given = [int(d) for d in given]
+            if any(g < 1 for g in given):
+                raise ShapeError(
+                    f"{where}: input_shapes gives {inp.name!r} the shape {tuple(given)}; "
+                    "every dimension must be at least 1"
+                )
             if len(given) != len(dims):
                 raise ShapeError(
                     f"{where}: input {inp.name!r} has rank {len(dims)} but the given shape "
                     f"{tuple(given)} has rank {len(given)}"
                 )
             for i, (d, g) in enumerate(zip(dims, given)):
-                if d.HasField("dim_value") and d.dim_value != g:
+                if _fixed(d) and d.dim_value != g:
                     raise ShapeError(
                         f"{where}: input {inp.name!r} dim {i} is fixed at {d.dim_value}, "
                         f"but {g} was given"
@@ -198,29 +252,39 @@ def _bind_input_shapes(
                 d.dim_value = g
             continue
         for i, d in enumerate(dims):
-            if not d.HasField("dim_value") or d.dim_value <= 0:
+            if not _fixed(d):
                 sym = f" ({d.dim_param!r})" if d.dim_param else ""
-                example = ",".join(
-                    str(x.dim_value) if x.HasField("dim_value") and x.dim_value > 0 else "N"
-                    for x in dims
-                )
+                example = ",".join(str(x.dim_value) if _fixed(x) else "N" for x in dims)
                 raise ShapeError(
                     f"{where}: input {inp.name!r} dim {i}{sym} is dynamic; bind it with "
                     f"input_shapes={{{inp.name!r}: (...)}} or --input-shape {inp.name}={example}"
                 )
 
 
+def _fixed(d: onnx.TensorShapeProto.Dimension) -> bool:
+    """A fixed dimension; a missing or non-positive ``dim_value`` (exporters write -1 for a
+    dynamic batch) is dynamic, bound like a named one."""
+    return d.HasField("dim_value") and d.dim_value > 0
+
+
 # ---- building the IR ---------------------------------------------------------------------------
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+def _attrs(node: onnx.NodeProto, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        if isinstance(v, onnx.TensorProto):
-            v = numpy_helper.to_array(v)
-        elif isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, list):
-            v = [x.decode() if isinstance(x, bytes) else x for x in v]
+        try:
+            v = onnx.helper.get_attribute_value(a)
+            if isinstance(v, onnx.TensorProto):
+                v = numpy_helper.to_array(v)
+            elif isinstance(v, bytes):
+                v = v.decode()
+            elif isinstance(v, list):
+                v = [x.decode() if isinstance(x, bytes) else x for x in v]
+        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+            raise NodeError(
+                f"node {name!r} ({node.op_type}): attribute {a.name!r} cannot be read "
+                f"({type(exc).__name__}: {exc}); strings must be UTF-8 and tensors match their "
+                "shape: fix or re-export the model"
+            ) from None
         out[a.name] = v
     return out
 
@@ -231,7 +295,7 @@ def _value_from_info(info: onnx.ValueInfoProto) -> Value | None:
         return None
     dims = []
     for d in t.shape.dim:
-        if not d.HasField("dim_value"):
+        if not _fixed(d):
             return None
         dims.append(d.dim_value)
     return Value(info.name, tuple(dims), onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
@@ -240,9 +304,7 @@ def _value_from_info(info: onnx.ValueInfoProto) -> Value | None:
 def _build(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto], where: str) -> Graph:
     """The IR of ``model``, with the data of initializers it holds as stubs from ``weights``."""
     g = Graph(model.graph.name or Path(where).stem)
-    inits = {}
-    for t in model.graph.initializer:
-        inits[t.name] = numpy_helper.to_array(weights.get(t.name, t))
+    inits = {t.name: _tensor(weights.get(t.name, t), where) for t in model.graph.initializer}
     for name, data in inits.items():
         g.add_constant(name, data)
     for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
@@ -255,8 +317,19 @@ def _build(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto], where: 
     g.outputs = [o.name for o in model.graph.output]
     for i, n in enumerate(model.graph.node):
         name = g.unique_name(n.name or f"{n.op_type}_{i}")
-        g.add_node(Node(name, n.op_type, list(n.input), list(n.output), _attrs(n)))
+        g.add_node(Node(name, n.op_type, n.input, n.output, _attrs(n, name)))
     return g
+
+
+def _tensor(t: onnx.TensorProto, where: str) -> np.ndarray:
+    """An initializer's data; data of the wrong size for its shape is a ModelLoadError."""
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ModelLoadError(
+            f"{where}: initializer {t.name!r} (dims {list(t.dims)}) has unreadable data "
+            f"({type(exc).__name__}: {exc}); re-export the model"
+        ) from None
 
 
 def _placeholder(v: Value) -> np.ndarray:
@@ -270,17 +343,21 @@ def _outputs_of(node: Node, result: Any) -> list[np.ndarray]:
     return [np.asarray(result)]
 
 
-def fold_constants(graph: Graph) -> int:
+def fold_constants(graph: Graph, where: str = "", limit: int | None = None) -> int:
     """Evaluate every node whose inputs are all known, and give every value a static shape.
 
     Shape and Size of a static-shape value are known even when the value is not. Nodes whose
     output shape ONNX inference left open are evaluated on placeholder inputs to learn it.
-    Returns the number of nodes folded away.
+    Each node is first checked against its op's ONNX rules, and its outputs of known shape
+    against the memory limit. Returns the number of nodes folded away.
     """
+    where = where or f"graph {graph.name!r}"
+    limit = memory_limit() if limit is None else limit
     folded = 0
     for node in graph.nodes():
         present = [i for i in node.inputs if i]
         opdef = REGISTRY[node.op]
+        _validate(graph, node, where, limit)
         inputs_known = all(i in graph.values and graph.values[i].is_constant for i in present)
         shape_query = node.op in ("Shape", "Size") and node.inputs[0] in graph.values
         if inputs_known or shape_query:
@@ -306,6 +383,23 @@ def fold_constants(graph: Graph) -> int:
     return folded
 
 
+def _validate(graph: Graph, node: Node, where: str, limit: int) -> None:
+    """Apply the op's ONNX rules to ``node`` and check its known outputs fit in memory."""
+    rule = REGISTRY[node.op].validate
+    ins = [graph.values.get(i) if i else None for i in node.inputs]
+    known = all(v is not None for i, v in zip(node.inputs, ins) if i)
+    problem = rule(node, ins) if rule and known else None
+    if problem:
+        raise NodeError(
+            f"{where}: node {node.name!r} ({node.op}): {problem}; fix the node or re-export "
+            "the model"
+        )
+    for out in node.outputs:
+        v = graph.values.get(out) if out else None
+        if v is not None:
+            check_bytes(v.nbytes, f"{where}: output {out!r} of node {node.name!r}", limit)
+
+
 def _record_shapes(graph: Graph, node: Node, results: list[np.ndarray]) -> None:
     for out, data in zip(node.outputs, results):
         if out and out not in graph.values:
@@ -326,9 +420,7 @@ def remove_pass_through(graph: Graph) -> None:
             if not renamable:
                 continue
             graph.remove_node(node.name)
-            graph.remove_node(producer.name)
-            producer.outputs = [dst if o == src else o for o in producer.outputs]
-            graph.add_node(producer)
+            graph.set_outputs(producer, [dst if o == src else o for o in producer.outputs])
             continue
         graph.remove_node(node.name)
         graph.replace_all_uses(dst, src)
@@ -337,5 +429,5 @@ def remove_pass_through(graph: Graph) -> None:
 def _verify_import(graph: Graph, where: str) -> None:
     try:
         graph.verify()
-    except ValueError as exc:
+    except GraphError as exc:
         raise ShapeError(f"{where}: imported graph is inconsistent: {exc}") from exc

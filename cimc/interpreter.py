@@ -3,7 +3,8 @@
 Like torch.fx's ``Interpreter``: ``run_node`` dispatches on the op registry, and subclasses
 override it to observe or change what each node does (calibration records activation ranges
 this way). Intermediate values are released after their last reader, so big models run in
-bounded memory.
+bounded memory, and that memory (the peak live set) is known before running and checked against
+the memory limit (:mod:`cimc.limits`).
 """
 
 from __future__ import annotations
@@ -14,25 +15,47 @@ import numpy as np
 
 from .errors import FeedError
 from .ir import Graph, Node
+from .limits import check_bytes
 from .ops import REGISTRY
+
+
+def _release_schedule(graph: Graph, order: list[Node]) -> list[list[str]]:
+    """For each step, the non-constant values whose last reader it is (graph outputs stay)."""
+    last_use: dict[str, int] = {}
+    for step, node in enumerate(order):
+        for i in node.inputs:
+            last_use[i] = step
+    keep = set(graph.outputs)
+    release: list[list[str]] = [[] for _ in order]
+    for name, step in last_use.items():
+        v = graph.values.get(name)
+        if name not in keep and v is not None and not v.is_constant:
+            release[step].append(name)
+    return release
+
+
+def peak_live_bytes(graph: Graph) -> int:
+    """The most memory the interpreter's intermediate values hold at once (constants, which
+    the graph holds anyway, are not counted)."""
+    order = graph.nodes()
+    live = peak = sum(graph.values[i].nbytes for i in graph.inputs)
+    for node, released in zip(order, _release_schedule(graph, order)):
+        live += sum(graph.values[o].nbytes for o in node.outputs if o)
+        peak = max(peak, live)
+        live -= sum(graph.values[r].nbytes for r in released)
+    return peak
 
 
 class Interpreter:
     """Executes a graph with the registry's reference implementations."""
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, memory_limit_bytes: int | None = None):
+        check_bytes(
+            peak_live_bytes(graph), f"interpreting graph {graph.name!r}", memory_limit_bytes
+        )
         self.graph = graph
         self._order = graph.nodes()
-        last_use: dict[str, int] = {}
-        for step, node in enumerate(self._order):
-            for i in node.inputs:
-                last_use[i] = step
-        keep = set(graph.outputs)
-        self._release: list[list[str]] = [[] for _ in self._order]
-        for name, step in last_use.items():
-            v = graph.values.get(name)
-            if name not in keep and v is not None and not v.is_constant:
-                self._release[step].append(name)
+        self._release = _release_schedule(graph, self._order)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         env = self.check_feeds(feeds)

@@ -5,23 +5,51 @@ means v reads a value u writes. Values (tensors) live in ``Graph.values`` with a
 a dtype and, for constants, their data. Shapes are static everywhere: the importer binds
 dynamic dimensions and folds shape sub-graphs, so passes never reason about symbols.
 
+Invariants (``Graph.verify`` checks them and raises :class:`GraphError`):
+  * a node's ``inputs`` and ``outputs`` are tuples changed only through ``Graph.set_inputs``,
+    ``Graph.set_outputs`` and ``Graph.replace_all_uses``, so the reader and writer indexes and
+    the DAG edges always agree with them;
+  * every value has at most one writer, and every input a node reads is a graph input, a
+    constant or written by an earlier node; every graph output is defined;
+  * constant data is read-only: replace a constant with ``add_constant``, never write into it.
+    Copies share it, which keeps copying a large model cheap.
+
 Documented ``Node.meta`` keys (set by passes, read by later passes and reports):
-  ``compression``  weight-pool / quantisation record of a CiM layer (passes/weight_pool.py)
-  ``mapping``      tiling and dataflow of a CiM layer (passes/tile.py)
-  ``schedule``     permutation-unit schedule (passes/permute_schedule.py)
-  ``act_quant``    activation quantisation of the layer's input (passes/quantize_act.py)
+  ``zpack``        z-direction packing of a layer: ``vector``, ``k``, ``groups``, ``order``
+                   (passes/zpack.py; read by weight-pool and tile)
+  ``compression``  weight record of a CiM layer: ``scheme`` ("int" or "pool") and the float
+                   ``weight`` (dropped by passes/lower.py); "int" adds ``bits``
+                   (cimc/cim_ops.py); "pool" adds ``vector``, ``pool_size``, ``assign``,
+                   ``scale``, ``calibrated``, optionally ``learned`` (passes/weight_pool.py),
+                   then ``error_keep`` (error-term, error-prune, learned) and ``error_group``,
+                   ``error_chunk``, ``error_mask`` (passes/error_prune.py)
+  ``schedule``     permutation-unit schedule of a pool layer (passes/permute_schedule.py)
+  ``mapping``      tiling and dataflow of a CiM layer, with ``modelled_cycles``
+                   (passes/tile.py; read by lower and the CLI)
+Activation quantisation (passes/quantize_act.py) is not meta: it sets the node attributes
+``act_bits``, ``act_scale`` and ``act_signed``, which the interpreter and simulator execute.
+
+Documented ``Graph.meta`` keys:
+  ``pipeline``              passes run so far, in order (cimc/pass_manager.py)
+  ``source_sha256``         digest of the ONNX model compiled (cimc/compiler.py)
+  ``target``                name of the target tiled for (passes/tile.py)
+  ``modelled_cim_cycles``, ``weight_bytes``, ``weight_bytes_placed``, ``arrays_used``
+                            totals of the tiling (passes/tile.py; read by the simulator and CLI)
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 import numpy as np
+
+from .errors import GraphError
 
 
 @dataclass
@@ -42,23 +70,59 @@ class Value:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor needs, computed without overflow for any shape."""
+        return math.prod(int(d) for d in self.shape) * np.dtype(self.dtype).itemsize
+
     def type_str(self) -> str:
         return f"{np.dtype(self.dtype).name}[{','.join(str(d) for d in self.shape)}]"
+
+
+_WIRING = ("inputs", "outputs")
 
 
 @dataclass
 class Node:
     """One operation: op type, attributes, and ordered input/output value names.
 
-    An omitted optional input is the empty string, as in ONNX.
+    An omitted optional input is the empty string, as in ONNX. ``inputs`` and ``outputs`` may be
+    given as any sequence and are kept as tuples; once set they change only through the owning
+    Graph (``set_inputs``, ``set_outputs``, ``replace_all_uses``), which keeps its reader and
+    writer indexes in step with them.
     """
 
     name: str
     op: str
-    inputs: list[str]
-    outputs: list[str]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key in _WIRING:
+            if key in self.__dict__:
+                raise AttributeError(
+                    f"node {self.name!r}: {key} cannot be reassigned; call "
+                    f"Graph.set_{key}(node, ...) so the graph's indexes follow the change"
+                )
+            value = tuple(value)
+        super().__setattr__(key, value)
+
+
+def _wire(node: Node, key: str, names: Any) -> None:
+    """Set a node's inputs or outputs; only Graph calls this, after unlinking the old ones."""
+    node.__dict__[key] = tuple(names)
+
+
+def _read_only(data: np.ndarray) -> np.ndarray:
+    """``data`` itself when already read-only, else a read-only view (the caller's array keeps
+    its own flags)."""
+    if not data.flags.writeable:
+        return data
+    view = data.view()
+    view.flags.writeable = False
+    return view
 
 
 def constant_digest(data: np.ndarray) -> str:
@@ -104,6 +168,9 @@ class Graph:
 
     # ---- construction -------------------------------------------------------------------
     def add_value(self, value: Value) -> Value:
+        """Add or replace a value; constant data is stored read-only (see the invariants)."""
+        if value.data is not None:
+            value.data = _read_only(np.asarray(value.data))
         self.values[value.name] = value
         return value
 
@@ -113,17 +180,42 @@ class Graph:
 
     def add_node(self, node: Node) -> Node:
         if node.name in self._dag:
-            raise ValueError(f"duplicate node name {node.name!r}")
+            raise GraphError(
+                f"node name {node.name!r} is already used; pick another (Graph.unique_name)"
+            )
+        self._check_writers(node.name, node.outputs)
         self._dag.add_node(node.name, node=node)
         self._order[node.name] = self._next
         self._next += 1
-        for out in node.outputs:
-            if out:
-                self._producer[out] = node.name
-                for user in self._readers.get(out, ()):
-                    self._dag.add_edge(node.name, user)
+        self._link_outputs(node)
         self._link_inputs(node)
         return node
+
+    def _check_writers(self, name: str, outputs: tuple[str, ...] | list[str]) -> None:
+        """Refuse outputs that another node already writes (each value has one writer)."""
+        for i, out in enumerate(outputs):
+            if out and out in outputs[:i]:
+                raise GraphError(f"node {name!r} lists output {out!r} twice; name each once")
+            other = self._producer.get(out, name) if out else name
+            if other != name:
+                raise GraphError(
+                    f"node {name!r} would write {out!r}, which node {other!r} already writes; "
+                    "a value has one writer: rename the output or remove the other writer first"
+                )
+
+    def _owned(self, node: Node) -> None:
+        if node.name not in self._dag or self.node(node.name) is not node:
+            raise GraphError(f"node {node.name!r} is not in graph {self.name!r}; add_node it first")
+
+    def _link_outputs(self, node: Node) -> None:
+        for out in node.outputs:
+            if not out:
+                continue
+            self._producer[out] = node.name
+            for user in self._readers.get(out, ()):
+                if user != node.name:
+                    self._dag.add_edge(node.name, user)
+        self._topo = None
 
     def _link_inputs(self, node: Node) -> None:
         for inp in node.inputs:
@@ -152,11 +244,25 @@ class Graph:
         del self._order[name]
         self._topo = None
 
-    def set_inputs(self, node: Node, inputs: list[str]) -> None:
-        """Rewire a node's inputs, keeping the DAG edges consistent."""
+    def set_inputs(self, node: Node, inputs: Sequence[str]) -> None:
+        """Rewire a node's inputs, keeping the reader index and DAG edges consistent."""
+        self._owned(node)
         self._unlink_inputs(node)
-        node.inputs = list(inputs)
+        _wire(node, "inputs", inputs)
         self._link_inputs(node)
+
+    def set_outputs(self, node: Node, outputs: Sequence[str]) -> None:
+        """Rename what a node writes, keeping the writer index and DAG edges consistent; the
+        node keeps its place in the order."""
+        self._owned(node)
+        self._check_writers(node.name, list(outputs))
+        for out in node.outputs:
+            if self._producer.get(out) == node.name:
+                del self._producer[out]
+        for user in list(self._dag.successors(node.name)):
+            self._dag.remove_edge(node.name, user)
+        _wire(node, "outputs", outputs)
+        self._link_outputs(node)
 
     def replace_all_uses(self, old: str, new: str) -> None:
         """Make every reader of value ``old`` (and the graph outputs) read ``new`` instead."""
@@ -230,23 +336,21 @@ class Graph:
 
     # ---- whole-graph operations -------------------------------------------------------------
     def copy(self) -> Graph:
-        """A deep copy; constant arrays are shared read-only to keep copies of big models cheap."""
+        """A deep copy that leaves this graph untouched; constant arrays, read-only in both,
+        are shared to keep copies of big models cheap."""
         g = Graph(self.name)
         g.inputs = list(self.inputs)
         g.outputs = list(self.outputs)
         g.meta = copy.deepcopy(self.meta)
         for v in self.values.values():
-            data = v.data
-            if data is not None and data.flags.writeable:
-                data.flags.writeable = False
-            g.values[v.name] = Value(v.name, v.shape, v.dtype, data, copy.deepcopy(v.meta))
+            g.add_value(Value(v.name, v.shape, v.dtype, v.data, copy.deepcopy(v.meta)))
         for n in self.nodes():
             g.add_node(
                 Node(
                     n.name,
                     n.op,
-                    list(n.inputs),
-                    list(n.outputs),
+                    n.inputs,
+                    n.outputs,
                     copy.deepcopy(n.attrs),
                     copy.deepcopy(n.meta),
                 )
@@ -254,44 +358,94 @@ class Graph:
         return g
 
     def verify(self) -> None:
-        """Check the invariants every pass keeps; raise ``ValueError`` naming the first break."""
+        """Check the invariants every pass keeps; raise :class:`GraphError` naming the first
+        break."""
+        self._verify_indexes()
+        self._verify_dataflow()
+        for name, v in self.values.items():
+            if v.data is None:
+                continue
+            if tuple(v.data.shape) != tuple(v.shape):
+                raise GraphError(f"constant {name!r}: data shape {v.data.shape} != {v.shape}")
+            if v.data.flags.writeable:
+                raise GraphError(
+                    f"constant {name!r} has writeable data (set outside Graph.add_value); "
+                    "replace constants with Graph.add_constant"
+                )
+
+    def _verify_indexes(self) -> None:
+        """The reader and writer indexes and the DAG edges agree with the nodes' own lists."""
+        readers: dict[str, set[str]] = {}
+        writers: dict[str, str] = {}
+        for name, n in self._dag.nodes(data="node"):
+            for inp in filter(None, n.inputs):
+                readers.setdefault(inp, set()).add(name)
+            for out in filter(None, n.outputs):
+                if out in writers:
+                    raise GraphError(
+                        f"value {out!r} is written by nodes {writers[out]!r} and {name!r}; "
+                        "a value has one writer"
+                    )
+                writers[out] = name
+        edges = {
+            (writers[v], user)
+            for v, users in readers.items()
+            for user in users
+            if writers.get(v, user) != user
+        }
+        known = {v: users for v, users in self._readers.items() if users}
+        stale = sorted(v for v in set(readers) | set(known) if readers.get(v) != known.get(v))
+        stale += sorted(
+            v for v in set(writers) | set(self._producer) if writers.get(v) != self._producer.get(v)
+        )
+        if stale or edges != set(self._dag.edges):
+            where = f"value {stale[0]!r}" if stale else "its edges"
+            raise GraphError(
+                f"graph {self.name!r}: the reader/writer index disagrees with the nodes at "
+                f"{where}; change a node's inputs and outputs only through Graph.set_inputs, "
+                "set_outputs and replace_all_uses"
+            )
+
+    def _verify_dataflow(self) -> None:
+        """Every read value is defined before it is read, every op is registered, every
+        written value has a static shape, and every graph output is defined."""
         from .ops import REGISTRY
 
         seen: set[str] = set(self.inputs)
         for name in self.inputs:
             v = self.values.get(name)
             if v is None or v.is_constant:
-                raise ValueError(f"graph input {name!r} has no non-constant value")
+                raise GraphError(f"graph input {name!r} has no non-constant value")
         seen.update(n for n, v in self.values.items() if v.is_constant)
         if not nx.is_directed_acyclic_graph(self._dag):
-            raise ValueError("graph has a cycle")
+            raise GraphError(f"graph {self.name!r} has a cycle")
         for node in self.nodes():
             if node.op not in REGISTRY:
-                raise ValueError(f"node {node.name!r}: op {node.op!r} is not registered")
+                raise GraphError(f"node {node.name!r}: op {node.op!r} is not registered")
             for inp in node.inputs:
                 if inp and inp not in seen:
-                    raise ValueError(
+                    raise GraphError(
                         f"node {node.name!r} reads {inp!r} before it is defined (or never)"
                     )
                 if inp and inp not in self.values:
-                    raise ValueError(f"node {node.name!r} reads {inp!r} which has no Value")
+                    raise GraphError(f"node {node.name!r} reads {inp!r} which has no Value")
             for out in node.outputs:
                 if not out:
                     continue
                 if out in seen:
-                    raise ValueError(f"value {out!r} is defined twice (node {node.name!r})")
+                    raise GraphError(
+                        f"node {node.name!r} writes {out!r}, which is already a graph input, "
+                        "a constant or another node's output"
+                    )
                 v = self.values.get(out)
                 if v is None:
-                    raise ValueError(f"node {node.name!r} writes {out!r} which has no Value")
+                    raise GraphError(f"node {node.name!r} writes {out!r} which has no Value")
                 if any((not isinstance(d, (int, np.integer))) or d < 0 for d in v.shape):
-                    raise ValueError(f"value {out!r} has a non-static shape {v.shape}")
+                    raise GraphError(f"value {out!r} has a non-static shape {v.shape}")
                 seen.add(out)
         for out in self.outputs:
             if out not in seen:
-                raise ValueError(f"graph output {out!r} is never defined")
-        for name, v in self.values.items():
-            if v.data is not None and tuple(v.data.shape) != tuple(v.shape):
-                raise ValueError(f"constant {name!r}: data shape {v.data.shape} != {v.shape}")
+                raise GraphError(f"graph output {out!r} is never defined")
 
     def to_text(self) -> str:
         """A stable, diffable listing: same graph, same text, byte for byte."""

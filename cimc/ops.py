@@ -9,6 +9,10 @@ Static shapes come from ONNX shape inference at import; where that leaves a shap
 importer evaluates the implementation on placeholder data (see ``cimc.frontend``). Passes that
 add nodes give their output values explicit shapes.
 
+``validate`` applies ONNX's own rules for the op (pads >= 0, strides >= 1, axes in range, group
+dividing the channels...) to a node and its input values before the importer evaluates it, so a
+malformed model is a :class:`~cimc.errors.NodeError` naming the node, never a NumPy exception.
+
 User code registers its own ops with :func:`register_op`, exactly as the built-ins below do.
 """
 
@@ -25,9 +29,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper as onnx_helper
 from scipy import special
 
-from .ir import Graph, Node
+from .ir import Graph, Node, Value
 
 Impl = Callable[..., Any]
+Validate = Callable[[Node, list[Value | None]], str | None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class OpDef:
     macs: Callable[[Node, Graph], int] | None = None
     on_cim: Callable[[Node, Graph], bool] | None = None
     check: Callable[[Node], str | None] | None = None
+    validate: Validate | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -49,12 +55,16 @@ def register_op(
     macs: Callable[[Node, Graph], int] | None = None,
     on_cim: Callable[[Node, Graph], bool] | None = None,
     check: Callable[[Node], str | None] | None = None,
+    validate: Validate | None = None,
 ) -> Callable[[Impl], Impl]:
-    """Decorator: register ``impl(node, *inputs) -> array | tuple`` for each op type given."""
+    """Decorator: register ``impl(node, *inputs) -> array | tuple`` for each op type given.
+
+    ``check(node)`` names an attribute value cimc does not implement; ``validate(node, inputs)``
+    (input Values: shape, dtype, data when constant) names a break of ONNX's rules."""
 
     def deco(fn: Impl) -> Impl:
         for op in ops:
-            REGISTRY[op] = OpDef(op, fn, macs, on_cim, check)
+            REGISTRY[op] = OpDef(op, fn, macs, on_cim, check, validate)
         return fn
 
     return deco
@@ -87,6 +97,131 @@ def _shape(graph: Graph, name: str) -> tuple[int, ...]:
 
 def _second_operand_constant(node: Node, graph: Graph) -> bool:
     return len(node.inputs) > 1 and graph.values[node.inputs[1]].is_constant
+
+
+# ---- validation: ONNX's rules for attributes and inputs -----------------------------------------
+def _rank(ins: list[Value | None], pos: int = 0) -> int:
+    v = ins[pos] if pos < len(ins) else None
+    return len(v.shape) if v is not None else 0
+
+
+def _ints_rule(node: Node, key: str, length: int, minimum: int) -> str | None:
+    """``attrs[key]``, when given, has ``length`` entries, each at least ``minimum``."""
+    values = node.attrs.get(key)
+    if values is None:
+        return None
+    values = [int(v) for v in values]
+    if len(values) != length:
+        return f"{key}={values} has {len(values)} entries; the input needs {length}"
+    if any(v < minimum for v in values):
+        return f"{key}={values}: every entry must be at least {minimum}"
+    return None
+
+
+def _window_rules(node: Node, ins: list[Value | None]) -> str | None:
+    """Kernel, strides, dilations and pads of a convolution or pooling window."""
+    r = _rank(ins) - 2
+    if r < 1:
+        return f"input of rank {_rank(ins)}; a spatial op needs rank 3 or more"
+    rules = (("kernel_shape", r, 1), ("strides", r, 1), ("dilations", r, 1), ("pads", 2 * r, 0))
+    for key, length, minimum in rules + (("output_padding", r, 0),):
+        problem = _ints_rule(node, key, length, minimum)
+        if problem:
+            return problem
+    return None
+
+
+def _conv_rules(node: Node, ins: list[Value | None]) -> str | None:
+    """Window rules, and weights [M, C/group, k...] matching the input and the group."""
+    problem = _window_rules(node, ins)
+    x, w = ins[0], ins[1]
+    if problem or x is None or w is None:
+        return problem
+    group = int(_a(node, "group", 1))
+    if group < 1:
+        return f"group={group}; it must be at least 1"
+    c, transposed = x.shape[1], node.op == "ConvTranspose"
+    if len(w.shape) != len(x.shape):
+        return f"weight {w.name!r} has rank {len(w.shape)}, the input rank {len(x.shape)}"
+    if c % group or (w.shape[0] if transposed else w.shape[1] * group) != c:
+        return (
+            f"group={group} does not fit {c} input channels and weight {w.name!r} of shape "
+            f"{w.shape}"
+        )
+    if not transposed and w.shape[0] % group:
+        return f"group={group} does not divide the {w.shape[0]} output channels"
+    return None
+
+
+def _axis_rule(key: str, default: int | None, grow: int = 0) -> Validate:
+    """Attribute ``key`` is an axis of the first input (of its rank + ``grow``, for Flatten)."""
+
+    def rule(node: Node, ins: list[Value | None]) -> str | None:
+        axis = node.attrs.get(key, default)
+        rank = _rank(ins) + grow
+        if axis is not None and not -rank <= int(axis) < max(rank, 1):
+            return f"{key}={axis} is out of range for rank {rank - grow}"
+        return None
+
+    return rule
+
+
+def _axes_rule(pos: int | None, grow: bool = False) -> Validate:
+    """Axes (attribute ``axes``, or constant input ``pos``) are distinct axes of the first
+    input (of the output, for Unsqueeze)."""
+
+    def rule(node: Node, ins: list[Value | None]) -> str | None:
+        axes = node.attrs.get("axes")
+        if pos is not None and pos < len(ins) and ins[pos] is not None:
+            axes = ins[pos].data
+        if axes is None:
+            return None
+        axes = [int(a) for a in np.ravel(axes)]
+        rank = _rank(ins) + (len(axes) if grow else 0)
+        if any(not -rank <= a < rank for a in axes) or len({a % rank for a in axes}) < len(axes):
+            return f"axes {axes} are not distinct axes of a rank-{rank} tensor"
+        return None
+
+    return rule
+
+
+def _perm_rule(node: Node, ins: list[Value | None]) -> str | None:
+    perm = node.attrs.get("perm")
+    if perm is not None and sorted(int(p) for p in perm) != list(range(_rank(ins))):
+        return f"perm={list(perm)} is not a permutation of the {_rank(ins)} axes"
+    return None
+
+
+def _cast_rule(node: Node, ins: list[Value | None]) -> str | None:
+    to = node.attrs.get("to")
+    try:
+        kind = np.dtype(onnx_helper.tensor_dtype_to_np_dtype(int(to))).kind
+    except (KeyError, TypeError, ValueError):
+        kind = None
+    if kind not in ("b", "i", "u", "f"):
+        return f"to={to} is not a numeric ONNX tensor type (see onnx.TensorProto.DataType)"
+    return None
+
+
+def _range_rule(node: Node, ins: list[Value | None]) -> str | None:
+    delta = ins[2] if len(ins) > 2 else None
+    if delta is not None and delta.data is not None and not np.all(delta.data != 0):
+        return "delta is 0, so the range never reaches its limit"
+    return None
+
+
+def _block_rule(node: Node, ins: list[Value | None]) -> str | None:
+    """DepthToSpace / SpaceToDepth: a positive blocksize that divides what it splits."""
+    b = int(node.attrs.get("blocksize", 0))
+    x = ins[0]
+    if b < 1:
+        return f"blocksize={b}; it must be at least 1"
+    if x is None or len(x.shape) != 4:
+        return None if x is None else f"input of rank {len(x.shape)}; it needs rank 4"
+    split = [x.shape[1] % (b * b)] if node.op == "DepthToSpace" else [d % b for d in x.shape[2:]]
+    if any(split):
+        return f"blocksize={b} does not divide the input shape {x.shape}"
+    return None
 
 
 # ---- elementwise --------------------------------------------------------------------------------
@@ -212,7 +347,7 @@ register_op("Min")(_variadic(np.minimum))
 register_op("Mean")(lambda node, *xs: (_variadic(np.add)(node, *xs) / len(xs)).astype(xs[0].dtype))
 
 
-@register_op("Cast")
+@register_op("Cast", validate=_cast_rule)
 def _cast(node: Node, x: np.ndarray) -> np.ndarray:
     return x.astype(onnx_helper.tensor_dtype_to_np_dtype(node.attrs["to"]))
 
@@ -223,14 +358,14 @@ def _cast_like(node: Node, x: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 # ---- softmax and normalisation ------------------------------------------------------------------
-@register_op("Softmax")
+@register_op("Softmax", validate=_axis_rule("axis", -1))
 def _softmax(node: Node, x: np.ndarray) -> np.ndarray:
     axis = _a(node, "axis", -1)
     e = np.exp(_wide(x) - x.max(axis=axis, keepdims=True))
     return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
 
 
-@register_op("LogSoftmax")
+@register_op("LogSoftmax", validate=_axis_rule("axis", -1))
 def _log_softmax(node: Node, x: np.ndarray) -> np.ndarray:
     axis = _a(node, "axis", -1)
     s = x - x.max(axis=axis, keepdims=True)
@@ -260,7 +395,7 @@ def _instancenorm(node: Node, x, scale, bias) -> np.ndarray:
     return (y * _channel(scale, x.ndim) + _channel(bias, x.ndim)).astype(x.dtype)
 
 
-@register_op("LayerNormalization")
+@register_op("LayerNormalization", validate=_axis_rule("axis", -1))
 def _layernorm(node: Node, x, scale, bias=None) -> Any:
     axis = _a(node, "axis", -1) % x.ndim
     axes = tuple(range(axis, x.ndim))
@@ -420,7 +555,13 @@ def _conv_macs(node: Node, graph: Graph) -> int:
     return int(np.prod(_shape(graph, node.outputs[0]))) * int(np.prod(w[1:]))
 
 
-@register_op("Conv", macs=_conv_macs, on_cim=_second_operand_constant, check=_spatial_check)
+@register_op(
+    "Conv",
+    macs=_conv_macs,
+    on_cim=_second_operand_constant,
+    check=_spatial_check,
+    validate=_conv_rules,
+)
 def _conv(node: Node, x, w, b=None) -> np.ndarray:
     one_d = x.ndim == 3
     x2, w2 = _as_2d(x), _as_2d(w)
@@ -440,7 +581,11 @@ def _convtranspose_macs(node: Node, graph: Graph) -> int:
 
 
 @register_op(
-    "ConvTranspose", macs=_convtranspose_macs, on_cim=_second_operand_constant, check=_spatial_check
+    "ConvTranspose",
+    macs=_convtranspose_macs,
+    on_cim=_second_operand_constant,
+    check=_spatial_check,
+    validate=_conv_rules,
 )
 def _conv_transpose(node: Node, x, w, b=None) -> np.ndarray:
     one_d = x.ndim == 3
@@ -545,8 +690,12 @@ def _pool(node: Node, x: np.ndarray, kind: str) -> np.ndarray:
     return y[..., 0] if one_d else y
 
 
-register_op("MaxPool", check=_pool_check)(lambda node, x: _pool(node, x, "max"))
-register_op("AveragePool", check=_spatial_check)(lambda node, x: _pool(node, x, "avg"))
+register_op("MaxPool", check=_pool_check, validate=_window_rules)(
+    lambda node, x: _pool(node, x, "max")
+)
+register_op("AveragePool", check=_spatial_check, validate=_window_rules)(
+    lambda node, x: _pool(node, x, "avg")
+)
 register_op("GlobalAveragePool")(
     lambda node, x: _wide(x).mean(axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)
 )
@@ -579,7 +728,7 @@ _REDUCE = {
     "ReduceSumSquare": lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims),
 }
 for _op, _fn in _REDUCE.items():
-    register_op(_op)(_reduce(_fn))
+    register_op(_op, validate=_axes_rule(1))(_reduce(_fn))
 
 
 def _arg(fn: Callable[..., np.ndarray]) -> Impl:
@@ -597,8 +746,8 @@ def _arg(fn: Callable[..., np.ndarray]) -> Impl:
     return impl
 
 
-register_op("ArgMax")(_arg(np.argmax))
-register_op("ArgMin")(_arg(np.argmin))
+register_op("ArgMax", validate=_axis_rule("axis", 0))(_arg(np.argmax))
+register_op("ArgMin", validate=_axis_rule("axis", 0))(_arg(np.argmin))
 
 
 # ---- shape and data movement --------------------------------------------------------------------
@@ -610,18 +759,18 @@ def _reshape(node: Node, x: np.ndarray, shape: np.ndarray) -> np.ndarray:
     return x.reshape(shape)
 
 
-@register_op("Flatten")
+@register_op("Flatten", validate=_axis_rule("axis", 1, grow=1))
 def _flatten(node: Node, x: np.ndarray) -> np.ndarray:
     axis = _a(node, "axis", 1) % (x.ndim + 1) if x.ndim else 0
     return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
 
 
-@register_op("Transpose")
+@register_op("Transpose", validate=_perm_rule)
 def _transpose(node: Node, x: np.ndarray) -> np.ndarray:
     return np.transpose(x, _a(node, "perm", None))
 
 
-@register_op("Squeeze")
+@register_op("Squeeze", validate=_axes_rule(1))
 def _squeeze(node: Node, x: np.ndarray, axes: np.ndarray | None = None) -> np.ndarray:
     ax = node.attrs.get("axes") if axes is None else axes
     if ax is None:
@@ -629,7 +778,7 @@ def _squeeze(node: Node, x: np.ndarray, axes: np.ndarray | None = None) -> np.nd
     return np.squeeze(x, axis=tuple(int(a) % x.ndim for a in ax))
 
 
-@register_op("Unsqueeze")
+@register_op("Unsqueeze", validate=_axes_rule(1, grow=True))
 def _unsqueeze(node: Node, x: np.ndarray, axes: np.ndarray | None = None) -> np.ndarray:
     ax = node.attrs.get("axes") if axes is None else axes
     rank = x.ndim + len(ax)
@@ -638,12 +787,12 @@ def _unsqueeze(node: Node, x: np.ndarray, axes: np.ndarray | None = None) -> np.
     return x
 
 
-@register_op("Concat")
+@register_op("Concat", validate=_axis_rule("axis", None))
 def _concat(node: Node, *xs: np.ndarray) -> np.ndarray:
     return np.concatenate(xs, axis=node.attrs["axis"])
 
 
-@register_op("Split")
+@register_op("Split", validate=_axis_rule("axis", 0))
 def _split(node: Node, x: np.ndarray, split: np.ndarray | None = None) -> tuple:
     axis = _a(node, "axis", 0)
     sizes = node.attrs.get("split") if split is None else split
@@ -655,7 +804,7 @@ def _split(node: Node, x: np.ndarray, split: np.ndarray | None = None) -> tuple:
     return tuple(np.split(x, cuts, axis=axis))
 
 
-@register_op("Slice")
+@register_op("Slice", validate=_axes_rule(3))
 def _slice(node: Node, x, starts, ends, axes=None, steps=None) -> np.ndarray:
     axes = range(len(starts)) if axes is None else [int(a) % x.ndim for a in axes]
     steps = [1] * len(starts) if steps is None else steps
@@ -673,14 +822,14 @@ def _slice(node: Node, x, starts, ends, axes=None, steps=None) -> np.ndarray:
     return x[tuple(index)]
 
 
-@register_op("Gather")
+@register_op("Gather", validate=_axis_rule("axis", 0))
 def _gather(node: Node, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     axis = _a(node, "axis", 0)
     idx = np.where(idx < 0, idx + x.shape[axis], idx)
     return np.take(x, idx, axis=axis)
 
 
-@register_op("GatherElements")
+@register_op("GatherElements", validate=_axis_rule("axis", 0))
 def _gather_elements(node: Node, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     axis = _a(node, "axis", 0)
     idx = np.where(idx < 0, idx + x.shape[axis], idx)
@@ -727,7 +876,7 @@ def _expand(node: Node, x: np.ndarray, shape: np.ndarray) -> np.ndarray:
 register_op("Tile")(lambda node, x, reps: np.tile(x, [int(r) for r in reps]))
 
 
-@register_op("Range")
+@register_op("Range", validate=_range_rule)
 def _range(node: Node, start, limit, delta) -> np.ndarray:
     return np.arange(start, limit, delta, dtype=start.dtype)
 
@@ -752,7 +901,7 @@ def _pad(node: Node, x, pads=None, value=None, axes=None) -> np.ndarray:
     return np.pad(x, pos, mode={"reflect": "reflect", "edge": "edge"}[mode])
 
 
-@register_op("DepthToSpace")
+@register_op("DepthToSpace", validate=_block_rule)
 def _depth_to_space(node: Node, x: np.ndarray) -> np.ndarray:
     b = node.attrs["blocksize"]
     n, c, h, w = x.shape
@@ -763,7 +912,7 @@ def _depth_to_space(node: Node, x: np.ndarray) -> np.ndarray:
     return y.reshape(n, c // (b * b), h * b, w * b)
 
 
-@register_op("SpaceToDepth")
+@register_op("SpaceToDepth", validate=_block_rule)
 def _space_to_depth(node: Node, x: np.ndarray) -> np.ndarray:
     b = node.attrs["blocksize"]
     n, c, h, w = x.shape

@@ -7,7 +7,8 @@ import pytest
 from helpers import light_path
 
 import cimc
-from cimc.ir import Node, Value
+from cimc.errors import CimcError, GraphError
+from cimc.ir import Graph, Node, Value
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,82 @@ def test_copy_is_independent(squeezenet):
         g.values[next(n for n in g.nodes() if n.op == "Conv").inputs[1]].data[...] = 0
 
 
+def _chain() -> Graph:
+    """x -> Relu(a) -> Neg(b) -> y, with a constant the copy test can watch."""
+    g = Graph("chain")
+    for name in ("x", "h", "y"):
+        g.add_value(Value(name, (2,), np.dtype(np.float32)))
+    g.inputs, g.outputs = ["x"], ["y"]
+    g.add_node(Node("a", "Relu", ["x"], ["h"]))
+    g.add_node(Node("b", "Neg", ["h"], ["y"]))
+    return g
+
+
+def test_copy_leaves_the_source_alone():
+    g = _chain()
+    weights = np.arange(4, dtype=np.float32)
+    g.add_constant("w", weights)
+    text = g.to_text()
+    c = g.copy()
+    c.set_inputs(c.node("b"), ["x"])
+    c.node("a").attrs["alpha"] = 1
+    c.add_constant("w", weights * 2)
+    assert weights.flags.writeable, "neither add_constant nor copy may freeze the caller's array"
+    assert g.to_text() == text
+    assert [n.name for n in g.consumers("h")] == ["b"] and g.node("b").inputs == ("h",)
+    assert "alpha" not in g.node("a").attrs and g.constant("w")[1] == 1.0
+    g.verify()
+    c.verify()
+
+
+def test_node_wiring_changes_only_through_the_graph():
+    g = _chain()
+    b = g.node("b")
+    with pytest.raises(TypeError):
+        b.inputs[0] = "x"  # tuples: the reader index can no longer go stale this way
+    with pytest.raises(AttributeError, match="set_inputs"):
+        b.inputs = ["x"]
+    with pytest.raises(AttributeError, match="set_outputs"):
+        b.outputs = ["z"]
+    g.set_inputs(b, ["x"])
+    assert [n.name for n in g.consumers("x")] == ["a", "b"] and g.consumers("h") == []
+    g.add_value(Value("z", (2,), np.dtype(np.float32)))
+    g.set_outputs(b, ["z"])
+    assert g.producer("z") is b and g.producer("y") is None
+    with pytest.raises(GraphError, match="'a'"):  # z already has a writer
+        g.set_outputs(g.node("a"), ["z"])
+    with pytest.raises(GraphError, match="not in graph"):
+        g.set_inputs(Node("b", "Neg", ["h"], ["y"]), ["x"])
+
+
+def test_verify_catches_a_stale_reader_index():
+    g = _chain()
+    b = g.node("b")
+    b.__dict__["inputs"] = ("x",)  # what `b.inputs[0] = "x"` did before inputs were tuples
+    with pytest.raises(GraphError, match="set_inputs"):
+        g.verify()
+
+
+def test_verify_catches_two_writers_and_missing_outputs():
+    g = _chain()
+    with pytest.raises(GraphError, match="already writes"):
+        g.add_node(Node("c", "Relu", ["x"], ["h"]))
+    with pytest.raises(GraphError, match="already used"):
+        g.add_node(Node("a", "Relu", ["x"], ["q"]))
+    g.outputs = ["nowhere"]
+    with pytest.raises(GraphError, match="nowhere"):
+        g.verify()
+    g = _chain()
+    g.add_constant("k", np.zeros(2, np.float32))
+    g.add_node(Node("c", "Relu", ["x"], ["k"]))  # a constant is not a node's to write
+    with pytest.raises(GraphError, match="'k'"):
+        g.verify()
+    g = _chain()
+    g.values["k"] = Value("k", (2,), np.dtype(np.float32), np.zeros(2, np.float32))
+    with pytest.raises(GraphError, match="writeable"):  # set around add_value
+        g.verify()
+
+
 def test_topological_order_respects_edges(squeezenet):
     seen = set(squeezenet.inputs) | {k for k, v in squeezenet.values.items() if v.is_constant}
     for n in squeezenet.nodes():
@@ -54,12 +131,13 @@ def test_verify_catches_breaks(squeezenet):
     g = squeezenet.copy()
     relu = next(n for n in g.nodes() if n.op == "Relu")
     g.set_inputs(relu, ["does_not_exist"])
-    with pytest.raises(ValueError, match="does_not_exist"):
+    with pytest.raises(GraphError, match="does_not_exist") as info:
         g.verify()
+    assert isinstance(info.value, CimcError)
     g = squeezenet.copy()
     g.add_value(Value("dup", (1,), np.dtype(np.float32)))
     g.add_node(Node("weird", "NoSuchOp", [g.inputs[0]], ["dup"]))
-    with pytest.raises(ValueError, match="NoSuchOp"):
+    with pytest.raises(GraphError, match="NoSuchOp"):
         g.verify()
 
 
