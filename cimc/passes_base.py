@@ -20,12 +20,15 @@ import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .errors import OptionError
 from .ir import Graph
+
+if TYPE_CHECKING:  # the compression library (scipy and all) loads with the passes, not here
+    from .compress.moments import SlotMoments
 
 ENTRY_POINT_GROUP = "cimc.passes"
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -33,11 +36,15 @@ _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 @dataclass
 class PassContext:
-    """What a pass may use besides the graph: calibration feeds, the target, a shared scratch."""
+    """What a pass may use besides the graph: calibration feeds, the target, a shared scratch.
+
+    ``slot_moments``: the calibration moments weight-pool gathered, reused by error-term and
+    error-prune (None until a pass gathers them)."""
 
     calibration: list[dict[str, np.ndarray]] | None = None
     target: Any = None
     state: dict[str, Any] = field(default_factory=dict)
+    slot_moments: SlotMoments | None = None
 
     def require_target(self, pass_name: str) -> Any:
         """The target, or a CimcError: hardware passes never guess a preset."""

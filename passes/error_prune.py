@@ -4,59 +4,19 @@ For each group of ``group`` consecutive output channels and each vector slot g, 
 ``keep * V`` positions are kept (chosen in runs of ``chunk`` rows, by largest summed |residual|
 over the group, weighted by input energy when calibration data is given). The error array then
 needs only keep * V rows per slot, and a mask of V / chunk bits per (group, slot) tells the mask
-multiplexer which inputs to route. beta is refitted on the kept bits.
+multiplexer which inputs to route. beta is refitted on the kept bits
+(:func:`cimc.compress.pruned_error`, which cimc.train shares).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from cimc.cim_ops import POOL_OP
+from cimc.compress import KEEP_CHOICES, layer_moments, pruned_error, residual, set_error
 from cimc.errors import OptionError
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
-
-from .error_term import layer_moments, least_squares_beta, residual, set_error
-
-KEEP_CHOICES = (1.0, 0.5, 0.25)
-
-
-def structured_mask(score: np.ndarray, keep: float, group: int, run: int) -> np.ndarray:
-    """mask[n_groups, G, V] keeping the best keep*V/run runs of each (group, slot)."""
-    o, g, v = score.shape
-    n_groups = -(-o // group)
-    per_group = np.zeros((n_groups, g, v))
-    for gr in range(n_groups):
-        per_group[gr] = score[gr * group : (gr + 1) * group].sum(axis=0)
-    runs = per_group.reshape(n_groups, g, v // run, run).sum(axis=3)
-    n_keep = int(round(keep * v / run))
-    order = np.argsort(-runs, axis=2, kind="stable")[:, :, :n_keep]
-    keep_runs = np.zeros_like(runs, dtype=bool)
-    np.put_along_axis(keep_runs, order, True, axis=2)
-    return np.repeat(keep_runs, run, axis=2)
-
-
-def pruned_error(
-    r: np.ndarray,
-    real: np.ndarray,
-    keep: float,
-    group: int,
-    chunk: int,
-    moments: np.ndarray | None = None,
-) -> tuple[np.ndarray, float, np.ndarray]:
-    """(err[O, G, V] int8, beta, mask[groups, G, V]) for residual R: the signs of R at the kept
-    positions, the least-squares beta on them, and the structured mask (also used by
-    cimc.train, so fine-tuning prunes exactly as this pass does)."""
-    score = np.abs(r)
-    if moments is not None:
-        energy = np.sqrt(np.einsum("ngvv->ngv", moments).mean(axis=0))
-        score = score * energy[None]
-    mask = structured_mask(score, keep, group, chunk)
-    per_channel = np.repeat(mask, group, axis=0)[: r.shape[0]] & real[None]
-    e = np.where(r >= 0, 1, -1).astype(np.int8) * per_channel.astype(np.int8)
-    return e, least_squares_beta(r, e, moments), mask
 
 
 @register_pass

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cimc.cim_ops import float_cim_layers, to_quant_mvm
+from cimc.cim_ops import float_cim_layers
+from cimc.compress import WEIGHT_BITS, to_quant_mvm
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
@@ -25,7 +26,7 @@ class QuantizeWeights(Pass):
         return {"bits": (4, 8)}
 
     def validate(self) -> None:
-        self.check_choice("bits", (2, 3, 4, 5, 6, 7, 8))
+        self.check_choice("bits", WEIGHT_BITS)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         layers = float_cim_layers(graph)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cimc.cim_ops import CIM_OPS, cim_kind, weight_matrix
+from cimc.compress import n_slots
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
@@ -38,7 +39,7 @@ class ZPack(Pass):
             node.meta["zpack"] = {
                 "vector": self.vector,
                 "k": int(k),
-                "groups": -(-int(k) // self.vector),
+                "groups": n_slots(int(k), self.vector),
                 "order": "ky,kx,cin",
             }
             packed += 1

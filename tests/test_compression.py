@@ -93,7 +93,7 @@ def test_pool_is_binary_shared_and_distinct(resnet18):
 
 
 def test_pool_sample_is_normalised_nonzero_vectors_of_every_layer():
-    from cimc.passes.weight_pool import POOL_SAMPLE, pack_vectors, pool_sample
+    from cimc.compress import POOL_SAMPLE, pack_vectors, pool_sample
 
     rng = np.random.default_rng(0)
     weights = {"a": rng.standard_normal((6, 200)), "b": 5 * rng.standard_normal((4, 256))}

@@ -14,9 +14,10 @@ Workflow::
 
 or ``cimc train --data chars --scheme cimpool-keep0.5 --out runs/chars``.
 
-Compressed layers (:mod:`cimc.train.layers`) compute their weight with the compiler's own
-functions (``build_pool``, ``assign``, ``pool_residual``, ``pruned_error``,
-``quantize_per_channel``) and pass gradients straight through to latent float weights. The
+Compressed layers (:mod:`cimc.train.layers`) compute their weight with the functions the
+compiler's passes call, from :mod:`cimc.compress` (``build_pool``, ``assign``,
+``pool_residual``, ``full_error``, ``pruned_error``, ``quantized_weights``) and pass gradients
+straight through to latent float weights. The
 pool is built once from the pre-trained weights and frozen; indices, alpha, error signs, beta
 and the structured mask are recomputed at every step, by the same rules as weight-pool
 (``assign=non-repeating``, per-layer alpha), error-term and error-prune. The export writes the

@@ -4,7 +4,7 @@ The ONNX file is the plain network (Conv/Linear + BatchNorm + ...) whose CiM-lay
 the compressed ones (alpha P[idx] + beta err, or the int-N grid), so onnxruntime alone already
 gives the fine-tuned model's float-activation outputs. Activation quantisation is left to the
 compiler's quantize-act. The assignment file (.npz, format ``cimc-assignment-1``, see
-:func:`cimc.passes.weight_pool.read_assignment`) holds the pool and, keyed by each compressed
+:mod:`cimc.compress.assignment_file`) holds the pool and, keyed by each compressed
 layer's ONNX weight initializer, idx, alpha and the error term. Compile with the pipeline that
 :meth:`Scheme.pipeline` gives, e.g. ``zpack,weight-pool{assignment=model.npz},quantize-act``.
 """
@@ -21,12 +21,11 @@ import onnx
 import torch
 from torch import nn
 
-from cimc.atomic import atomic_path
+from cimc.compress import write_assignment
 from cimc.errors import CimcError
-from cimc.passes.weight_pool import ASSIGNMENT_FORMAT
 from cimc.zoo import export_module
 
-from .layers import CimLayer, Scheme, _set_module, cim_layers
+from .layers import Scheme, _set_module, cim_layers
 
 
 @dataclass(frozen=True)
@@ -91,26 +90,27 @@ def export_model(
     path = Path(assignment_path) if assignment_path else onnx_path.with_suffix(".npz")
     weights = {n: plain.get_submodule(n).weight.detach().numpy() for n in pooled}
     names = _initializer_names(onnx_path, weights)
-    arrays: dict[str, np.ndarray] = {
-        "format": np.array(ASSIGNMENT_FORMAT),
-        "scheme": np.array(json.dumps(scheme.to_dict())),
-    }
+    layers: dict[str, dict[str, np.ndarray]] = {}
     for module, m in pooled.items():
         m.compressed_weight()  # the assignment of the current weights
-        a: CimLayer = m
-        key = names[module]
-        arrays["pool"] = a.pool.numpy().astype(np.int8)
-        st = a.assignment
-        arrays[f"{key}|idx"] = st["idx"].astype(np.int32)
-        arrays[f"{key}|alpha"] = np.asarray(st["alpha"], dtype=np.float64)
+        st = m.assignment
+        fields = {
+            "idx": st["idx"].astype(np.int32),
+            "alpha": np.asarray(st["alpha"], dtype=np.float64),
+        }
         if "err" in st:
-            arrays[f"{key}|err"] = st["err"].astype(np.int8)
-            arrays[f"{key}|beta"] = np.asarray(st["beta"], dtype=np.float64)
-            arrays[f"{key}|keep"] = np.array(float(st["keep"]))
+            fields.update(
+                err=st["err"].astype(np.int8),
+                beta=np.asarray(st["beta"], dtype=np.float64),
+                keep=np.array(float(st["keep"])),
+            )
             if st.get("mask") is not None:
-                arrays[f"{key}|mask"] = st["mask"].astype(bool)
-                arrays[f"{key}|group"] = np.array(scheme.group)
-                arrays[f"{key}|chunk"] = np.array(scheme.chunk)
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, **arrays)
+                fields.update(
+                    mask=st["mask"].astype(bool),
+                    group=np.array(scheme.group),
+                    chunk=np.array(scheme.chunk),
+                )
+        layers[names[module]] = fields
+    pool = next(iter(pooled.values())).pool.numpy()  # one pool, shared by every layer
+    write_assignment(path, pool, layers, json.dumps(scheme.to_dict()))
     return Exported(onnx_path, path, scheme.pipeline(str(path)))

@@ -3,13 +3,15 @@
 A :class:`CimLayer` wraps a ``nn.Conv2d`` or ``nn.Linear`` (the *latent* float weight) and an
 :class:`ActQuant` on its input. Its forward pass uses the weight the compiler would install:
 
-- ``int``: per-output-channel symmetric N-bit weights (:func:`cimc.cim_ops.quantize_per_channel`,
+- ``int``: per-output-channel symmetric N-bit weights (:func:`cimc.compress.quantized_weights`,
   what ``quantize-weights`` and weight-pool's ``others`` do);
 - ``pool``: ``alpha P[idx] + beta (M * E)`` with the network's frozen pool P, indices and alpha
-  from :func:`cimc.passes.weight_pool.assign` (the same rule, recomputed at every step), and the
-  error term of ``error-term`` / ``error-prune`` (:func:`cimc.passes.error_prune.pruned_error`).
+  from :func:`cimc.compress.assign` (the same rule, recomputed at every step), and the error
+  term of ``error-term`` / ``error-prune`` (:func:`cimc.compress.full_error`,
+  :func:`cimc.compress.pruned_error`).
 
-The compressed weight is computed in float64 NumPy by the very functions the passes call, so a
+The compressed weight is computed in float64 NumPy by the :mod:`cimc.compress` functions the
+passes call, so a
 fine-tuned layer and its compiled counterpart hold the same numbers. Gradients reach the latent
 weight through a straight-through estimator: d(loss)/dW := d(loss)/dW_hat.
 """
@@ -26,10 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cimc.cim_ops import act_range, quantize_per_channel
-from cimc.passes.error_prune import pruned_error
-from cimc.passes.error_term import least_squares_beta, pool_residual
-from cimc.passes.weight_pool import assign, build_pool, pack_vectors
+from cimc.cim_ops import act_range, dense_weights
+from cimc.compress import (
+    KEEP_CHOICES,
+    assign,
+    build_pool,
+    full_error,
+    pack_vectors,
+    pool_residual,
+    pruned_error,
+    quantized_weights,
+    refit_alpha,
+)
+from cimc.passes_base import Pipeline, make_pass
 
 KINDS = ("fp32", "int", "pool")
 
@@ -61,8 +72,19 @@ class Scheme:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"scheme kind {self.kind!r}: choose one of {', '.join(KINDS)}")
-        if self.keep not in (None, 1.0, 0.5, 0.25):
+        if self.keep not in (None, *KEEP_CHOICES):
             raise ValueError(f"keep={self.keep}: choose None, 1.0, 0.5 or 0.25")
+        if self.kind == "int" and self.others != 8:
+            raise ValueError(
+                f"others={self.others} with kind=int: quantize-weights keeps the first and last "
+                "layers at 8 bits, so the int schemes need others=8"
+            )
+        # The passes check the options the torch side shares with them (OptionError).
+        self.passes()
+        pool_opts = {"init": self.init, "assign": self.assign, "scale": self.scale}
+        make_pass("weight-pool", _texts({**pool_opts, "seed": self.seed, "pool": self.pool}))
+        prune_opts = {"keep": self.keep or 1.0, "group": self.group, "chunk": self.chunk}
+        make_pass("error-prune", _texts(prune_opts))
 
     @property
     def label(self) -> str:
@@ -74,21 +96,44 @@ class Scheme:
             return "cimpool-pool-only"
         return f"cimpool-keep{self.keep:g}"
 
-    def pipeline(self, assignment: str = "") -> str:
-        """The compiler pipeline that reproduces a model tuned with this scheme (no fold-bn:
-        BatchNorm stays after the compressed layer, on the vector unit)."""
-        act = f",quantize-act{{bits={self.act_bits}}}" if self.act_bits else ""
+    def stages(self, assignment: str = "") -> list[tuple[str, dict[str, Any]]]:
+        """(pass name, options) of the compiler pipeline that reproduces a model tuned with this
+        scheme (no fold-bn: BatchNorm stays after the compressed layer, on the vector unit)."""
         if self.kind == "fp32":
-            return ""
+            return []
         if self.kind == "int":
-            return f"zpack{{vector={self.vector}}},quantize-weights{{bits={self.bits}}}" + act
-        opts = f"vector={self.vector},pool={self.pool},others={self.others}"
-        if assignment:
-            opts += f",assignment={assignment}"
-        return f"zpack{{vector={self.vector}}},weight-pool{{{opts}}}" + act
+            stages = [("zpack", {"vector": self.vector}), ("quantize-weights", {"bits": self.bits})]
+        else:
+            opts: dict[str, Any] = {"vector": self.vector, "pool": self.pool, "others": self.others}
+            if assignment:
+                opts["assignment"] = assignment
+            stages = [("zpack", {"vector": self.vector}), ("weight-pool", opts)]
+        if self.act_bits:
+            stages.append(("quantize-act", {"bits": self.act_bits}))
+        return stages
+
+    def passes(self, assignment: str = "") -> Pipeline:
+        """The pipeline as pass objects, made through the pass registry (which checks them)."""
+        return Pipeline(
+            tuple(make_pass(name, _texts(opts)) for name, opts in self.stages(assignment))
+        )
+
+    def pipeline(self, assignment: str = "") -> str:
+        """The pipeline string, naming every option the scheme sets (defaults included, so it
+        states the vector and bits a model was tuned with); it parses back to :meth:`passes`."""
+        self.passes(assignment)
+        return ",".join(
+            name + "{" + ",".join(f"{k}={v}" for k, v in _texts(opts).items()) + "}"
+            for name, opts in self.stages(assignment)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _texts(options: dict[str, Any]) -> dict[str, str]:
+    """Pass options as the registry reads them from pipeline strings."""
+    return {key: str(value) for key, value in options.items()}
 
 
 SCHEMES = {
@@ -121,11 +166,6 @@ def weight_from_2d(w2: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return w2.reshape(shape)
 
 
-def int_weight(w2: np.ndarray, bits: int) -> np.ndarray:
-    wq, scale = quantize_per_channel(w2, bits)
-    return wq.astype(np.float64) * scale[:, None]
-
-
 def pool_weight(
     w2: np.ndarray, pool: np.ndarray, s: Scheme, idx: np.ndarray | None = None
 ) -> tuple[np.ndarray, dict]:
@@ -133,26 +173,24 @@ def pool_weight(
 
     With ``idx`` given (a recent assignment, reused between refreshes while training) only
     alpha, the error signs, the mask and beta are recomputed, for the given indices."""
-    o, k = w2.shape
-    pf = pool.astype(np.float64)
+    k = w2.shape[1]
+    per_channel = s.scale == "per-channel"
     vecs = pack_vectors(w2, s.vector)
     if idx is None:
-        idx, alpha = assign(vecs, pool, k, s.assign, s.scale == "per-channel", None)
+        idx, alpha = assign(vecs, pool, k, s.assign, per_channel, None)
     else:
-        picked = np.einsum("ogv,ogv->o", vecs, pf[idx])
-        alpha = picked / k if s.scale == "per-channel" else np.array([picked.sum() / (o * k)])
-    recon = pf[idx] * (alpha.reshape(-1, 1, 1) if alpha.size > 1 else alpha[0])
+        alpha = refit_alpha(vecs, pool, idx, k, per_channel)
     state: dict[str, Any] = {"idx": idx, "alpha": alpha}
+    err = beta = None
     if s.keep is not None:
         r, real = pool_residual(w2, pool, idx, alpha)
         if s.keep == 1.0:  # error-term
-            err = np.where(r >= 0, 1, -1).astype(np.int8) * real[None].astype(np.int8)
-            beta, mask = least_squares_beta(r, err, None), None
+            (err, b), mask = full_error(r, real), None
         else:  # error-prune
-            err, beta, mask = pruned_error(r, real, s.keep, s.group, s.chunk, None)
-        recon = recon + beta * err
-        state.update(err=err, beta=np.array([beta]), keep=s.keep, mask=mask)
-    return recon.reshape(o, -1)[:, :k], state
+            err, b, mask = pruned_error(r, real, s.keep, s.group, s.chunk, None)
+        beta = np.array([b])
+        state.update(err=err, beta=beta, keep=s.keep, mask=mask)
+    return dense_weights(pool, idx, alpha, err, beta)[:, :k], state
 
 
 # ---- modules ----
@@ -248,7 +286,7 @@ class CimLayer(nn.Module):
             hat = w.detach()
         else:
             if self.role == "int":
-                h2, self.assignment = int_weight(w2, self.bits), {}
+                h2, self.assignment = quantized_weights(w2, self.bits), {}
             else:
                 idx = None
                 if self.training and "idx" in self.assignment:
@@ -309,7 +347,7 @@ def compress_model(model: nn.Module, scheme: Scheme, example: torch.Tensor) -> n
     Roles follow the compiler: int (``quantize-weights``, keep_edges): first and last layers at
     ``others`` bits, the rest at ``bits``; pool (``weight-pool``): first, last and depthwise
     layers at ``others`` bits, the rest pool-compressed with one pool built from the current
-    (pretrained) weights by :func:`cimc.passes.weight_pool.build_pool` and then frozen.
+    (pretrained) weights by :func:`cimc.compress.build_pool` and then frozen.
     """
     order = execution_order(model, example)
     mods = dict(model.named_modules())
