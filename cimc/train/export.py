@@ -23,8 +23,8 @@ from torch import nn
 
 from cimc.atomic import atomic_path
 from cimc.errors import CimcError
+from cimc.models import export_module
 from cimc.passes.weight_pool import ASSIGNMENT_FORMAT
-from cimc.zoo import export_module
 
 from .layers import CimLayer, Scheme, _set_module, cim_layers
 
