@@ -3,7 +3,7 @@
     python benchmarks/accuracy.py [--quick] [--seeds 0,1,2] [--data digits,chars] [--out DIR]
 
 For each data set (scikit-learn digits; procedurally rendered characters, 36 classes, see
-cimc.train.data) and each seed: pre-train the ResNet-style CNN of cimc.train.models in fp32,
+cimc.train.data) and each seed: pre-train the ResNet-style CNN ResNetS of cimc.models in fp32,
 then fine-tune a copy with one recipe per scheme -- fp32, int8, int4 (per-channel symmetric
 weights, first/last layer 8-bit), CIMPool pool-only and with error keep 1, 1/2, 1/4 (first and
 last layer 8-bit) -- all with 8-bit activations except fp32. Model selection on the validation
@@ -35,9 +35,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cimc.cli.train import SCHEME_NAMES
 from cimc.train import data as D
 from cimc.train import finetune as T
-from cimc.train.cli import SCHEME_NAMES
 from cimc.train.evaluate import compile_and_score
 from cimc.train.export import export_model
 from cimc.train.layers import get_scheme

@@ -7,7 +7,7 @@
 
 The CIMPool paper (Li & Gupta 2025) reports 62.3% less area than an iso-accuracy 4-bit CiM and
 3.24x less energy when weights stream from DRAM. This script prints what cimc's model gives for
-the same comparisons on a zoo model (seeded weights, cimc.zoo) and why the numbers differ.
+the same comparisons on a zoo model (seeded weights, cimc.models.zoo) and why the numbers differ.
 
 Area (weights on chip). Each scheme is compiled for its SRAM preset with an explicit pipeline
 whose ``tile{replicate=false}`` places every weight exactly once, so the CiM area counts exactly
@@ -52,8 +52,8 @@ from typing import Any
 
 import cimc
 from cimc.compiler import random_calibration
+from cimc.models import ZOO, export_onnx
 from cimc.program import OP
-from cimc.zoo import ZOO, export_onnx
 
 FRONT = {
     "cimpool": "fold-bn,zpack,weight-pool,error-term,error-prune{keep=0.5},quantize-act,"

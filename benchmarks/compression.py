@@ -7,7 +7,7 @@
     python benchmarks/compression.py --blas-threads 1 ...     # on a loaded / shared machine
 
 Models: the zoo (resnet18, resnet50, mobilenetv3_large, vit_b16; seeded He weights, see
-cimc.zoo) and the nine light models that ship with the onnx package, named light_<name> after
+cimc.models.zoo) and the nine light models that ship with the onnx package, named light_<name> after
 their files (light_resnet50 is Caffe2's ResNet-50, not the zoo's). The light models' weights are
 constants, so they get seeded random weights the way tests/helpers.py does. Each model runs
 
@@ -138,13 +138,13 @@ def load_model(name: str, args: argparse.Namespace) -> tuple[cimc.Graph, dict[st
     """Import ``name`` with seeded weights; return the graph and facts about it."""
     start = time.perf_counter()
     if name in ZOO_MODELS:
-        from cimc.zoo import export_onnx
+        from cimc.models import export_onnx
 
         size = args.vit_size if name == "vit_b16" else args.size
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(name, Path(tmp) / f"{name}.onnx", image_size=size, seed=args.seed)
             graph = cimc.import_onnx(path)
-        source = f"cimc.zoo seed={args.seed}"
+        source = f"cimc.models seed={args.seed}"
     else:
         import onnx
         from helpers import light_path, with_seeded_weights

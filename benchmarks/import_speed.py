@@ -5,7 +5,7 @@
 
 Prints cimc's import time and reference-interpreter time next to onnxruntime's session
 creation and inference time, and the ratios. Best of --repeat runs for each. Models: the zoo
-(cimc.zoo, exported at opset 17) or light_<name>, one of the onnx package's light models with
+(cimc.models.zoo, exported at opset 17) or light_<name>, one of the onnx package's light models with
 seeded weights as tests/helpers.py makes them (old opsets: import converts them to 17).
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 import cimc
-from cimc.zoo import export_onnx
+from cimc.models import export_onnx
 
 
 def best_of(repeat: int, fn):

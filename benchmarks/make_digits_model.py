@@ -35,8 +35,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from cimc.atomic import atomic_path
-from cimc.train.models import BasicBlock
-from cimc.zoo import export_module
+from cimc.models import BasicBlock, export_module, projection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16  # model input is SIZE x SIZE
@@ -101,8 +100,8 @@ class DigitsCNN(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        self.layer1 = BasicBlock(16, 32, stride=2)  # 16x16 -> 8x8
-        self.layer2 = BasicBlock(32, 64, stride=2)  # 8x8 -> 4x4
+        self.layer1 = BasicBlock(16, 32, 2, projection(16, 32, 2))  # 16x16 -> 8x8
+        self.layer2 = BasicBlock(32, 64, 2, projection(32, 64, 2))  # 8x8 -> 4x4
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64, num_classes)
         for m in self.modules():

@@ -5,7 +5,7 @@
     python benchmarks/sim_speed.py --model resnet50 --target int8-sram
     python benchmarks/sim_speed.py --no-check --no-profile --json sim_speed.json
 
-The zoo model (seeded weights, cimc.zoo) is exported to ONNX at --size and compiled once for
+The zoo model (seeded weights, cimc.models.zoo) is exported to ONNX at --size and compiled once for
 --target with the target's default pipeline (compile time is reported apart, with its slowest
 passes). Then, on one seeded standard-normal image at batch 1:
 
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 import cimc
-from cimc.zoo import ZOO, export_onnx
+from cimc.models import ZOO, export_onnx
 
 
 def log(msg: str) -> None:

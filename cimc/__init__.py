@@ -7,7 +7,7 @@ from .interpreter import Interpreter, interpret
 from .ir import Graph, Node, Value
 from .pass_manager import DumpIR, Instrument, Timing, VerifyEach, run_passes
 from .passes_base import Pass, PassContext, PassResult, Pipeline, parse_pipeline, register_pass
-from .storage import storage_report
+from .report.bits import storage_report
 
 __all__ = [
     "CimcError",

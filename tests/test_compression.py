@@ -10,7 +10,7 @@ import pytest
 import cimc
 from cimc.cim_ops import POOL_OP, QUANT_OP
 from cimc.errors import OptionError, PassError
-from cimc.zoo import export_onnx
+from cimc.models import export_onnx
 
 PIPE = "fold-bn,zpack,weight-pool"
 

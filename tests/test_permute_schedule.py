@@ -15,7 +15,7 @@ from cimc.targets.params import load_target
 import cimc
 from cimc.cim_ops import POOL_OP
 from cimc.errors import OptionError
-from cimc.zoo import export_onnx
+from cimc.models import export_onnx
 
 TARGET = load_target("cimpool-sram")  # S = 128, perm_lanes = acc_banks = 16, act_bits = 8
 

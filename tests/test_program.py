@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 import cimc
 from cimc.cli import main
 from cimc.errors import CimcError, ProgramError
+from cimc.models import export_onnx
 from cimc.program import OPCODES, load_program
 from cimc.program import __doc__ as isa_doc
-from cimc.zoo import export_onnx
 
 
 @pytest.fixture(scope="module")

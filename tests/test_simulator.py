@@ -19,8 +19,8 @@ from helpers import LIGHT_MODELS, light_inputs, light_path
 import cimc
 from cimc.cli import main
 from cimc.compiler import random_calibration
+from cimc.models import export_onnx
 from cimc.program import to_bytes
-from cimc.zoo import export_onnx
 
 # Reduced resolution for the zoo (the same graphs; benchmarks/sim_speed.py runs 224 px).
 ZOO = {"resnet18": 32, "resnet50": 32, "mobilenetv3_large": 32, "vit_b16": 32}

@@ -1,4 +1,4 @@
-"""Tests for cimc.zoo: torchvision-faithful architectures and a clean ONNX round trip."""
+"""Tests for cimc.models.zoo: torchvision-faithful architectures and a clean ONNX round trip."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cimc.zoo import ZOO, build, export_onnx
+from cimc.models import ZOO, build, export_onnx
 
 # Parameter counts of the torchvision models at 1000 classes / 224px
 # (resnet18, resnet50, mobilenet_v3_large, vit_b_16).

@@ -8,7 +8,7 @@ import pytest
 from helpers import assert_matches, run_ort
 
 import cimc
-from cimc.zoo import export_onnx
+from cimc.models import export_onnx
 
 # Reduced resolutions keep the suite fast on 2 cores: the graphs (ops, channel counts, strides)
 # are the same at any size; only spatial extents shrink. ResNet-18 runs at its full 224, the

@@ -47,7 +47,7 @@ _LAZY = ("SCHEMES", "ActQuant", "CimLayer", "Scheme", "calibrate", "compress_mod
 
 
 def __getattr__(name: str) -> Any:
-    # torch is imported on first use, so ``cimc.train.cli`` (argparse wiring) loads without it
+    # torch is imported on first use, so ``cimc.cli.train`` (argparse wiring) loads without it
     if name in _LAZY:
         from . import layers
 

@@ -10,7 +10,7 @@ from torch import nn
 from cimc.frontend import import_onnx
 from cimc.interpreter import interpret
 from cimc.pass_manager import run_passes
-from cimc.storage import storage_report
+from cimc.report.bits import storage_report
 
 from .data import Splits
 from .export import Exported

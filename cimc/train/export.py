@@ -23,7 +23,7 @@ from torch import nn
 
 from cimc.compress import write_assignment
 from cimc.errors import CimcError
-from cimc.zoo import export_module
+from cimc.models import export_module
 
 from .layers import Scheme, _set_module, cim_layers
 

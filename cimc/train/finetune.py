@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cimc.models import ResNetS
+
 from .data import Splits
 from .layers import (
     ActQuant,
@@ -32,7 +34,6 @@ from .layers import (
     compress_model,
     recalibrate_bn,
 )
-from .models import ResNetS
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .cim_ops import POOL_OP, QUANT_OP, cim_kind, weight_matrix
-from .ir import Graph
+from ..cim_ops import POOL_OP, QUANT_OP, cim_kind, weight_matrix
+from ..ir import Graph
 
 SCALE_BITS = 32
 

@@ -6,20 +6,19 @@ Writes into --out: ``fp32.pt`` (the pre-trained state dict; reused with --pretra
 ``model.onnx`` and ``model.npz`` (the learned assignment, CIMPool schemes only),
 ``train.log.jsonl`` (one line per epoch of every run), and ``summary.json`` (configuration,
 validation and test accuracy in torch and through the compiled graph, the compile pipeline,
-the storage report's bits per weight). Also usable as ``python -m cimc.train.cli``.
+the storage report's bits per weight). Also usable as ``python -m cimc.cli train``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
-from cimc.atomic import atomic_path, write_text_atomic
-from cimc.errors import CimcError
+from ..atomic import atomic_path, write_text_atomic
+from ..errors import CimcError
+from .args import parse_ints
 
 SCHEME_NAMES = (
     "fp32",
@@ -32,18 +31,8 @@ SCHEME_NAMES = (
 )
 
 
-def _ints(text: str, what: str, n: int | None = None) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise CimcError(f"{what} {text!r}: expected comma-separated integers") from None
-    if n is not None and len(vals) != n:
-        raise CimcError(f"{what} {text!r}: expected {n} comma-separated integers")
-    return vals
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
         "train",
         help="fine-tune a CIMPool / int8 / int4 model on digits or chars, export ONNX + assignment",
         description=__doc__,
@@ -68,7 +57,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
     p.add_argument("--no-compile", action="store_true", help="skip compiling the export")
     p.set_defaults(func=cmd_train)
-    return p
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -79,11 +67,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from . import data as D
-    from . import finetune as T
-    from .evaluate import compile_and_score
-    from .export import export_model
-    from .layers import get_scheme
+    from ..train import data as D
+    from ..train import finetune as T
+    from ..train.evaluate import compile_and_score
+    from ..train.export import export_model
+    from ..train.layers import get_scheme
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -93,8 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     splits = D.load(args.data)
     if args.subset:
-        splits = splits.subset(*_ints(args.subset, "--subset", 3))
-    widths = _ints(args.widths, "--widths")
+        splits = splits.subset(*parse_ints(args.subset, "--subset", 3))
+    widths = parse_ints(args.widths, "--widths")
     cfg = T.TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -162,14 +150,3 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train.log.jsonl, summary.json"
     )
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cimc.train.cli ...`` = ``cimc train ...``."""
-    from cimc.cli import main as cimc_main
-
-    return cimc_main(["train", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,19 @@
-"""Per-layer summary of a graph: what ``cimc inspect`` prints.
+"""Per-layer figures: the static summary of a graph (what ``cimc inspect`` prints) and the
+simulated busy cycles of each layer by unit kind (what ``cimc run`` tabulates and plots).
 
-One row per node: op, input and output shapes, parameter count (elements of its constant
-inputs), MACs, and the unit that runs it (``cim`` arrays or the digital ``vector`` unit).
+Summary: one row per node: op, input and output shapes, parameter count (elements of its
+constant inputs), MACs, and the unit that runs it (``cim`` arrays or the digital ``vector`` unit).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .ir import Graph
-from .ops import macs_of, runs_on_cim
+from ..ir import Graph
+from ..ops import macs_of, runs_on_cim
+
+if TYPE_CHECKING:
+    from ..targets.simulator import SimResult
 
 
 def layer_rows(graph: Graph) -> list[dict[str, Any]]:
@@ -59,3 +63,15 @@ def summarize(graph: Graph) -> dict[str, Any]:
         "layers": rows,
         "totals": totals(rows),
     }
+
+
+def busy_by_layer(result: SimResult) -> dict[str, tuple[int, int]]:
+    """Per layer of a simulation result: (busiest array's compute cycles, vector-unit cycles)."""
+    busy = {}
+    for name in result.layer_cycles:
+        units = result.layer_units.get(name, {})
+        busy[name] = (
+            units.get("MVM_POOL", 0) + units.get("MVM_INT", 0),
+            units.get("SCALE", 0) + units.get("VEC", 0),
+        )
+    return busy

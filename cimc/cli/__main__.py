@@ -1,0 +1,7 @@
+"""``python -m cimc.cli ...`` = ``cimc ...``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

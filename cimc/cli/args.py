@@ -1,0 +1,58 @@
+"""Command-line values parsed into typed ones; a malformed value raises a CimcError saying
+which option, what was expected and an example."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import CimcError
+
+
+def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["x=1,3,224,224"]`` -> ``{"x": (1, 3, 224, 224)}``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items or []:
+        name, sep, dims = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise CimcError(
+                f"--input-shape {item!r}: expected NAME=D0,D1,..., e.g. input=1,3,224,224"
+            ) from None
+    return shapes
+
+
+def parse_sets(items: Sequence[str] | None) -> dict[str, str]:
+    """``["L1_bw=64"]`` -> ``{"L1_bw": "64"}`` (target overrides; the target checks values)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CimcError(f"--set {item!r}: expected NAME=VALUE, e.g. --set L1_bw=64")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_calibration(value: str | None) -> int | str | None:
+    """A sample count, an existing .npz path, or None (the compiler's seeded default)."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    if not Path(value).is_file():
+        raise CimcError(f"--calibration {value!r}: give a sample count N or an existing .npz file")
+    return value
+
+
+def parse_ints(text: str, what: str, n: int | None = None) -> tuple[int, ...]:
+    """``"128,128,256"`` -> ``(128, 128, 256)``; ``n``: the count required, if any."""
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise CimcError(f"{what} {text!r}: expected comma-separated integers") from None
+    if n is not None and len(vals) != n:
+        raise CimcError(f"{what} {text!r}: expected {n} comma-separated integers")
+    return vals
