@@ -1,162 +1,23 @@
 """lower: emit the instruction stream of a tiled graph as a ``cimc.Program``.
 
-Copy r of tile t of a layer lives on array (first + t * rep + r) mod N, so the copies of one
-tile are neighbours (one multicast LOAD_W) and one copy's tiles share an input multicast
-(LOAD_X with stride rep). Rows are issued in blocks of ``ROW_BLOCK``. Weight loads (DRAM
-targets) are double-buffered: a load waits only for the MVMs that used the buffer it overwrites.
-The Program is the pass's product (``PassResult.product``).
+CiM layers are emitted by ``cimc.targets.emit.emit_cim_layer`` (the function ``tile`` timed its
+candidates with), vector layers as one VEC instruction each. The Program is the pass's product
+(``PassResult.product``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-import numpy as np
-from cimc.targets.cost import PSUM_BYTES, ROW_BLOCK, vector_cycles
+from cimc.targets.emit import Emitter, Tiling, emit_cim_layer, emit_vector_layer
 from cimc.targets.macros import macro_kind
 from cimc.targets.mapping import LayerMapping, check_lowerable, layer_work
-from cimc.targets.params import Target
 
 from cimc.cim_ops import CIM_OPS
-from cimc.ir import Graph, Node
+from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
-from cimc.program import FORMAT_VERSION, INSTR_DTYPE, OP, Program
-
-
-class _Emitter:
-    """Appends instructions and remembers, per array, the MVMs using each weight buffer."""
-
-    def __init__(self, target: Target):
-        self.target = target
-        self.rows: list[tuple] = []
-        self.buffers: dict[int, list[int]] = {}  # MA -> last MVM of the two most recent loads
-        self.last_load: dict[int, int] = {}
-
-    def emit(
-        self,
-        op: str,
-        layer: int,
-        ma=-1,
-        span=0,
-        stride=1,
-        rows=0,
-        nbytes=0,
-        work=0,
-        cycles=0,
-        routes=0,
-        dep0=-1,
-        dep1=-1,
-    ) -> int:
-        n = self.target.num_arrays
-        self.rows.append(
-            (
-                OP[op],
-                layer,
-                ma % n if ma >= 0 else -1,
-                span,
-                stride,
-                rows,
-                nbytes,
-                work,
-                cycles,
-                routes,
-                dep0,
-                dep1,
-            )
-        )
-        return len(self.rows) - 1
-
-    def load_weights(self, layer: int, ma: int, span: int, nbytes: int) -> int:
-        arrays = [(ma + i) % self.target.num_arrays for i in range(span)]
-        wait = max((self.buffers.get(m, [-1, -1])[0] for m in arrays), default=-1)
-        idx = self.emit("LOAD_W", layer, ma, span, 1, 0, nbytes, 0, 0, 0, wait)
-        for m in arrays:
-            history = self.buffers.setdefault(m, [-1, -1])
-            self.buffers[m] = [history[1], -1]
-            self.last_load[m] = idx
-        return idx
-
-    def used(self, ma: int, mvm: int) -> None:
-        history = self.buffers.setdefault(ma % self.target.num_arrays, [-1, -1])
-        history[1] = max(history[1], mvm)
-
-    def array(self) -> np.ndarray:
-        return np.array(self.rows, dtype=INSTR_DTYPE)
-
-
-def _emit_cim_layer(em: _Emitter, graph: Graph, node: Node, li: int, ready: int) -> None:
-    t = em.target
-    m = LayerMapping.from_meta(node)
-    work = layer_work(graph, node)
-    geo = macro_kind(t).geometry(work, t)
-    n = t.num_arrays
-    tiles, rep, first = m.tiles, m.rep, m.first_array
-    rows_per_copy = math.ceil(work.rows / rep)
-    row_bytes = work.k * work.groups * t.act_bits // 8 or 1
-    pool = geo.opcode == "MVM_POOL"
-    stream = t.weights == "dram"
-    waves = m.modelled_waves if stream else 1
-    per_wave = math.ceil(tiles / waves)
-    blocks = [
-        (r, s, min(s + ROW_BLOCK, min((r + 1) * rows_per_copy, work.rows)))
-        for r in range(rep)
-        for s in range(r * rows_per_copy, min((r + 1) * rows_per_copy, work.rows), ROW_BLOCK)
-    ]
-
-    def loads(w: int) -> dict[int, int]:
-        return {
-            tt: em.load_weights(li, first + tt * rep, rep, m.tile_bytes)
-            for tt in range(w * per_wave, min((w + 1) * per_wave, tiles))
-        }
-
-    def compute(w: int, r: int, start: int, stop: int, loaded: dict[int, int]) -> None:
-        b = stop - start
-        wave_tiles = range(w * per_wave, min((w + 1) * per_wave, tiles))
-        x = em.emit(
-            "LOAD_X",
-            li,
-            first + wave_tiles[0] * rep + r,
-            min(len(wave_tiles), n),
-            rep,
-            b,
-            b * geo.slice_bytes,
-            b * row_bytes,
-            0,
-            0,
-            ready,
-        )
-        for tt in wave_tiles:
-            ma = first + tt * rep + r
-            mvm = em.emit(
-                geo.opcode,
-                li,
-                ma,
-                1,
-                1,
-                b,
-                0,
-                b * geo.bitops_per_row,
-                b * m.per_row_cycles,
-                b * m.chan_per_tile if pool else 0,
-                x,
-                loaded.get(tt, -1),
-            )
-            em.used(ma, mvm)
-            em.emit("PSUM", li, ma, 1, 1, b, b * m.chan_per_tile * PSUM_BYTES, 0, 0, 0, mvm)
-
-    if m.order == "weights-outer" or waves == 1:
-        for w in range(waves):
-            loaded = loads(w) if stream else {}
-            for r, start, stop in blocks:
-                compute(w, r, start, stop, loaded)
-    else:
-        for r, start, stop in blocks:
-            for w in range(waves):
-                compute(w, r, start, stop, loads(w))
-    out = work.rows * work.out
-    em.emit("SCALE", li, rows=work.rows, work=out, cycles=vector_cycles(out, t))
+from cimc.program import FORMAT_VERSION, Program
 
 
 def program_layers(graph: Graph) -> list[dict]:
@@ -188,17 +49,19 @@ class Lower(Pass):
         target = ctx.require_target(self.name)
         check_lowerable(graph, target)
         _drop_float_weights(graph)
-        em = _Emitter(target)
+        em = Emitter(target)
         layers = program_layers(graph)
-        ready = -1
         for li, entry in enumerate(layers):
             node = graph.node(entry["node"])
             if entry["kind"] == "cim":
-                _emit_cim_layer(em, graph, node, li, ready)
+                mapping = LayerMapping.from_meta(node)
+                work = layer_work(graph, node)
+                geo = macro_kind(target).geometry(work, target)
+                tiling = Tiling(**{f.name: getattr(mapping, f.name) for f in fields(Tiling)})
+                ready = len(em.rows) - 1
+                emit_cim_layer(em, work, geo, tiling, mapping.first_array, li, ready)
             else:
-                out = sum(graph.values[o].size for o in node.outputs if o)
-                em.emit("VEC", li, rows=0, work=out, cycles=vector_cycles(out, target))
-            ready = len(em.rows) - 1
+                emit_vector_layer(em, graph, node, li)
         manifest = {
             "format_version": FORMAT_VERSION,
             "source_sha256": graph.meta.get("source_sha256", ""),

@@ -3,16 +3,21 @@
 For each layer the pass enumerates the legal mappings of ``cimc.targets.cost`` (replication of
 the layer's tiles into free arrays so rows split between copies, and the loop order: inputs
 multicast once with weights stationary, or weight waves outer) and keeps the one with the fewest
-modelled cycles. On-chip (``weights = "sram"``) targets must hold every layer's tiles at once:
-a model that does not fit is an error that says how many bytes are missing; replicas only use
-capacity left over. The mapping goes to ``node.meta['mapping']``.
+cycles, timing each candidate's instructions after the layers before it with the simulator's
+own kernel (``cimc.targets.emit.TimedStream``), so they are the cycles the simulator reports for
+the layer. On-chip (``weights = "sram"``) targets must hold every layer's tiles at once: a
+model that does not fit is an error that says how many bytes are missing; replicas only use
+capacity left over. The mapping goes to ``node.meta['mapping']``
+(a ``cimc.targets.mapping.LayerMapping``).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 
-from cimc.targets.cost import base_tiling, best_tiling, layer_cost
+from cimc.targets.cost import base_tiling, best_tiling, candidates
+from cimc.targets.emit import TimedStream, emit_vector_layer, weight_waves
 from cimc.targets.mapping import LayerMapping, Placement, check_lowerable, layer_work
 
 from cimc.errors import CimcError
@@ -23,7 +28,7 @@ from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 @register_pass
 @dataclass(frozen=True)
 class Tile(Pass):
-    """Map CiM layers onto the arrays (tiles, placement, loop order) at least modelled cycles."""
+    """Map CiM layers onto the arrays (tiles, placement, loop order) at the fewest timed cycles."""
 
     name = "tile"
     replicate: bool = True
@@ -40,7 +45,7 @@ class Tile(Pass):
                     f"(error-prune{{keep=...}}) or --set error_rows={works[n.name].error_rows}"
                 )
         base = {n.name: base_tiling(works[n.name], target) for n in layers}
-        need = sum(t.tiles * t.tile_bytes for t in base.values())
+        need = sum(t.tiles * t.tile_bytes for _, t in base.values())
         if target.weights == "sram" and need > target.capacity_bytes:
             raise CimcError(
                 f"model does not fit on target {target.name}: its weights need {need:,} bytes "
@@ -51,18 +56,32 @@ class Tile(Pass):
         spare = target.capacity_bytes - need if target.weights == "sram" else None
         ma_offset = 0
         mappings: list[LayerMapping] = []
-        for n in layers:
+        stream = TimedStream(target)
+        for li, n in enumerate(graph.nodes()):
+            if n.name not in works:
+                stream.commit(
+                    stream.try_layer(partial(emit_vector_layer, graph=graph, node=n, li=li))
+                )
+                continue
             work = works[n.name]
-            chosen = base[n.name]
+            geo, chosen = base[n.name]
+            options = [chosen]
             if self.replicate:
                 budget = None if spare is None else spare + chosen.tiles * chosen.tile_bytes
-                chosen = best_tiling(work, target, budget)
-                if spare is not None:
-                    spare -= (chosen.rep - 1) * chosen.tiles * chosen.tile_bytes
-            cost = layer_cost(work, chosen, target)
+                options = [
+                    t
+                    for t in candidates(chosen, work, target)
+                    if t.rep == 1 or budget is None or t.tiles * t.rep * t.tile_bytes <= budget
+                ]
+            chosen, trial = best_tiling(stream, work, geo, options, ma_offset, li)
+            stream.commit(trial)
+            if spare is not None:
+                spare -= (chosen.rep - 1) * chosen.tiles * chosen.tile_bytes
             mapping = LayerMapping(
                 **asdict(chosen),
-                **{f"modelled_{k}": v for k, v in asdict(cost).items()},
+                modelled_cycles=trial.cycles,
+                **{f"modelled_{k}": v for k, v in trial.per_kind.items()},
+                modelled_waves=weight_waves(chosen, target),
                 rows=work.rows,
                 first_array=ma_offset,
             )

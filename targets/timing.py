@@ -46,20 +46,22 @@ def run_timing(
     op_psum,
     op_scale,
     op_vec,
+    free,
+    busy,
+    start,
+    finish,
+    first,
+    horizon,
 ):
-    """Returns (start, finish, busy per unit). Unit layout: [dram | L2 x n_l1 | L1 x N |
-    MA compute x N | MA write x N | vector]."""
+    """Times instructions ``first`` onwards, updating ``free`` and ``busy`` (per unit) and
+    ``start`` / ``finish`` (per instruction) in place; returns the new horizon (the latest
+    finish). Earlier instructions' ``finish`` must already be filled in (resuming a stream).
+    Unit layout: [dram | L2 x n_l1 | L1 x N | MA compute x N | MA write x N | vector]."""
     n = n_l1 * n_child
-    n_units = 1 + n_l1 + 3 * n + 1
     u_l2, u_l1, u_ma, u_wr, u_vec = 1, 1 + n_l1, 1 + n_l1 + n, 1 + n_l1 + 2 * n, 1 + n_l1 + 3 * n
-    free = np.zeros(n_units, np.int64)
-    busy = np.zeros(n_units, np.int64)
     count = op.shape[0]
-    start = np.zeros(count, np.int64)
-    finish = np.zeros(count, np.int64)
-    horizon = 0
     l2_load = np.zeros(n_l1, np.int64)
-    for i in range(count):
+    for i in range(first, count):
         t = 0
         if dep0[i] >= 0:
             t = max(t, finish[dep0[i]])
@@ -129,12 +131,52 @@ def run_timing(
             start[i] = t
             finish[i] = end
         horizon = max(horizon, finish[i])
-    return start, finish, busy
+    return horizon
+
+
+def unit_count(target) -> int:
+    n = target.num_arrays
+    return 1 + target.L1_num_child + 3 * n + 1
 
 
 def time_program(instructions: np.ndarray, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Start and finish cycle of every instruction, and busy cycles of every unit."""
-    ins = instructions
+    state = TimingState.fresh(target, len(instructions))
+    state.run(instructions, target, 0)
+    return state.start, state.finish, state.busy
+
+
+class TimingState:
+    """The timing kernel's state after a prefix of a stream, so more instructions can be timed
+    from there (``tile`` times each candidate mapping of a layer after the layers before it)."""
+
+    def __init__(self, free, busy, start, finish, horizon: int):
+        self.free, self.busy, self.start, self.finish = free, busy, start, finish
+        self.horizon = horizon
+
+    @classmethod
+    def fresh(cls, target, count: int) -> TimingState:
+        units = unit_count(target)
+        zeros = np.zeros(count, np.int64)
+        return cls(np.zeros(units, np.int64), np.zeros(units, np.int64), zeros, zeros.copy(), 0)
+
+    def extended(self, count: int) -> TimingState:
+        """A copy with room for ``count`` more instructions."""
+        pad = np.zeros(count, np.int64)
+        return TimingState(
+            self.free.copy(),
+            self.busy.copy(),
+            np.concatenate([self.start, pad]),
+            np.concatenate([self.finish, pad]),
+            self.horizon,
+        )
+
+    def run(self, ins: np.ndarray, target, first: int) -> None:
+        """Time ``ins[first:]`` (``ins`` is the whole stream so far)."""
+        self.horizon = _run(ins, target, self, first)
+
+
+def _run(ins: np.ndarray, target, state: TimingState, first: int) -> int:
     return run_timing(
         ins["op"].astype(np.int64),
         ins["ma"].astype(np.int64),
@@ -156,6 +198,12 @@ def time_program(instructions: np.ndarray, target) -> tuple[np.ndarray, np.ndarr
         OP["PSUM"],
         OP["SCALE"],
         OP["VEC"],
+        state.free,
+        state.busy,
+        state.start,
+        state.finish,
+        first,
+        state.horizon,
     )
 
 

@@ -112,6 +112,10 @@ def test_bit_identical_and_bounded(sources, model, preset, tmp_path):
     assert result.energy_pj > 0 and result.area_mm2 > 0
     assert sum(result.layer_cycles.values()) == result.cycles
     check_golden(f"{model}@{preset}", to_bytes(program), result.cycles)
+    # One cost truth: the cycles tile chose each mapping by are the simulator's for that layer.
+    for node in program.graph.nodes():
+        if "mapping" in node.meta:
+            assert node.meta["mapping"]["modelled_cycles"] == result.layer_cycles[node.name]
 
 
 def test_to_json_and_units(sources):

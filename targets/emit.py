@@ -1,0 +1,254 @@
+"""The instructions of a layer under a mapping: the one place a tile's work becomes cycles.
+
+``lower`` emits every layer with :func:`emit_cim_layer` / :func:`emit_vector_layer`; ``tile``
+judges each candidate mapping by emitting the layer with the same function after the layers
+before it and timing it with the simulator's kernel (:class:`TimedStream`), so the cycles a
+mapping is chosen by are the cycles the simulator reports for that layer.
+
+Copy r of tile t of a layer lives on array (first + t * rep + r) mod N, so the copies of one tile
+are neighbours (one multicast LOAD_W) and one copy's tiles share an input multicast (LOAD_X with
+stride rep). Rows are issued in blocks of ``ROW_BLOCK``. Weight loads (DRAM targets) are
+double-buffered: a load waits only for the MVMs that used the buffer it overwrites.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cimc.ir import Graph, Node
+from cimc.program import INSTR_DTYPE, OP
+
+from .macros import LayerWork, TileGeometry
+from .params import Target
+from .timing import TimingState, unit_names
+
+PSUM_BYTES = 4  # a 32-bit partial sum
+ROW_BLOCK = 256  # input rows per instruction: the unit of pipelining and of weight reloads
+
+
+class Emitter:
+    """Appends instructions and remembers, per array, the MVMs using each weight buffer."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.rows: list[tuple] = []
+        self.buffers: dict[int, list[int]] = {}  # MA -> last MVM of the two most recent loads
+
+    def emit(
+        self,
+        op: str,
+        layer: int,
+        ma=-1,
+        span=0,
+        stride=1,
+        rows=0,
+        nbytes=0,
+        work=0,
+        cycles=0,
+        routes=0,
+        dep0=-1,
+        dep1=-1,
+    ) -> int:
+        n = self.target.num_arrays
+        self.rows.append(
+            (
+                OP[op],
+                layer,
+                ma % n if ma >= 0 else -1,
+                span,
+                stride,
+                rows,
+                nbytes,
+                work,
+                cycles,
+                routes,
+                dep0,
+                dep1,
+            )
+        )
+        return len(self.rows) - 1
+
+    def load_weights(self, layer: int, ma: int, span: int, nbytes: int) -> int:
+        arrays = [(ma + i) % self.target.num_arrays for i in range(span)]
+        wait = max((self.buffers.get(m, [-1, -1])[0] for m in arrays), default=-1)
+        idx = self.emit("LOAD_W", layer, ma, span, 1, 0, nbytes, 0, 0, 0, wait)
+        for m in arrays:
+            history = self.buffers.setdefault(m, [-1, -1])
+            self.buffers[m] = [history[1], -1]
+        return idx
+
+    def used(self, ma: int, mvm: int) -> None:
+        history = self.buffers.setdefault(ma % self.target.num_arrays, [-1, -1])
+        history[1] = max(history[1], mvm)
+
+    def array(self) -> np.ndarray:
+        return np.array(self.rows, dtype=INSTR_DTYPE)
+
+    def fork(self) -> Emitter:
+        """An independent copy to try a candidate on."""
+        twin = Emitter(self.target)
+        twin.rows = list(self.rows)
+        twin.buffers = {m: list(h) for m, h in self.buffers.items()}
+        return twin
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a layer's tiles are laid out; ``rep`` copies split the rows between them."""
+
+    tiles: int  # tiles of one copy
+    tile_bytes: int  # weight bytes of one tile
+    k_tiles: int  # tiles along K that share the same outputs (partial sums to reduce)
+    chan_per_tile: int
+    per_row_cycles: int  # cycles one tile spends per input row
+    rep: int
+    order: str  # "rows-outer" (inputs multicast once) or "weights-outer" (weight waves)
+
+
+def weight_waves(tiling: Tiling, target: Target) -> int:
+    """Weight loads that do not fit on the arrays at once (1 when weights stay on chip)."""
+    if target.weights == "sram":
+        return 1
+    per_ma = max(1, target.MA_mem_size // max(tiling.tile_bytes, 1))
+    return max(1, math.ceil(tiling.tiles * tiling.rep / (target.num_arrays * per_ma)))
+
+
+def vector_cycles(elements: int, target: Target) -> int:
+    return max(1, math.ceil(elements / target.vector_width))
+
+
+def emit_cim_layer(
+    em: Emitter,
+    work: LayerWork,
+    geo: TileGeometry,
+    tiling: Tiling,
+    first: int,
+    li: int,
+    ready: int,
+) -> None:
+    """Append the layer's loads, MVMs, partial sums and its SCALE; ``ready`` is the instruction
+    its inputs wait for (-1: none)."""
+    t = em.target
+    n = t.num_arrays
+    tiles, rep = tiling.tiles, tiling.rep
+    rows_per_copy = math.ceil(work.rows / rep)
+    row_bytes = work.k * work.groups * t.act_bits // 8 or 1
+    pool = geo.opcode == "MVM_POOL"
+    stream = t.weights == "dram"
+    waves = weight_waves(tiling, t)
+    per_wave = math.ceil(tiles / waves)
+    blocks = [
+        (r, s, min(s + ROW_BLOCK, min((r + 1) * rows_per_copy, work.rows)))
+        for r in range(rep)
+        for s in range(r * rows_per_copy, min((r + 1) * rows_per_copy, work.rows), ROW_BLOCK)
+    ]
+
+    def loads(w: int) -> dict[int, int]:
+        return {
+            tt: em.load_weights(li, first + tt * rep, rep, tiling.tile_bytes)
+            for tt in range(w * per_wave, min((w + 1) * per_wave, tiles))
+        }
+
+    def compute(w: int, r: int, start: int, stop: int, loaded: dict[int, int]) -> None:
+        b = stop - start
+        wave_tiles = range(w * per_wave, min((w + 1) * per_wave, tiles))
+        x = em.emit(
+            "LOAD_X",
+            li,
+            first + wave_tiles[0] * rep + r,
+            min(len(wave_tiles), n),
+            rep,
+            b,
+            b * geo.slice_bytes,
+            b * row_bytes,
+            0,
+            0,
+            ready,
+        )
+        for tt in wave_tiles:
+            ma = first + tt * rep + r
+            mvm = em.emit(
+                geo.opcode,
+                li,
+                ma,
+                1,
+                1,
+                b,
+                0,
+                b * geo.bitops_per_row,
+                b * tiling.per_row_cycles,
+                b * tiling.chan_per_tile if pool else 0,
+                x,
+                loaded.get(tt, -1),
+            )
+            em.used(ma, mvm)
+            em.emit("PSUM", li, ma, 1, 1, b, b * tiling.chan_per_tile * PSUM_BYTES, 0, 0, 0, mvm)
+
+    if tiling.order == "weights-outer" or waves == 1:
+        for w in range(waves):
+            loaded = loads(w) if stream else {}
+            for r, start, stop in blocks:
+                compute(w, r, start, stop, loaded)
+    else:
+        for r, start, stop in blocks:
+            for w in range(waves):
+                compute(w, r, start, stop, loads(w))
+    out = work.rows * work.out
+    em.emit("SCALE", li, rows=work.rows, work=out, cycles=vector_cycles(out, t))
+
+
+def emit_vector_layer(em: Emitter, graph: Graph, node: Node, li: int) -> None:
+    """A non-MVM op: one VEC instruction occupying the vector unit for its element count."""
+    out = sum(graph.values[o].size for o in node.outputs if o)
+    em.emit("VEC", li, rows=0, work=out, cycles=vector_cycles(out, em.target))
+
+
+_KINDS = {"array": "compute", "l1_link": "l1", "l2_link": "l2", "dram": "dram"}
+
+
+class TimedStream:
+    """An instruction stream timed as it grows: ``try_layer`` emits a layer on a copy and times
+    it after everything committed so far (exactly as the simulator will), ``commit`` keeps it.
+    ``tile`` chooses each layer's mapping this way, so its cycles are the simulator's."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.em = Emitter(target)
+        self.ins = np.zeros(0, INSTR_DTYPE)
+        self.state = TimingState.fresh(target, 0)
+        self.kinds = [_unit_kind(name) for name in unit_names(target)]
+
+    def try_layer(self, emit: Callable[[Emitter], None]) -> _Trial:
+        em = self.em.fork()
+        emit(em)
+        new = np.array(em.rows[len(self.ins) :], dtype=INSTR_DTYPE)
+        ins = np.concatenate([self.ins, new])
+        state = self.state.extended(len(new))
+        state.run(ins, self.target, len(self.ins))
+        delta = state.busy - self.state.busy
+        per_kind = {"compute": 0, "l1": 0, "l2": 0, "dram": 0, "ma_write": 0}
+        for kind, b in zip(self.kinds, delta.tolist()):
+            if kind:
+                per_kind[kind] = max(per_kind[kind], int(b))
+        return _Trial(em, ins, state, state.horizon - self.state.horizon, per_kind)
+
+    def commit(self, trial: _Trial) -> None:
+        self.em, self.ins, self.state = trial.em, trial.ins, trial.state
+
+
+@dataclass(frozen=True)
+class _Trial:
+    em: Emitter
+    ins: np.ndarray
+    state: TimingState
+    cycles: int
+    per_kind: dict[str, int]
+
+
+def _unit_kind(name: str) -> str | None:
+    kind = name.rstrip("0123456789")
+    return "ma_write" if kind == "array_write" else _KINDS.get(kind)
