@@ -24,7 +24,7 @@ from cimc.program import INSTR_DTYPE, OP
 
 from .macros import LayerWork, TileGeometry
 from .params import Target
-from .timing import TimingState, unit_names
+from .timing import UNIT_KINDS, TimingState, busiest_per_kind, unit_kind_index
 
 PSUM_BYTES = 4  # a 32-bit partial sum
 ROW_BLOCK = 256  # input rows per instruction: the unit of pipelining and of weight reloads
@@ -198,16 +198,28 @@ def emit_cim_layer(
             for w in range(waves):
                 compute(w, r, start, stop, loads(w))
     out = work.rows * work.out
-    em.emit("SCALE", li, rows=work.rows, work=out, cycles=vector_cycles(out, t))
+    act_bytes = math.ceil(t.act_bits / 8)
+    traffic = out * (PSUM_BYTES + act_bytes)  # reads the accumulators, writes the activations
+    em.emit("SCALE", li, rows=work.rows, nbytes=traffic, work=out, cycles=vector_cycles(out, t))
 
 
 def emit_vector_layer(em: Emitter, graph: Graph, node: Node, li: int) -> None:
-    """A non-MVM op: one VEC instruction occupying the vector unit for its element count."""
+    """A non-MVM op: one VEC instruction occupying the vector unit for its element count; it
+    reads its inputs and writes its outputs through the buffer."""
     out = sum(graph.values[o].size for o in node.outputs if o)
-    em.emit("VEC", li, rows=0, work=out, cycles=vector_cycles(out, em.target))
+    read = sum(graph.values[i].size for i in node.inputs if i and not graph.values[i].is_constant)
+    traffic = (read + out) * math.ceil(em.target.act_bits / 8)
+    em.emit("VEC", li, rows=0, nbytes=traffic, work=out, cycles=vector_cycles(out, em.target))
 
 
-_KINDS = {"array": "compute", "l1_link": "l1", "l2_link": "l2", "dram": "dram"}
+# LayerMapping's modelled_* fields and the unit kinds they report
+_MAPPING_KINDS = {
+    "compute": "array",
+    "l1": "l1_link",
+    "l2": "l2_link",
+    "dram": "dram",
+    "ma_write": "array_write",
+}
 
 
 class TimedStream:
@@ -220,7 +232,7 @@ class TimedStream:
         self.em = Emitter(target)
         self.ins = np.zeros(0, INSTR_DTYPE)
         self.state = TimingState.fresh(target, 0)
-        self.kinds = [_unit_kind(name) for name in unit_names(target)]
+        self.kinds = unit_kind_index(target)
 
     def try_layer(self, emit: Callable[[Emitter], None]) -> _Trial:
         em = self.em.fork()
@@ -229,11 +241,8 @@ class TimedStream:
         ins = np.concatenate([self.ins, new])
         state = self.state.extended(len(new))
         state.run(ins, self.target, len(self.ins))
-        delta = state.busy - self.state.busy
-        per_kind = {"compute": 0, "l1": 0, "l2": 0, "dram": 0, "ma_write": 0}
-        for kind, b in zip(self.kinds, delta.tolist()):
-            if kind:
-                per_kind[kind] = max(per_kind[kind], int(b))
+        busiest = dict(zip(UNIT_KINDS, busiest_per_kind(state.busy - self.state.busy, self.kinds)))
+        per_kind = {mine: int(busiest[kind]) for mine, kind in _MAPPING_KINDS.items()}
         return _Trial(em, ins, state, state.horizon - self.state.horizon, per_kind)
 
     def commit(self, trial: _Trial) -> None:
@@ -247,8 +256,3 @@ class _Trial:
     state: TimingState
     cycles: int
     per_kind: dict[str, int]
-
-
-def _unit_kind(name: str) -> str | None:
-    kind = name.rstrip("0123456789")
-    return "ma_write" if kind == "array_write" else _KINDS.get(kind)

@@ -1,13 +1,24 @@
-"""Energy and area from the target's constants (sources in the preset TOML files).
+"""Energy and area from the target's constants (units in ``targets.params``, sources in the
+presets and ``targets.technology``).
 
-Energy counts, per instruction: DRAM bytes of weight loads; on-chip bytes moved through the
-L2 and L1 decoders (loads, partial sums); 1b x 1b MACs in the arrays; routed results in the
-permutation unit; element operations on the vector unit. Leakage is not modelled.
+Energy, per instruction and component (pJ):
 
-Area is that of the chip the program needs: CiM cells for the weight bytes it places on the
-arrays (replicas included; for DRAM targets, the staging capacity of all arrays), one pool
-array and one permutation unit per array it uses (CIMPool), the activation buffer and the
-vector unit.
+* ``dram``: bytes of weight loads, read once however many arrays a multicast reaches;
+* ``buffer``: the on-chip activation buffer: a LOAD_X reads its rows' distinct bytes once (the
+  decoders multicast them), PSUM writes each array's partial sums, VEC/SCALE read and write their
+  ``bytes``;
+* ``links``: every byte on every link hop: the L2 links as the timing kernel loaded them, then one
+  L1 hop per destination array (loads, partial sums);
+* ``arrays``: 1b x 1b MACs; ``permutation``: routed results; ``vector``: vector-unit operations;
+* ``leakage``: static power of every bitcell and logic lane on the chip, times the cycles.
+
+The per-layer table and the totals come from the same per-instruction numbers, so the totals are
+the sums of their parts.
+
+Area is the configured chip's: every array's weight cells (``L1_num_child x MA_num_child`` arrays
+of ``MA_mem_size``), each array's fixed cells and permutation lanes (per macro kind), decoders and
+links by bandwidth, the activation buffer and the vector unit. The part a program uses (the
+arrays it occupies and the weight bytes it places) is reported beside it.
 """
 
 from __future__ import annotations
@@ -18,40 +29,83 @@ from cimc.program import OP
 
 from .macros import macro_kind
 
+UM2 = 1e-6  # mm^2 per um^2
 
-def energy_breakdown(ins: np.ndarray, target) -> dict[str, float]:
-    """pJ per component for one run of the instruction stream."""
+
+def instruction_energy(ins: np.ndarray, target, l2_bytes: np.ndarray) -> dict[str, np.ndarray]:
+    """pJ per instruction for each dynamic component (``l2_bytes`` from the timing kernel)."""
     op = ins["op"]
-    span = np.maximum(ins["span"], 1)
-    moved = ins["bytes"] * span
+    span = np.maximum(ins["span"], 1).astype(np.float64)
+    nbytes = ins["bytes"].astype(np.float64)
+    work = ins["work"].astype(np.float64)
     load_w = op == OP["LOAD_W"]
     load_x = op == OP["LOAD_X"]
     psum = op == OP["PSUM"]
     mvm = (op == OP["MVM_POOL"]) | (op == OP["MVM_INT"])
     vec = (op == OP["SCALE"]) | (op == OP["VEC"])
+    l1_hops = np.where(load_w | load_x | psum, nbytes * span, 0.0)
+    buffer = np.where(load_x, work, 0.0) + np.where(psum, nbytes * span, 0.0)
+    buffer += np.where(vec, nbytes, 0.0)
     return {
-        "dram": float(ins["bytes"][load_w].sum() * target.e_dram_pj_per_byte),
-        "onchip_moves": float(
-            (moved[load_w].sum() + moved[load_x].sum() + moved[psum].sum())
-            * target.e_sram_pj_per_byte
-        ),
-        "arrays": float(ins["work"][mvm].sum() * target.e_bitmac_fj / 1000.0),
-        "permutation": float(ins["routes"].sum() * target.e_route_pj),
-        "vector": float(ins["work"][vec].sum() * target.e_vector_pj_per_op),
+        "dram": np.where(load_w, nbytes, 0.0) * target.e_dram_pj_per_byte,
+        "buffer": buffer * target.e_sram_pj_per_byte,
+        "links": (l2_bytes + l1_hops) * target.e_link_pj_per_byte,
+        "arrays": np.where(mvm, work, 0.0) * (target.e_bitmac_fj / 1000.0),
+        "permutation": ins["routes"].astype(np.float64) * target.e_route_pj,
+        "vector": np.where(vec, work, 0.0) * target.e_vector_pj_per_op,
     }
 
 
-def area_breakdown(target, placed_bytes: int, arrays_used: int) -> dict[str, float]:
-    """mm^2 per component of the chip a program needs on ``target``."""
-    um2 = 1e-6
-    n = target.num_arrays if target.weights == "dram" else arrays_used
-    stored = target.num_arrays * target.MA_mem_size if target.weights == "dram" else placed_bytes
-    cim_bits = stored * 8
+def static_power_w(target) -> float:
+    """Leakage of the whole configured chip: bitcells of arrays and buffer, logic lanes."""
     kind = macro_kind(target)
+    n = target.num_arrays
+    bits = n * (target.MA_mem_size * 8 + kind.array_area_bits(target)) + target.buffer_bytes * 8
+    lanes = target.vector_width + n * kind.permutation_lanes(target)
+    return bits * target.p_leak_pw_per_bit * 1e-12 + lanes * target.p_leak_uw_per_lane * 1e-6
+
+
+def leakage_pj(target, cycles: int) -> float:
+    return static_power_w(target) * cycles / (target.clock_mhz * 1e6) * 1e12
+
+
+def energy_by_layer(
+    ins: np.ndarray, target, l2_bytes: np.ndarray, layer_cycles: np.ndarray
+) -> np.ndarray:
+    """[layers, components] pJ, components in ``energy_components(target)`` order; leakage is
+    charged to each layer for its own cycles."""
+    parts = instruction_energy(ins, target, l2_bytes)
+    n = len(layer_cycles)
+    cols = [np.bincount(ins["layer"], weights=v, minlength=n)[:n] for v in parts.values()]
+    power = static_power_w(target)
+    cols.append(power * layer_cycles.astype(np.float64) / (target.clock_mhz * 1e6) * 1e12)
+    return np.stack(cols, axis=1)
+
+
+def energy_components() -> list[str]:
+    return ["dram", "buffer", "links", "arrays", "permutation", "vector", "leakage"]
+
+
+def chip_area(target) -> dict[str, float]:
+    """mm^2 per component of the configured chip."""
+    return _area(target, target.num_arrays, target.num_arrays * target.MA_mem_size)
+
+
+def used_area(target, placed_bytes: int, arrays_used: int) -> dict[str, float]:
+    """mm^2 per component of the part a program occupies (DRAM targets: all staging arrays)."""
+    if target.weights == "dram":
+        return chip_area(target)
+    return _area(target, arrays_used, placed_bytes)
+
+
+def _area(target, arrays: int, weight_bytes: int) -> dict[str, float]:
+    kind = macro_kind(target)
+    link_bw = target.num_arrays * target.L1_bw + target.L1_num_child * target.L2_bw
     return {
-        "cim_arrays": cim_bits * target.a_cim_bit_um2 * um2,
-        "pool_arrays": n * kind.array_area_bits(target) * target.a_cim_bit_um2 * um2,
-        "buffer": target.buffer_bytes * 8 * target.a_sram_bit_um2 * um2,
-        "permutation": n * kind.permutation_lanes(target) * target.a_perm_um2_per_lane * um2,
-        "vector_unit": target.vector_width * target.a_vector_um2_per_lane * um2,
+        "cim_arrays": weight_bytes * 8 * target.a_cim_bit_um2 * UM2,
+        "pool_arrays": arrays * kind.array_area_bits(target) * target.a_cim_bit_um2 * UM2,
+        "permutation": arrays * kind.permutation_lanes(target) * target.a_perm_um2_per_lane * UM2,
+        "links": (link_bw + target.DRAM_bw) * target.a_link_um2_per_Bpc * UM2,
+        "buffer": target.buffer_bytes * 8 * target.a_sram_bit_um2 * UM2,
+        "vector_unit": target.vector_width * target.a_vector_um2_per_lane * UM2,
     }

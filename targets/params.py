@@ -20,6 +20,8 @@ from typing import Any
 
 from cimc.errors import OptionError
 
+from .technology import PUBLISHED, scaled
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -60,8 +62,10 @@ SPECS: dict[str, Spec] = {
     "acc_banks": Spec("bank", 1, 1024, doc="accumulator banks of the permutation unit"),
     "vector_width": Spec("elem/cycle", 1, 4096, choices=(16, 32, 64), doc="vector unit width"),
     "clock_mhz": Spec("MHz", 1, 10000, doc="clock frequency"),
+    "tech_nm": Spec("nm", 5, 180, doc="technology node: energies not given are scaled to it"),
     "e_dram_pj_per_byte": Spec("pJ/B", 0, doc="DRAM access energy"),
     "e_sram_pj_per_byte": Spec("pJ/B", 0, doc="on-chip buffer access energy"),
+    "e_link_pj_per_byte": Spec("pJ/B", 0, doc="one link hop (decoder to child) per byte"),
     "e_bitmac_fj": Spec("fJ", 0, doc="energy of one 1b x 1b MAC in a CiM array"),
     "e_route_pj": Spec("pJ", 0, doc="permutation route + accumulate of one result"),
     "e_vector_pj_per_op": Spec("pJ", 0, doc="vector-unit energy per element operation"),
@@ -69,6 +73,9 @@ SPECS: dict[str, Spec] = {
     "a_sram_bit_um2": Spec("um^2", 0, doc="buffer SRAM bitcell area incl. periphery"),
     "a_perm_um2_per_lane": Spec("um^2", 0, doc="permutation crossbar + accumulator per lane"),
     "a_vector_um2_per_lane": Spec("um^2", 0, doc="vector unit area per lane"),
+    "a_link_um2_per_Bpc": Spec("um^2", 0, doc="decoder + link area per B/cycle of bandwidth"),
+    "p_leak_pw_per_bit": Spec("pW", 0, doc="static power of one SRAM / CiM bitcell"),
+    "p_leak_uw_per_lane": Spec("uW", 0, doc="static power of one vector / permutation lane"),
     "buffer_bytes": Spec("byte", 0, doc="on-chip activation buffer (L2) capacity"),
 }
 
@@ -100,8 +107,10 @@ class Target:
     acc_banks: int
     vector_width: int
     clock_mhz: float
+    tech_nm: int
     e_dram_pj_per_byte: float
     e_sram_pj_per_byte: float
+    e_link_pj_per_byte: float
     e_bitmac_fj: float
     e_route_pj: float
     e_vector_pj_per_op: float
@@ -109,6 +118,9 @@ class Target:
     a_sram_bit_um2: float
     a_perm_um2_per_lane: float
     a_vector_um2_per_lane: float
+    a_link_um2_per_Bpc: float
+    p_leak_pw_per_bit: float
+    p_leak_uw_per_lane: float
     buffer_bytes: int
 
     def __post_init__(self) -> None:
@@ -143,7 +155,14 @@ class Target:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> Target:
-        return load_target(self.to_dict() | _coerce(changes))
+        values = self.to_dict()
+        if "tech_nm" in changes:  # energies derived for the old node are derived anew
+            values = {
+                k: v
+                for k, v in values.items()
+                if k not in PUBLISHED or v != scaled(k, self.tech_nm)
+            }
+        return load_target(values | _coerce(changes))
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
@@ -199,13 +218,27 @@ def load_target(
         base = values.pop("base", None)
         name = values.get("name", path.stem)
         if base is not None:
-            values = load_target(base).to_dict() | values
+            values = _raw_values(base) | values
         values["name"] = name
     values = values | dict(overrides or {})
+    if "tech_nm" in values:
+        node = _coerce({"tech_nm": values["tech_nm"]})["tech_nm"]
+        values = {name: scaled(name, node) for name in PUBLISHED} | values
     missing = [f.name for f in dataclasses.fields(Target) if f.name not in values]
     if missing:
         raise OptionError(f"target {values.get('name', source)!r} lacks parameters {missing}")
     return Target(**_coerce(values))
+
+
+def _raw_values(source: str) -> dict[str, Any]:
+    """A preset's own values merged over its bases' (energies left to derive from tech_nm)."""
+    known = presets()
+    path = known.get(source) if source in known else Path(source)
+    if not path.is_file():
+        raise OptionError(f"target base {source!r} is not a preset ({', '.join(sorted(known))})")
+    values = tomllib.loads(path.read_text())
+    base = values.pop("base", None)
+    return values if base is None else _raw_values(base) | values
 
 
 def search_choices(target: Target) -> dict[str, tuple]:

@@ -7,13 +7,15 @@ array's sums, then alpha, beta, the activation scale and bias in float64 in the 
 numerics contract. VEC instructions run the op registry's implementation. With an ideal adder
 tree this is bit-identical to ``cimc.interpret(program.graph, feeds)``.
 
-Timing: ``targets.timing``. Energy and area: ``targets.energy``.
+Timing: ``targets.timing``, run layer by layer so every unit's busy cycles are attributed to
+layers (each layer's bottleneck unit). Energy and area: ``targets.energy``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
@@ -24,8 +26,8 @@ from cimc.ir import Node
 from cimc.ops import REGISTRY
 from cimc.program import OP, Program
 
-from .energy import area_breakdown, energy_breakdown
-from .timing import time_program, unit_names
+from .energy import chip_area, energy_by_layer, energy_components, used_area
+from .timing import UNIT_KINDS, TimingState, busiest_per_kind, unit_kind_index
 
 
 @njit(cache=True)
@@ -85,40 +87,59 @@ class _Machine(Interpreter):
         return REGISTRY[QUANT_OP].impl(node, x, wq, wscale, bias)
 
 
+@dataclass(frozen=True)
+class LayerReport:
+    """One layer of a simulated program, in execution order."""
+
+    name: str
+    op: str
+    cycles: int  # its last finish minus the finish of everything before it
+    bottleneck: str  # the unit kind whose busiest unit was busy longest in this layer
+    utilisation: float  # that unit's busy cycles / the layer's cycles
+    unit_busy: dict[str, int]  # per unit kind, its busiest unit's cycles in this layer
+    energy_pj: dict[str, float]  # per component
+
+
 @dataclass
 class SimResult:
-    """Outputs and the cost of producing them."""
+    """Outputs and the cost of producing them. Energy totals are the sums of the layers'."""
 
     outputs: dict[str, np.ndarray]
     cycles: int
     clock_mhz: float
-    layer_cycles: dict[str, int]
+    layers: list[LayerReport]
     unit_busy: dict[str, int]
     utilisation: dict[str, float]
     energy_pj: float
     energy_breakdown: dict[str, float]
-    area_mm2: float
+    area_mm2: float  # the configured chip
     area_breakdown: dict[str, float]
+    area_used_mm2: float  # the part this program occupies
+    area_used_breakdown: dict[str, float]
     instructions: int
-    layer_units: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def latency_s(self) -> float:
         return self.cycles / (self.clock_mhz * 1e6)
+
+    @property
+    def layer_cycles(self) -> dict[str, int]:
+        return {layer.name: layer.cycles for layer in self.layers}
 
     def to_json(self) -> str:
         data = {
             "cycles": self.cycles,
             "latency_s": self.latency_s,
             "clock_mhz": self.clock_mhz,
-            "layer_cycles": self.layer_cycles,
-            "layer_units": self.layer_units,
+            "layers": [dataclasses.asdict(layer) for layer in self.layers],
             "unit_busy": self.unit_busy,
             "utilisation": self.utilisation,
             "energy_pj": self.energy_pj,
             "energy_breakdown": self.energy_breakdown,
             "area_mm2": self.area_mm2,
             "area_breakdown": self.area_breakdown,
+            "area_used_mm2": self.area_used_mm2,
+            "area_used_breakdown": self.area_used_breakdown,
             "instructions": self.instructions,
             "outputs": {
                 k: {"shape": list(v.shape), "mean": float(np.mean(v)), "std": float(np.std(v))}
@@ -128,12 +149,16 @@ class SimResult:
         return json.dumps(data, indent=1, sort_keys=True)
 
 
-def _group_busy(busy: np.ndarray, names: list[str]) -> dict[str, int]:
-    """Busy cycles per unit kind (the busiest of each replicated kind) plus every unit."""
-    out: dict[str, int] = {}
-    for name, b in zip(names, busy):
-        kind = name.rstrip("0123456789")
-        out[kind] = max(out.get(kind, 0), int(b))
+def _permutation_busy(ins: np.ndarray, target, n_layers: int) -> np.ndarray:
+    """Per layer, the busiest array's permutation-unit cycles (conflict-free issue)."""
+    out = np.zeros(n_layers, np.int64)
+    pool = ins["op"] == OP["MVM_POOL"]
+    if pool.any() and target.perm_lanes:
+        n = target.num_arrays
+        per_route = np.ceil(ins["routes"][pool] / target.perm_lanes).astype(np.int64)
+        cells = np.zeros((n_layers, n), np.int64)
+        np.add.at(cells, (ins["layer"][pool], ins["ma"][pool]), per_route)
+        out = cells.max(axis=1)
     return out
 
 
@@ -144,46 +169,67 @@ def simulate(
     target = program.target
     ins = program.instructions
     outputs = _Machine(program.graph).run(feeds) if functional else {}
-    _, finish, busy = time_program(ins, target)
-    total = int(finish.max()) if len(finish) else 0
-    names = unit_names(target)
-    kinds = _group_busy(busy, names)
-    pool_mvm = ins["op"] == OP["MVM_POOL"]
-    if pool_mvm.any():  # the busiest array's permutation unit, conflict-free issue
-        per_ma = np.ceil(ins["routes"][pool_mvm] / target.perm_lanes)
-        kinds["permutation"] = int(np.bincount(ins["ma"][pool_mvm], weights=per_ma).max())
-    layer_cycles: dict[str, int] = {}
-    layer_units: dict[str, dict[str, int]] = {}
-    prev = 0
-    order = ins["layer"]
+    n_layers = len(program.layers)
+    state = TimingState.fresh(target, len(ins))
+    kinds = unit_kind_index(target)
+    # Time the stream layer by layer (a layer's instructions are contiguous) to attribute every
+    # unit's busy cycles to layers; the result is the same as timing it in one go.
+    bounds = np.flatnonzero(np.diff(ins["layer"])) + 1 if len(ins) else np.zeros(0, np.int64)
+    starts = np.concatenate([[0], bounds]).astype(np.int64) if len(ins) else bounds
+    stops = np.concatenate([bounds, [len(ins)]]).astype(np.int64) if len(ins) else bounds
+    per_layer_busy = np.zeros((n_layers, len(UNIT_KINDS)), np.int64)
+    layer_cycles_arr = np.zeros(n_layers, np.int64)
+    for first, last in zip(starts.tolist(), stops.tolist()):
+        before_busy, before_horizon = state.busy.copy(), state.horizon
+        state.run(ins, target, first, last)
+        li = int(ins["layer"][first])
+        per_layer_busy[li] = busiest_per_kind(state.busy - before_busy, kinds)
+        layer_cycles_arr[li] += state.horizon - before_horizon
+    total = int(state.horizon)
+    perm = _permutation_busy(ins, target, n_layers)
+    columns = [*UNIT_KINDS, "permutation"]
+    per_layer = np.concatenate([per_layer_busy, perm[:, None]], axis=1)
+    unit_busy = dict(zip(UNIT_KINDS, busiest_per_kind(state.busy, kinds).tolist()))
+    if perm.any():
+        pool = ins["op"] == OP["MVM_POOL"]
+        per_ma = np.ceil(ins["routes"][pool] / target.perm_lanes)
+        unit_busy["permutation"] = int(np.bincount(ins["ma"][pool], weights=per_ma).max())
+    energy = energy_by_layer(ins, target, state.l2_bytes, layer_cycles_arr)
+    components = energy_components()
+    layers: list[LayerReport] = []
     for li, entry in enumerate(program.layers):
-        mask = order == li
-        if not mask.any():
+        if not (ins["layer"] == li).any():
             continue
-        end = int(finish[mask].max())
-        layer_cycles[entry["node"]] = end - prev
-        prev = max(prev, end)
-        sel = ins[mask]
-        layer_units[entry["node"]] = {
-            op: int(sel["cycles"][sel["op"] == OP[op]].sum())
-            for op in ("MVM_POOL", "MVM_INT", "SCALE", "VEC")
-            if (sel["op"] == OP[op]).any()
-        }
-    util = {k: (v / total if total else 0.0) for k, v in kinds.items()}
-    energy = energy_breakdown(ins, target)
+        cycles = int(layer_cycles_arr[li])
+        busy = {c: int(b) for c, b in zip(columns, per_layer[li]) if b}
+        bottleneck = max(busy, key=busy.get) if busy else "vector"
+        layers.append(
+            LayerReport(
+                name=entry["node"],
+                op=entry["op"],
+                cycles=cycles,
+                bottleneck=bottleneck,
+                utilisation=busy.get(bottleneck, 0) / cycles if cycles else 0.0,
+                unit_busy=busy,
+                energy_pj=dict(zip(components, energy[li].tolist())),
+            )
+        )
     meta = program.graph.meta
-    area = area_breakdown(target, meta.get("weight_bytes_placed", 0), meta.get("arrays_used", 0))
+    chip = chip_area(target)
+    used = used_area(target, meta.get("weight_bytes_placed", 0), meta.get("arrays_used", 0))
+    breakdown = dict(zip(components, energy.sum(axis=0).tolist()))
     return SimResult(
         outputs=outputs,
         cycles=total,
         clock_mhz=float(target.clock_mhz),
-        layer_cycles=layer_cycles,
-        unit_busy=kinds,
-        utilisation=util,
-        energy_pj=float(sum(energy.values())),
-        energy_breakdown=energy,
-        area_mm2=float(sum(area.values())),
-        area_breakdown=area,
+        layers=layers,
+        unit_busy=unit_busy,
+        utilisation={k: (v / total if total else 0.0) for k, v in unit_busy.items()},
+        energy_pj=float(energy.sum()),
+        energy_breakdown=breakdown,
+        area_mm2=float(sum(chip.values())),
+        area_breakdown=chip,
+        area_used_mm2=float(sum(used.values())),
+        area_used_breakdown=used,
         instructions=int(len(ins)),
-        layer_units=layer_units,
     )

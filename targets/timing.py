@@ -50,18 +50,20 @@ def run_timing(
     busy,
     start,
     finish,
+    l2_bytes,
     first,
+    last,
     horizon,
 ):
-    """Times instructions ``first`` onwards, updating ``free`` and ``busy`` (per unit) and
-    ``start`` / ``finish`` (per instruction) in place; returns the new horizon (the latest
-    finish). Earlier instructions' ``finish`` must already be filled in (resuming a stream).
+    """Times instructions ``first`` to ``last`` (exclusive), updating ``free`` and ``busy`` (per
+    unit) and ``start`` / ``finish`` / ``l2_bytes`` (bytes the L2 links carried, per instruction)
+    in place; returns the new horizon (the latest finish). Earlier instructions' ``finish``
+    must already be filled in (resuming a stream).
     Unit layout: [dram | L2 x n_l1 | L1 x N | MA compute x N | MA write x N | vector]."""
     n = n_l1 * n_child
     u_l2, u_l1, u_ma, u_wr, u_vec = 1, 1 + n_l1, 1 + n_l1 + n, 1 + n_l1 + 2 * n, 1 + n_l1 + 3 * n
-    count = op.shape[0]
     l2_load = np.zeros(n_l1, np.int64)
-    for i in range(first, count):
+    for i in range(first, last):
         t = 0
         if dep0[i] >= 0:
             t = max(t, finish[dep0[i]])
@@ -107,6 +109,7 @@ def run_timing(
                         b = nbytes[i] * l2_load[d_]
                         if o == op_load_x:
                             b = min(b, work[i])
+                        l2_bytes[i] += b
                         d = _ceil_div(b, l2_bw)
                         free[u_l2 + d_] = t + d
                         busy[u_l2 + d_] += d
@@ -139,26 +142,33 @@ def unit_count(target) -> int:
     return 1 + target.L1_num_child + 3 * n + 1
 
 
-def time_program(instructions: np.ndarray, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Start and finish cycle of every instruction, and busy cycles of every unit."""
+def time_program(instructions: np.ndarray, target) -> TimingState:
+    """Start and finish cycle of every instruction, busy cycles of every unit, L2 link bytes."""
     state = TimingState.fresh(target, len(instructions))
     state.run(instructions, target, 0)
-    return state.start, state.finish, state.busy
+    return state
 
 
 class TimingState:
     """The timing kernel's state after a prefix of a stream, so more instructions can be timed
     from there (``tile`` times each candidate mapping of a layer after the layers before it)."""
 
-    def __init__(self, free, busy, start, finish, horizon: int):
+    def __init__(self, free, busy, start, finish, l2_bytes, horizon: int):
         self.free, self.busy, self.start, self.finish = free, busy, start, finish
-        self.horizon = horizon
+        self.l2_bytes, self.horizon = l2_bytes, horizon
 
     @classmethod
     def fresh(cls, target, count: int) -> TimingState:
         units = unit_count(target)
         zeros = np.zeros(count, np.int64)
-        return cls(np.zeros(units, np.int64), np.zeros(units, np.int64), zeros, zeros.copy(), 0)
+        return cls(
+            np.zeros(units, np.int64),
+            np.zeros(units, np.int64),
+            zeros,
+            zeros.copy(),
+            zeros.copy(),
+            0,
+        )
 
     def extended(self, count: int) -> TimingState:
         """A copy with room for ``count`` more instructions."""
@@ -168,15 +178,16 @@ class TimingState:
             self.busy.copy(),
             np.concatenate([self.start, pad]),
             np.concatenate([self.finish, pad]),
+            np.concatenate([self.l2_bytes, pad]),
             self.horizon,
         )
 
-    def run(self, ins: np.ndarray, target, first: int) -> None:
-        """Time ``ins[first:]`` (``ins`` is the whole stream so far)."""
-        self.horizon = _run(ins, target, self, first)
+    def run(self, ins: np.ndarray, target, first: int, last: int | None = None) -> None:
+        """Time ``ins[first:last]`` (``ins`` is the whole stream so far)."""
+        self.horizon = _run(ins, target, self, first, len(ins) if last is None else last)
 
 
-def _run(ins: np.ndarray, target, state: TimingState, first: int) -> int:
+def _run(ins: np.ndarray, target, state: TimingState, first: int, last: int) -> int:
     return run_timing(
         ins["op"].astype(np.int64),
         ins["ma"].astype(np.int64),
@@ -202,9 +213,28 @@ def _run(ins: np.ndarray, target, state: TimingState, first: int) -> int:
         state.busy,
         state.start,
         state.finish,
+        state.l2_bytes,
         first,
+        last,
         state.horizon,
     )
+
+
+UNIT_KINDS = ("dram", "l2_link", "l1_link", "array", "array_write", "vector")
+
+
+def unit_kind_index(target) -> np.ndarray:
+    """Index into UNIT_KINDS of every unit, in the kernel's unit order."""
+    n, n_l1 = target.num_arrays, target.L1_num_child
+    counts = (1, n_l1, n, n, n, 1)
+    return np.repeat(np.arange(len(UNIT_KINDS)), counts)
+
+
+def busiest_per_kind(busy: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """For each unit kind, the busy cycles of its busiest unit."""
+    out = np.zeros(len(UNIT_KINDS), np.int64)
+    np.maximum.at(out, kinds, busy)
+    return out
 
 
 def unit_names(target) -> list[str]:

@@ -107,7 +107,7 @@ def test_bit_identical_and_bounded(sources, model, preset, tmp_path):
     for name in reference:
         assert np.array_equal(result.outputs[name], reference[name]), name  # bit for bit
         assert np.all(np.isfinite(reference[name]))
-    _, _, busy = time_program(program.instructions, program.target)
+    busy = time_program(program.instructions, program.target).busy
     assert busy.max() <= result.cycles <= busy.sum()
     assert result.energy_pj > 0 and result.area_mm2 > 0
     assert sum(result.layer_cycles.values()) == result.cycles
@@ -132,7 +132,8 @@ def test_to_json_and_units(sources):
         "area_breakdown",
         "unit_busy",
         "utilisation",
-        "layer_cycles",
+        "layers",
+        "area_used_mm2",
     ):
         assert key in data
     for unit in ("dram", "l2_link", "l1_link", "array", "array_write", "permutation", "vector"):
@@ -140,6 +141,29 @@ def test_to_json_and_units(sources):
         assert 0 <= data["utilisation"][unit] <= 1
     assert data["unit_busy"]["dram"] > 0 and data["energy_breakdown"]["dram"] > 0
     assert data["latency_s"] == pytest.approx(data["cycles"] / 500e6)
+
+
+def test_energy_parts_sum_and_area_is_the_configured_chips(sources):
+    """Totals equal the sums of their parts (per layer and per component); area covers every
+    configured array, so it grows with the array count while the used part does not."""
+    graph = compressed(sources, "resnet18", "cimpool")
+    results = {}
+    for children in (4, 8):
+        target = load_target("cimpool-sram", {"MA_num_child": children})
+        program = cimc.compile(graph, target=target, pipeline="zpack", calibration=[])
+        results[children] = simulate(program, functional=False)
+    r = results[8]
+    per_layer = sum(sum(layer.energy_pj.values()) for layer in r.layers)
+    assert per_layer == pytest.approx(r.energy_pj, rel=1e-12)
+    assert sum(r.energy_breakdown.values()) == pytest.approx(r.energy_pj, rel=1e-12)
+    assert all(v > 0 for k, v in r.energy_breakdown.items() if k != "dram")  # on-chip weights
+    assert r.energy_breakdown["dram"] == 0 and r.energy_breakdown["leakage"] > 0
+    assert r.area_mm2 == pytest.approx(sum(r.area_breakdown.values()))
+    assert r.area_used_mm2 < r.area_mm2
+    assert results[4].area_mm2 < results[8].area_mm2  # half the arrays, smaller chip
+    for layer in r.layers:
+        assert layer.bottleneck in layer.unit_busy or layer.unit_busy == {}
+        assert 0 <= layer.utilisation <= 1
 
 
 def test_timing_only_matches_full_timing(sources):

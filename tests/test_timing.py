@@ -35,13 +35,15 @@ def busy(b, name):
 
 
 def test_one_mvm():
-    start, finish, b = time_program(prog({"op": "MVM_POOL", "ma": 0, "cycles": 64}), T)
+    t = time_program(prog({"op": "MVM_POOL", "ma": 0, "cycles": 64}), T)
+    finish, b = t.finish, t.busy
     assert finish.max() == 64 and busy(b, "array0") == 64 and busy(b, "dram") == 0
 
 
 def test_dram_bound_load():
     # 400 B: DRAM 400/4 = 100 cycles, L2 50, L1 50, write port 50 -> the load takes 100.
-    _, finish, b = time_program(prog({"op": "LOAD_W", "ma": 0, "bytes": 400}), T)
+    t = time_program(prog({"op": "LOAD_W", "ma": 0, "bytes": 400}), T)
+    finish, b = t.finish, t.busy
     assert finish[0] == 100
     assert busy(b, "dram") == 100 and busy(b, "l2_link0") == 50 and busy(b, "l1_link0") == 50
     assert busy(b, "array_write0") == 50
@@ -55,7 +57,8 @@ def test_load_overlaps_compute():
         {"op": "MVM_POOL", "ma": 0, "cycles": 80, "dep0": 0},
         {"op": "LOAD_W", "ma": 0, "bytes": 200},
     )
-    start, finish, _ = time_program(p, T)
+    t = time_program(p, T)
+    start, finish = t.start, t.finish
     assert list(finish) == [50, 130, 100]
     assert start[2] == 50
     assert finish.max() == 130  # not 50 + 80 + 50 = 180
@@ -65,12 +68,14 @@ def test_multicast_to_several_arrays():
     # One LOAD_X of 80 B multicast to the 4 arrays: each L2 link (2 arrays behind it) carries
     # the 80 distinct bytes once (10 cycles) and each L1 link 80 B (10 cycles), in parallel.
     multicast = prog({"op": "LOAD_X", "ma": 0, "span": 4, "bytes": 80, "work": 80})
-    _, finish, b = time_program(multicast, T)
+    t = time_program(multicast, T)
+    finish, b = t.finish, t.busy
     assert finish[0] == 10
     assert busy(b, "l2_link0") == 10 and busy(b, "l1_link3") == 10
     # The same delivery as 4 unicasts of different data: an L2 link carries 2 x 80 B in turn.
     unicast = prog(*({"op": "LOAD_X", "ma": m, "bytes": 80, "work": 80} for m in range(4)))
-    _, finish, b = time_program(unicast, T)
+    t = time_program(unicast, T)
+    finish, b = t.finish, t.busy
     assert finish.max() == 20 and busy(b, "l2_link0") == 20
 
 
@@ -81,7 +86,8 @@ def test_layer_boundary_waits_for_everything():
         {"op": "SCALE", "cycles": 5},
         {"op": "MVM_INT", "ma": 2, "cycles": 7, "dep0": 2},
     )
-    start, finish, _ = time_program(p, T)
+    t = time_program(p, T)
+    start, finish = t.start, t.finish
     assert start[2] == 50 and finish[2] == 55 and finish[3] == 62
 
 

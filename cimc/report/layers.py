@@ -67,11 +67,7 @@ def summarize(graph: Graph) -> dict[str, Any]:
 
 def busy_by_layer(result: SimResult) -> dict[str, tuple[int, int]]:
     """Per layer of a simulation result: (busiest array's compute cycles, vector-unit cycles)."""
-    busy = {}
-    for name in result.layer_cycles:
-        units = result.layer_units.get(name, {})
-        busy[name] = (
-            units.get("MVM_POOL", 0) + units.get("MVM_INT", 0),
-            units.get("SCALE", 0) + units.get("VEC", 0),
-        )
-    return busy
+    return {
+        layer.name: (layer.unit_busy.get("array", 0), layer.unit_busy.get("vector", 0))
+        for layer in result.layers
+    }
