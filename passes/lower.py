@@ -58,7 +58,7 @@ class Lower(Pass):
                 work = layer_work(graph, node)
                 geo = macro_kind(target).geometry(work, target)
                 tiling = Tiling(**{f.name: getattr(mapping, f.name) for f in fields(Tiling)})
-                ready = len(em.rows) - 1
+                ready = em.count - 1
                 emit_cim_layer(em, work, geo, tiling, mapping.first_array, li, ready)
             else:
                 emit_vector_layer(em, graph, node, li)
@@ -70,4 +70,4 @@ class Lower(Pass):
             "graph_sha256": hashlib.sha256(graph.to_text().encode()).hexdigest(),
         }
         program = Program(em.array(), layers, graph, manifest)
-        return PassResult(changed=True, product=program, summary=f"{len(em.rows):,} instructions")
+        return PassResult(changed=True, product=program, summary=f"{em.count:,} instructions")

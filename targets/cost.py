@@ -57,7 +57,7 @@ def best_tiling(
     best = None
     for t in options:
         trial = stream.try_layer(
-            lambda em, t=t: emit_cim_layer(em, work, geo, t, first, layer, len(em.rows) - 1)
+            lambda em, t=t: emit_cim_layer(em, work, geo, t, first, layer, em.count - 1)
         )
         key = (trial.cycles, t.rep, t.order != "rows-outer")
         if best is None or key < best[0]:

@@ -20,23 +20,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from cimc.ir import Graph, Node
-from cimc.program import INSTR_DTYPE, OP
+from cimc.program import OP
 
 from .macros import LayerWork, TileGeometry
 from .params import Target
-from .timing import UNIT_KINDS, TimingState, busiest_per_kind, unit_kind_index
+from .timing import (
+    FIELDS,
+    UNIT_KINDS,
+    TimingState,
+    as_instructions,
+    busiest_per_kind,
+    unit_kind_index,
+)
+
+F = FIELDS
 
 PSUM_BYTES = 4  # a 32-bit partial sum
 ROW_BLOCK = 256  # input rows per instruction: the unit of pipelining and of weight reloads
 
 
 class Emitter:
-    """Appends instructions and remembers, per array, the MVMs using each weight buffer."""
+    """Appends instructions (in NumPy chunks) and remembers, per array, the last MVM that used
+    each of its two weight buffers (for double-buffered weight loads)."""
 
     def __init__(self, target: Target):
         self.target = target
-        self.rows: list[tuple] = []
-        self.buffers: dict[int, list[int]] = {}  # MA -> last MVM of the two most recent loads
+        self.chunks: list[np.ndarray] = []
+        self.count = 0
+        self.buffers = np.full((target.num_arrays, 2), -1, np.int64)
 
     def emit(
         self,
@@ -54,45 +65,44 @@ class Emitter:
         dep1=-1,
     ) -> int:
         n = self.target.num_arrays
-        self.rows.append(
-            (
-                OP[op],
-                layer,
-                ma % n if ma >= 0 else -1,
-                span,
-                stride,
-                rows,
-                nbytes,
-                work,
-                cycles,
-                routes,
-                dep0,
-                dep1,
-            )
-        )
-        return len(self.rows) - 1
+        row = (OP[op], layer, ma % n if ma >= 0 else -1, span, stride, rows, nbytes, work)
+        return self.emit_columns(np.array([[*row, cycles, routes, dep0, dep1]], np.int64).T)
+
+    def emit_columns(self, cols: np.ndarray) -> int:
+        """Append instructions given as int64 columns [field, instruction] (``FIELDS`` order);
+        returns the index of the first."""
+        first = self.count
+        self.chunks.append(cols)
+        self.count += cols.shape[1]
+        return first
 
     def load_weights(self, layer: int, ma: int, span: int, nbytes: int) -> int:
-        arrays = [(ma + i) % self.target.num_arrays for i in range(span)]
-        wait = max((self.buffers.get(m, [-1, -1])[0] for m in arrays), default=-1)
+        arrays = (ma + np.arange(span)) % self.target.num_arrays
+        wait = int(self.buffers[arrays, 0].max(initial=-1))
         idx = self.emit("LOAD_W", layer, ma, span, 1, 0, nbytes, 0, 0, 0, wait)
-        for m in arrays:
-            history = self.buffers.setdefault(m, [-1, -1])
-            self.buffers[m] = [history[1], -1]
+        self.buffers[arrays, 0] = self.buffers[arrays, 1]
+        self.buffers[arrays, 1] = -1
         return idx
 
-    def used(self, ma: int, mvm: int) -> None:
-        history = self.buffers.setdefault(ma % self.target.num_arrays, [-1, -1])
-        history[1] = max(history[1], mvm)
+    def used(self, arrays: np.ndarray, mvms: np.ndarray) -> None:
+        """The MVMs ``mvms`` read the current weight buffer of ``arrays``."""
+        np.maximum.at(self.buffers[:, 1], arrays, mvms)
+
+    def columns(self, since: int = 0) -> np.ndarray:
+        """The instructions from chunk ``since`` on, as int64 columns."""
+        chunks = self.chunks[since:]
+        return np.concatenate(chunks, axis=1) if chunks else np.zeros((len(FIELDS), 0), np.int64)
 
     def array(self) -> np.ndarray:
-        return np.array(self.rows, dtype=INSTR_DTYPE)
+        """The instruction table."""
+        return as_instructions(self.columns())
 
     def fork(self) -> Emitter:
-        """An independent copy to try a candidate on."""
+        """An independent copy to try a candidate on (chunks are never modified in place)."""
         twin = Emitter(self.target)
-        twin.rows = list(self.rows)
-        twin.buffers = {m: list(h) for m, h in self.buffers.items()}
+        twin.chunks = list(self.chunks)
+        twin.count = self.count
+        twin.buffers = self.buffers.copy()
         return twin
 
 
@@ -147,19 +157,23 @@ def emit_cim_layer(
         for s in range(r * rows_per_copy, min((r + 1) * rows_per_copy, work.rows), ROW_BLOCK)
     ]
 
-    def loads(w: int) -> dict[int, int]:
-        return {
-            tt: em.load_weights(li, first + tt * rep, rep, tiling.tile_bytes)
-            for tt in range(w * per_wave, min((w + 1) * per_wave, tiles))
-        }
+    mvm_op, psum_op = OP[geo.opcode], OP["PSUM"]
+    routes = tiling.chan_per_tile if pool else 0
+    psum_bytes = tiling.chan_per_tile * PSUM_BYTES
 
-    def compute(w: int, r: int, start: int, stop: int, loaded: dict[int, int]) -> None:
+    def loads(w: int) -> np.ndarray:
+        loaded = np.full(tiles, -1, np.int64)
+        for tt in range(w * per_wave, min((w + 1) * per_wave, tiles)):
+            loaded[tt] = em.load_weights(li, first + tt * rep, rep, tiling.tile_bytes)
+        return loaded
+
+    def compute(w: int, r: int, start: int, stop: int, loaded: np.ndarray | None) -> None:
         b = stop - start
-        wave_tiles = range(w * per_wave, min((w + 1) * per_wave, tiles))
+        wave_tiles = np.arange(w * per_wave, min((w + 1) * per_wave, tiles))
         x = em.emit(
             "LOAD_X",
             li,
-            first + wave_tiles[0] * rep + r,
+            first + int(wave_tiles[0]) * rep + r,
             min(len(wave_tiles), n),
             rep,
             b,
@@ -169,28 +183,26 @@ def emit_cim_layer(
             0,
             ready,
         )
-        for tt in wave_tiles:
-            ma = first + tt * rep + r
-            mvm = em.emit(
-                geo.opcode,
-                li,
-                ma,
-                1,
-                1,
-                b,
-                0,
-                b * geo.bitops_per_row,
-                b * tiling.per_row_cycles,
-                b * tiling.chan_per_tile if pool else 0,
-                x,
-                loaded.get(tt, -1),
-            )
-            em.used(ma, mvm)
-            em.emit("PSUM", li, ma, 1, 1, b, b * tiling.chan_per_tile * PSUM_BYTES, 0, 0, 0, mvm)
+        # per tile: its MVM, then its partial sums (which wait for the MVM)
+        arrays = (first + wave_tiles * rep + r) % n
+        mvms = x + 1 + 2 * np.arange(len(wave_tiles))
+        block = np.zeros((len(FIELDS), 2 * len(wave_tiles)), np.int64)
+        mvm, psum = block[:, 0::2], block[:, 1::2]
+        for part, op in ((mvm, mvm_op), (psum, psum_op)):
+            part[F["op"]], part[F["layer"]], part[F["ma"]] = op, li, arrays
+            part[F["span"]], part[F["stride"]], part[F["rows"]] = 1, 1, b
+        mvm[F["work"]] = b * geo.bitops_per_row
+        mvm[F["cycles"]] = b * tiling.per_row_cycles
+        mvm[F["routes"]] = b * routes
+        mvm[F["dep0"]] = x
+        mvm[F["dep1"]] = -1 if loaded is None else loaded[wave_tiles]
+        psum[F["bytes"]], psum[F["dep0"]], psum[F["dep1"]] = b * psum_bytes, mvms, -1
+        em.emit_columns(block)
+        em.used(arrays, mvms)
 
     if tiling.order == "weights-outer" or waves == 1:
         for w in range(waves):
-            loaded = loads(w) if stream else {}
+            loaded = loads(w) if stream else None
             for r, start, stop in blocks:
                 compute(w, r, start, stop, loaded)
     else:
@@ -230,29 +242,31 @@ class TimedStream:
     def __init__(self, target: Target):
         self.target = target
         self.em = Emitter(target)
-        self.ins = np.zeros(0, INSTR_DTYPE)
+        self.cols = np.zeros((len(FIELDS), 0), np.int64)
+        self.chunks = 0  # chunks of ``em`` already in ``cols``
         self.state = TimingState.fresh(target, 0)
         self.kinds = unit_kind_index(target)
 
     def try_layer(self, emit: Callable[[Emitter], None]) -> _Trial:
         em = self.em.fork()
         emit(em)
-        new = np.array(em.rows[len(self.ins) :], dtype=INSTR_DTYPE)
-        ins = np.concatenate([self.ins, new])
-        state = self.state.extended(len(new))
-        state.run(ins, self.target, len(self.ins))
+        new = em.columns(self.chunks)
+        cols = np.concatenate([self.cols, new], axis=1)
+        state = self.state.extended(new.shape[1])
+        state.run(cols, self.target, self.cols.shape[1])
         busiest = dict(zip(UNIT_KINDS, busiest_per_kind(state.busy - self.state.busy, self.kinds)))
         per_kind = {mine: int(busiest[kind]) for mine, kind in _MAPPING_KINDS.items()}
-        return _Trial(em, ins, state, state.horizon - self.state.horizon, per_kind)
+        return _Trial(em, cols, state, state.horizon - self.state.horizon, per_kind)
 
     def commit(self, trial: _Trial) -> None:
-        self.em, self.ins, self.state = trial.em, trial.ins, trial.state
+        self.em, self.cols, self.state = trial.em, trial.cols, trial.state
+        self.chunks = len(trial.em.chunks)
 
 
 @dataclass(frozen=True)
 class _Trial:
     em: Emitter
-    ins: np.ndarray
+    cols: np.ndarray
     state: TimingState
     cycles: int
     per_kind: dict[str, int]

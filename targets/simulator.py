@@ -27,7 +27,7 @@ from cimc.ops import REGISTRY
 from cimc.program import OP, Program
 
 from .energy import chip_area, energy_by_layer, energy_components, used_area
-from .timing import UNIT_KINDS, TimingState, busiest_per_kind, unit_kind_index
+from .timing import UNIT_KINDS, TimingState, as_columns, busiest_per_kind, unit_kind_index
 
 
 @njit(cache=True)
@@ -179,9 +179,10 @@ def simulate(
     stops = np.concatenate([bounds, [len(ins)]]).astype(np.int64) if len(ins) else bounds
     per_layer_busy = np.zeros((n_layers, len(UNIT_KINDS)), np.int64)
     layer_cycles_arr = np.zeros(n_layers, np.int64)
+    cols = as_columns(ins)
     for first, last in zip(starts.tolist(), stops.tolist()):
         before_busy, before_horizon = state.busy.copy(), state.horizon
-        state.run(ins, target, first, last)
+        state.run(cols, target, first, last)
         li = int(ins["layer"][first])
         per_layer_busy[li] = busiest_per_kind(state.busy - before_busy, kinds)
         layer_cycles_arr[li] += state.horizon - before_horizon

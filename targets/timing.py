@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cimc.program import OP
+from cimc.program import INSTR_DTYPE, OP
 
 U_DRAM = 0
 
@@ -145,7 +145,7 @@ def unit_count(target) -> int:
 def time_program(instructions: np.ndarray, target) -> TimingState:
     """Start and finish cycle of every instruction, busy cycles of every unit, L2 link bytes."""
     state = TimingState.fresh(target, len(instructions))
-    state.run(instructions, target, 0)
+    state.run(as_columns(instructions), target, 0)
     return state
 
 
@@ -182,22 +182,42 @@ class TimingState:
             self.horizon,
         )
 
-    def run(self, ins: np.ndarray, target, first: int, last: int | None = None) -> None:
-        """Time ``ins[first:last]`` (``ins`` is the whole stream so far)."""
-        self.horizon = _run(ins, target, self, first, len(ins) if last is None else last)
+    def run(self, cols: np.ndarray, target, first: int, last: int | None = None) -> None:
+        """Time instructions ``first:last`` of ``cols`` (:func:`as_columns` of the whole
+        stream so far)."""
+        self.horizon = _run(cols, target, self, first, cols.shape[1] if last is None else last)
 
 
-def _run(ins: np.ndarray, target, state: TimingState, first: int, last: int) -> int:
+FIELDS = {name: i for i, name in enumerate(INSTR_DTYPE.names)}
+
+
+def as_columns(ins: np.ndarray) -> np.ndarray:
+    """An instruction table as int64 columns [field, instruction] (what the kernel reads)."""
+    if len(ins) == 0:
+        return np.zeros((len(FIELDS), 0), np.int64)
+    return np.stack([ins[name].astype(np.int64) for name in INSTR_DTYPE.names])
+
+
+def as_instructions(cols: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`as_columns`."""
+    out = np.zeros(cols.shape[1], INSTR_DTYPE)
+    for name, i in FIELDS.items():
+        out[name] = cols[i]
+    return out
+
+
+def _run(cols: np.ndarray, target, state: TimingState, first: int, last: int) -> int:
+    f = FIELDS
     return run_timing(
-        ins["op"].astype(np.int64),
-        ins["ma"].astype(np.int64),
-        ins["span"].astype(np.int64),
-        np.maximum(ins["stride"], 1).astype(np.int64),
-        ins["bytes"].astype(np.int64),
-        ins["work"].astype(np.int64),
-        ins["cycles"].astype(np.int64),
-        ins["dep0"].astype(np.int64),
-        ins["dep1"].astype(np.int64),
+        cols[f["op"]],
+        cols[f["ma"]],
+        cols[f["span"]],
+        np.maximum(cols[f["stride"]], 1),
+        cols[f["bytes"]],
+        cols[f["work"]],
+        cols[f["cycles"]],
+        cols[f["dep0"]],
+        cols[f["dep1"]],
         int(target.L1_num_child),
         int(target.MA_num_child),
         max(1, int(target.DRAM_bw)),

@@ -1,7 +1,12 @@
 """Properties the joint search relies on, over seeded random configurations drawn from each
-preset's search choices (two zoo models, 240 configurations in all): more bandwidth never adds
-cycles, more arrays never add cycles on chip, cycles are at least the busiest unit's busy cycles,
-chip area grows with the arrays, energy and area are positive and finite."""
+preset's search choices (two zoo models, 200 configurations in all): more bandwidth never adds
+cycles, more arrays (more L1 decoders, each with its arrays) never add cycles on chip, cycles are
+at least the busiest unit's busy cycles, chip area grows with the number and size of the arrays,
+energy and area are positive and finite.
+
+More arrays per decoder (MA_num_child) is not monotone in cycles, and is not tested so: a layer's
+tiles are placed on consecutive arrays, so with more children per decoder they sit under fewer L1
+decoders and their inputs share fewer L2 links (seen: int4-sram, ResNet-18, +2.8% cycles)."""
 
 from __future__ import annotations
 
@@ -18,23 +23,27 @@ from cimc.compiler import default_pipeline, random_calibration
 from cimc.models import export_onnx
 
 MODELS = {"resnet18": 32, "mobilenetv3_large": 32}
-CONFIGS_PER_PRESET = 24  # x 5 presets x 2 models = 240
+CONFIGS_PER_PRESET = 20  # x 5 presets x 2 models = 200
 HIERARCHY = ("DRAM_bw", "L2_bw", "L1_bw", "MA_bw", "L1_num_child", "MA_num_child", "MA_mem_size")
 LINKS = ("DRAM_bw", "L2_bw", "L1_bw", "MA_bw")
 
 
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
-    """One compressed graph per (model, preset); each configuration then tiles and lowers it."""
+    """One compressed graph per (model, compression pipeline); each configuration then tiles and
+    lowers it."""
     out = tmp_path_factory.mktemp("props")
     graphs = {}
     for name, size in MODELS.items():
         graph = cimc.import_onnx(export_onnx(name, out / f"{name}.onnx", image_size=size, seed=3))
         calib = random_calibration(graph, 1, seed=5)
+        done: dict[str, cimc.Graph] = {}
         for preset in presets():
             target = load_target(preset)
             pipe = default_pipeline(target)
-            graphs[name, preset] = cimc.run_passes(graph, pipe, calibration=calib, target=target)
+            if pipe not in done:
+                done[pipe] = cimc.run_passes(graph, pipe, calibration=calib, target=target)
+            graphs[name, preset] = done[pipe]
     return graphs
 
 
@@ -73,8 +82,9 @@ def test_properties_over_random_configurations(graphs, model, preset):
         link = LINKS[rng.integers(len(LINKS))]
         faster = run(graph, target.replace(**{link: getattr(target, link) * 2}))
         assert faster.cycles <= base.cycles, (link, config)
-        bigger = target.replace(MA_num_child=target.MA_num_child * 2)
-        more = run(graph, bigger)
+        denser = run(graph, target.replace(MA_num_child=target.MA_num_child * 2))
+        assert denser.area_mm2 > base.area_mm2
+        more = run(graph, target.replace(L1_num_child=target.L1_num_child * 2))
         assert more.area_mm2 > base.area_mm2
         if target.weights == "sram":
             assert more.cycles <= base.cycles, config
