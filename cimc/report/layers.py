@@ -90,6 +90,7 @@ class LayerBar:
     """One row of a per-layer view: a layer, or the sum of the layers left out."""
 
     label: str
+    op: str  # "" for the summed row
     cycles: int
     unit_busy: dict[str, int]  # per unit kind: busiest unit's cycles (summed over a group)
     layers: int  # how many layers the row stands for
@@ -102,14 +103,20 @@ def top_layers(result: SimResult, n: int) -> list[LayerBar]:
     ranked = sorted(range(len(layers)), key=lambda i: (-layers[i].cycles, i))
     keep = set(ranked[:n])
     rows = [
-        LayerBar(layers[i].name, layers[i].cycles, dict(layers[i].unit_busy), 1)
+        LayerBar(
+            layers[i].name,
+            layers[i].op.removeprefix("cimc."),
+            layers[i].cycles,
+            dict(layers[i].unit_busy),
+            1,
+        )
         for i in sorted(keep)
     ]
     rest = [layers[i] for i in ranked[n:]]
     if rest:
         busy = {k: sum(r.unit_busy.get(k, 0) for r in rest) for k in UNIT_LABELS}
         label = f"other {len(rest)} layers (sum)"
-        rows.append(LayerBar(label, sum(r.cycles for r in rest), busy, len(rest)))
+        rows.append(LayerBar(label, "", sum(r.cycles for r in rest), busy, len(rest)))
     return rows
 
 

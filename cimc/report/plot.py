@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..atomic import atomic_path
-from .layers import UNIT_LABELS, top_layers
+from .layers import UNIT_LABELS, LayerBar, top_layers
 
 if TYPE_CHECKING:
     from ..program import Program
@@ -26,8 +26,32 @@ WIDTH_IN = 12.0
 DPI = 110
 
 
-def _short(name: str, width: int = 38) -> str:
+def _short(name: str, width: int = 34) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
+def _row_label(row: LayerBar) -> str:
+    return f"{_short(row.label)} ({row.op})" if row.op else row.label
+
+
+def _clip_summed_row(ax, rows: list[LayerBar], total: int) -> None:
+    """Scale the axis to the largest single layer; a longer summed row is cut at the edge and
+    its cycles written on it, so it does not squash the layers shown."""
+    single = max((r.cycles for r in rows if r.op), default=0)
+    summed = rows[-1]
+    if summed.op or summed.cycles <= single or not single:
+        return
+    edge = 1.15 * single
+    ax.set_xlim(0, edge)
+    ax.text(
+        0.99 * edge,
+        len(rows) - 1,
+        f"{summed.cycles:,} cycles ({100 * summed.cycles / total:.0f}% of the run), axis cut",
+        ha="right",
+        va="center",
+        fontsize=8,
+        bbox={"facecolor": "white", "edgecolor": "0.6", "pad": 2},
+    )
 
 
 def plot_layers(result: SimResult, program: Program, path: str, top: int = TOP_LAYERS) -> None:
@@ -67,7 +91,8 @@ def plot_layers(result: SimResult, program: Program, path: str, top: int = TOP_L
         offset = -0.4 + band * (j + 0.5)
         busy = [r.unit_busy.get(k, 0) for r in rows]
         ax.barh(y + offset, busy, height=band, color=colours[k], label=labels[k])
-    ax.set_yticks(y, [_short(r.label) for r in rows], fontsize=7)
+    ax.set_yticks(y, [_row_label(r) for r in rows], fontsize=7)
+    _clip_summed_row(ax, rows, result.cycles)
     ax.invert_yaxis()
     ax.set_xlabel("cycles; coloured: busy cycles of the busiest unit of each kind in the layer")
     n = len(result.layers)
