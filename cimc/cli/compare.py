@@ -34,7 +34,7 @@ def _programs(args: argparse.Namespace, status) -> list[tuple[str, Program]]:
         for target in args.target:
             status.update(f"compiling for {target}")
             program = compile_from_args(args, models[0], target, lambda i, name: None)
-            programs.append((target, program))
+            programs.append((Path(models[0]).name, program))
         return programs
     if args.target or args.set or args.input_shape or args.calibration:
         raise CimcError(

@@ -101,7 +101,7 @@ def plot_layers(result: SimResult, program: Program, path: str, top: int = TOP_L
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.suptitle(
         f"{program.graph.name} on {program.manifest['target']['name']}: "
-        f"{result.cycles:,} cycles, {result.latency_s * 1e3:.3f} ms"
+        f"{result.cycles:,} cycles, {result.latency_s * 1e3:.4g} ms"
     )
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI)

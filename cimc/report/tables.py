@@ -170,7 +170,7 @@ def result_lines(result: SimResult) -> list[str]:
     busy = ", ".join(f"{UNIT_LABELS[k]} {100 * v:.0f}%" for k, v in result.utilisation.items())
     used = result.area_used_mm2 / result.area_mm2 if result.area_mm2 else 0.0
     return [
-        f"cycles {result.cycles:,} = {result.latency_s * 1e3:.3f} ms at {result.clock_mhz:g} MHz; "
+        f"cycles {result.cycles:,} = {result.latency_s * 1e3:.4g} ms at {result.clock_mhz:g} MHz; "
         f"{result.instructions:,} instructions",
         f"energy {result.energy_pj / 1e6:.3f} uJ ({energy})",
         f"chip area {result.area_mm2:.3f} mm^2 ({area}); this program uses "
@@ -182,7 +182,7 @@ def result_lines(result: SimResult) -> list[str]:
 # The figures of :func:`cimc.report.compare.compare_rows`: column header and format.
 _COMPARED = {
     "cycles": ("cycles", lambda v: f"{v:,}"),
-    "latency_s": ("latency ms", lambda v: f"{v * 1e3:.3f}"),
+    "latency_s": ("latency ms", lambda v: f"{v * 1e3:.4g}"),
     "energy_pj": ("energy uJ", lambda v: f"{v / 1e6:.3f}"),
     "area_mm2": ("chip mm^2", lambda v: f"{v:.3f}"),
     "area_used_mm2": ("used mm^2", lambda v: f"{v:.3f}"),
