@@ -56,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = simulate(program, feeds)
     for name, value in result.outputs.items():
         out.print(_describe(name, value))
-    out.print(result_table(result, program))
+    out.print(result_table(result))
     for line in result_lines(result):
         out.print(line)
     report = json.loads(result.to_json())

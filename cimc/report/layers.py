@@ -1,18 +1,26 @@
-"""Per-layer figures: the static summary of a graph (what ``cimc inspect`` prints) and the
-simulated busy cycles of each layer by unit kind (what ``cimc run`` tabulates and plots).
+"""Per-layer figures: the static summary of a graph (what ``cimc inspect`` prints) and views of
+a simulation's per-layer reports (what ``cimc run`` and ``cimc compile`` tabulate and plot).
 
 Summary: one row per node: op, input and output shapes, parameter count (elements of its
 constant inputs), MACs, and the unit that runs it (``cim`` arrays or the digital ``vector`` unit).
+
+Simulated layers: each :class:`~cimc.targets.simulator.LayerReport` holds, per unit kind, the busy
+cycles of the busiest unit of that kind (one array, one link, not their sum). ``top_layers`` keeps
+the layers with the most cycles and sums the rest into one row, so a 170-layer model stays
+readable; ``tile_agreement`` sets tile's modelled cycles of each CiM layer beside the simulated
+ones.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..ir import Graph
 from ..ops import macs_of, runs_on_cim
 
 if TYPE_CHECKING:
+    from ..program import Program
     from ..targets.simulator import SimResult
 
 
@@ -65,9 +73,59 @@ def summarize(graph: Graph) -> dict[str, Any]:
     }
 
 
-def busy_by_layer(result: SimResult) -> dict[str, tuple[int, int]]:
-    """Per layer of a simulation result: (busiest array's compute cycles, vector-unit cycles)."""
+# Unit kinds of the simulator's per-layer reports, in the order tables and plots show them.
+UNIT_LABELS = {
+    "array": "arrays",
+    "permutation": "permutation",
+    "vector": "vector",
+    "l1_link": "L1 link",
+    "l2_link": "L2 link",
+    "dram": "DRAM",
+    "array_write": "write port",
+}
+
+
+@dataclass(frozen=True)
+class LayerBar:
+    """One row of a per-layer view: a layer, or the sum of the layers left out."""
+
+    label: str
+    op: str  # "" for the summed row
+    cycles: int
+    unit_busy: dict[str, int]  # per unit kind: busiest unit's cycles (summed over a group)
+    layers: int  # how many layers the row stands for
+
+
+def top_layers(result: SimResult, n: int) -> list[LayerBar]:
+    """The ``n`` layers with the most cycles in execution order, then one row summing the rest
+    (omitted when nothing is left out). Ties keep the earlier layer."""
+    layers = result.layers
+    ranked = sorted(range(len(layers)), key=lambda i: (-layers[i].cycles, i))
+    keep = set(ranked[:n])
+    rows = [
+        LayerBar(
+            layers[i].name,
+            layers[i].op.removeprefix("cimc."),
+            layers[i].cycles,
+            dict(layers[i].unit_busy),
+            1,
+        )
+        for i in sorted(keep)
+    ]
+    rest = [layers[i] for i in ranked[n:]]
+    if rest:
+        busy = {k: sum(r.unit_busy.get(k, 0) for r in rest) for k in UNIT_LABELS}
+        label = f"other {len(rest)} layers (sum)"
+        rows.append(LayerBar(label, "", sum(r.cycles for r in rest), busy, len(rest)))
+    return rows
+
+
+def tile_agreement(program: Program, result: SimResult) -> dict[str, tuple[int, int]]:
+    """Per CiM layer: (cycles ``tile`` chose its mapping by, simulated cycles)."""
+    kinds = {e["node"]: e["kind"] for e in program.layers}
+    graph = program.graph
     return {
-        layer.name: (layer.unit_busy.get("array", 0), layer.unit_busy.get("vector", 0))
+        layer.name: (graph.node(layer.name).meta["mapping"]["modelled_cycles"], layer.cycles)
         for layer in result.layers
+        if kinds[layer.name] == "cim"
     }

@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from .bits import storage_report
-from .layers import busy_by_layer
+from .layers import UNIT_LABELS
 
 if TYPE_CHECKING:
     from ..program import Program
@@ -87,46 +88,77 @@ def targets_table(targets: Mapping[str, Target], specs: Mapping[str, Spec]) -> T
     return table
 
 
-def compile_table(program: Program) -> Table:
-    """``cimc compile``: scheme, bits per weight, tiling and modelled cycles per CiM layer."""
+def _cim_cells(program: Program, name: str, storage: dict[str, dict[str, Any]]) -> list[str]:
+    """Scheme, bits per weight, tiling and tile's modelled cycles of a CiM layer."""
+    m = program.graph.node(name).meta["mapping"]
+    s = storage[name]
+    return [
+        s["scheme"],
+        f"{s['bits_per_weight']:.3f}",
+        f"{m['tiles']} x {m['rep']}",
+        m["order"],
+        f"{m['modelled_cycles']:,}",
+    ]
+
+
+def compile_table(program: Program, result: SimResult) -> Table:
+    """``cimc compile``: every layer in execution order with its simulated cycles and bottleneck
+    (``result``: the timing model on ``program``), beside tile's choice for CiM layers."""
     graph = program.graph
     storage = {r["name"]: r for r in storage_report(graph)["layers"]}
     table = Table(title=f"{graph.name} for {program.manifest['target']['name']}")
-    names = ("layer", "op", "scheme", "bits/w", "tiles x rep", "order", "instr", "modelled cycles")
-    _columns(table, names, left=("layer", "op", "scheme", "order"))
-    ins = program.instructions
-    for li, entry in enumerate(program.layers):
-        if entry["kind"] != "cim":
-            continue
-        node = graph.node(entry["node"])
-        m = node.meta["mapping"]
-        s = storage[node.name]
+    names = ("#", "layer", "op", "scheme", "bits/w", "tiles x rep", "order", "instr")
+    names += ("tile cycles", "simulated cycles", "bottleneck")
+    _columns(table, names, left=("layer", "op", "scheme", "order", "bottleneck"))
+    index = {e["node"]: (li, e["kind"]) for li, e in enumerate(program.layers)}
+    per_layer = np.bincount(program.instructions["layer"], minlength=len(program.layers))
+    for i, layer in enumerate(result.layers):
+        li, kind = index[layer.name]
+        cim = _cim_cells(program, layer.name, storage) if kind == "cim" else ["-"] * 5
         table.add_row(
-            node.name,
-            node.op.removeprefix("cimc."),
-            s["scheme"],
-            f"{s['bits_per_weight']:.3f}",
-            f"{m['tiles']} x {m['rep']}",
-            m["order"],
-            str(int((ins["layer"] == li).sum())),
-            f"{m['modelled_cycles']:,}",
+            str(i),
+            layer.name,
+            layer.op.removeprefix("cimc."),
+            *cim[:4],
+            f"{per_layer[li]:,}",
+            cim[4],
+            f"{layer.cycles:,}",
+            UNIT_LABELS[layer.bottleneck],
         )
     return table
 
 
-def result_table(result: SimResult, program: Program) -> Table:
-    """``cimc run``: simulated cycles per layer and the busy cycles of arrays and vector unit."""
-    table = _columns(
-        Table(title="per layer"),
-        ("layer", "op", "cycles", "array busy", "vector busy"),
-        left=("layer", "op"),
+def agreement_line(agreement: Mapping[str, tuple[int, int]]) -> str:
+    """Whether tile's modelled cycles equal the simulated ones on every CiM layer."""
+    differ = {n: mc for n, mc in agreement.items() if mc[0] != mc[1]}
+    if not differ:
+        n = len(agreement)
+        return f"tile's modelled cycles equal the simulated cycles on all {n} CiM layers"
+    name, (modelled, simulated) = max(differ.items(), key=lambda kv: abs(kv[1][0] - kv[1][1]))
+    return (
+        f"tile's modelled cycles differ from the simulated cycles on {len(differ)} of "
+        f"{len(agreement)} CiM layers (largest gap: {name}, {modelled:,} vs {simulated:,})"
     )
-    ops = {e["node"]: e["op"] for e in program.layers}
-    busy = busy_by_layer(result)
-    for name, cycles in result.layer_cycles.items():
-        array, vector = busy[name]
+
+
+def result_table(result: SimResult) -> Table:
+    """``cimc run``: every layer in execution order: cycles, the unit kind whose busiest unit was
+    busy longest (its busy cycles and share of the layer's cycles), and energy."""
+    table = _columns(
+        Table(title="per layer (busy: the busiest unit of the bottleneck kind)"),
+        ("#", "layer", "op", "cycles", "bottleneck", "busy", "util", "energy nJ"),
+        left=("layer", "op", "bottleneck"),
+    )
+    for i, layer in enumerate(result.layers):
         table.add_row(
-            name, ops[name].removeprefix("cimc."), f"{cycles:,}", f"{array:,}", f"{vector:,}"
+            str(i),
+            layer.name,
+            layer.op.removeprefix("cimc."),
+            f"{layer.cycles:,}",
+            UNIT_LABELS[layer.bottleneck],
+            f"{layer.unit_busy.get(layer.bottleneck, 0):,}",
+            f"{100 * layer.utilisation:.0f}%",
+            f"{sum(layer.energy_pj.values()) / 1e3:,.1f}",
         )
     return table
 
@@ -135,14 +167,41 @@ def result_lines(result: SimResult) -> list[str]:
     """``cimc run``: cycles, energy, area and utilisation totals, one line each."""
     energy = ", ".join(f"{k} {v / 1e6:.3f}" for k, v in result.energy_breakdown.items())
     area = ", ".join(f"{k} {v:.3f}" for k, v in result.area_breakdown.items())
-    busy = ", ".join(f"{k} {100 * v:.0f}%" for k, v in result.utilisation.items())
+    busy = ", ".join(f"{UNIT_LABELS[k]} {100 * v:.0f}%" for k, v in result.utilisation.items())
+    used = result.area_used_mm2 / result.area_mm2 if result.area_mm2 else 0.0
     return [
-        f"cycles {result.cycles:,} = {result.latency_s * 1e3:.3f} ms at {result.clock_mhz:g} MHz; "
+        f"cycles {result.cycles:,} = {result.latency_s * 1e3:.4g} ms at {result.clock_mhz:g} MHz; "
         f"{result.instructions:,} instructions",
         f"energy {result.energy_pj / 1e6:.3f} uJ ({energy})",
-        f"area {result.area_mm2:.3f} mm^2 ({area})",
+        f"chip area {result.area_mm2:.3f} mm^2 ({area}); this program uses "
+        f"{result.area_used_mm2:.3f} mm^2 ({100 * used:.0f}%)",
         f"utilisation of the busiest unit of each kind: {busy}",
     ]
+
+
+# The figures of :func:`cimc.report.compare.compare_rows`: column header and format.
+_COMPARED = {
+    "cycles": ("cycles", lambda v: f"{v:,}"),
+    "latency_s": ("latency ms", lambda v: f"{v * 1e3:.4g}"),
+    "energy_pj": ("energy uJ", lambda v: f"{v / 1e6:.3f}"),
+    "area_mm2": ("chip mm^2", lambda v: f"{v:.3f}"),
+    "area_used_mm2": ("used mm^2", lambda v: f"{v:.3f}"),
+    "bits_per_weight": ("bits/w", lambda v: f"{v:.3f}"),
+}
+
+
+def compare_table(rows: list[dict[str, Any]]) -> Table:
+    """``cimc compare``: one row per program, each figure with its ratio to the first row's."""
+    table = Table(title="programs side by side (in brackets: ratio to the first)")
+    headers = [header for header, _ in _COMPARED.values()]
+    _columns(table, ("program", "target", *headers), left=("program", "target"))
+    for row in rows:
+        cells = []
+        for key, (_, fmt) in _COMPARED.items():
+            ratio = row["ratios"][key]
+            cells.append(f"{fmt(row[key])} ({'-' if ratio is None else f'{ratio:.2f}'}x)")
+        table.add_row(row["program"], row["target"], *cells)
+    return table
 
 
 def demo_table() -> Table:
