@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .errors import OptionError
 from .frontend import import_onnx
 from .ir import Graph
+from .limits import check_bytes
 from .pass_manager import Instrument, load_calibration, run_pipeline
 from .passes_base import PassContext, parse_pipeline
 from .program import Program
@@ -28,7 +30,12 @@ def default_pipeline(target) -> str:
 
 
 def random_calibration(graph: Graph, samples: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Seeded standard-normal inputs, for when no real calibration data is given."""
+    """Seeded standard-normal inputs, for when no real calibration data is given; the count is
+    checked against the memory limit before any is drawn."""
+    if samples < 1:
+        raise OptionError(f"calibration={samples}: give a sample count of at least 1")
+    per_sample = sum(graph.values[i].nbytes for i in graph.inputs)
+    check_bytes(samples * per_sample, f"calibration with {samples:,} random samples")
     rng = np.random.default_rng(seed)
     return [
         {

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cimc.program import OP
+from cimc.errors import ProgramError
+from cimc.program import OP, check_instructions
 
 U_DRAM = 0
 
@@ -188,6 +189,9 @@ class TimingState:
 
 
 def _run(ins: np.ndarray, target, state: TimingState, first: int, last: int) -> int:
+    check_instructions(ins, target.num_arrays, None, first, last)  # the kernel does no checks
+    if len(state.finish) < last or len(state.free) != unit_count(target):
+        raise ProgramError(f"timing state too small for instructions [{first}, {last})")
     return run_timing(
         ins["op"].astype(np.int64),
         ins["ma"].astype(np.int64),
