@@ -186,7 +186,10 @@ def _cimx_fields(base: Base, rng: np.random.Generator) -> bytes:
         blobs = [v for v in graph.values.values() if v.data is not None and v.data.size]
         v = blobs[int(rng.integers(len(blobs)))]
         data = v.data.copy()
-        data.reshape(-1)[int(rng.integers(data.size))] = rng.choice([-1, 0, 2, 127, 10**6])
+        value = rng.choice([-1, 0, 2, 127, 10**6])
+        if data.dtype.kind in "iu":
+            value = np.clip(value, np.iinfo(data.dtype).min, np.iinfo(data.dtype).max)
+        data.reshape(-1)[int(rng.integers(data.size))] = value
         v.data = data
     manifest = dict(p.manifest)
     manifest["graph_sha256"] = hashlib.sha256(graph.to_text().encode()).hexdigest()
@@ -197,9 +200,13 @@ def run_case(base: Base, case: dict[str, Any], tmp: Path) -> str:
     """One case's outcome: 'ok', 'cimc_error', 'altered', or 'uncaught:<Type>'."""
     import cimc
 
-    rng = np.random.default_rng([case["seed"], KINDS.index(case["kind"])])
     kind = case["kind"]
+    if kind == "selftest":  # the harness's own check: a crash, a hang, an allocation too big
+        {"abort": os.abort, "hang": lambda: time.sleep(3600), "alloc": lambda: None}[case["do"]]()
+    rng = np.random.default_rng([case["seed"], KINDS.index(kind) if kind in KINDS else 99])
     try:
+        if kind == "selftest":
+            np.ones(2**40)
         if kind == "onnx_bytes":
             path = tmp / "bytes.onnx"
             path.write_bytes(_flip(base.onnx_bytes, rng))

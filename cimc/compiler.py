@@ -29,11 +29,17 @@ def default_pipeline(target) -> str:
     return macro_kind(target).default_pipeline(target)
 
 
+MAX_RANDOM_CALIBRATION = 10_000
+
+
 def random_calibration(graph: Graph, samples: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Seeded standard-normal inputs, for when no real calibration data is given; the count is
     checked against the memory limit before any is drawn."""
-    if samples < 1:
-        raise OptionError(f"calibration={samples}: give a sample count of at least 1")
+    if not 1 <= samples <= MAX_RANDOM_CALIBRATION:
+        raise OptionError(
+            f"calibration={samples}: give a sample count in [1, {MAX_RANDOM_CALIBRATION:,}] "
+            "(statistics settle within hundreds; more only costs time)"
+        )
     per_sample = sum(graph.values[i].nbytes for i in graph.inputs)
     check_bytes(samples * per_sample, f"calibration with {samples:,} random samples")
     rng = np.random.default_rng(seed)
