@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import OptionError
+from .errors import ModelLoadError, OptionError
 from .frontend import import_onnx
 from .ir import Graph
 from .limits import check_bytes
@@ -104,4 +104,6 @@ class _Progress(Instrument):
 def _sha256(src: Any) -> str:
     if isinstance(src, onnx.ModelProto):
         return hashlib.sha256(src.SerializeToString()).hexdigest()
+    if not Path(src).is_file():
+        raise ModelLoadError(f"{src}: no such model file; give the path of an .onnx model")
     return hashlib.sha256(Path(src).read_bytes()).hexdigest()
