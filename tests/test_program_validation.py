@@ -8,11 +8,11 @@ import hashlib
 
 import numpy as np
 import pytest
+from cimc.targets.simulator import simulate
 
 import cimc
 from cimc.errors import ProgramError
 from cimc.program import load_program, to_bytes
-from cimc.targets.simulator import simulate
 
 MODEL = "cimc/data/digits_cimpool.onnx"
 
