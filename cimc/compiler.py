@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .errors import ModelLoadError, OptionError
 from .frontend import import_onnx
 from .ir import Graph
+from .limits import check_bytes
 from .pass_manager import Instrument, load_calibration, run_pipeline
 from .passes_base import PassContext, parse_pipeline
 from .program import Program
@@ -27,8 +29,19 @@ def default_pipeline(target) -> str:
     return macro_kind(target).default_pipeline(target)
 
 
+MAX_RANDOM_CALIBRATION = 10_000
+
+
 def random_calibration(graph: Graph, samples: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Seeded standard-normal inputs, for when no real calibration data is given."""
+    """Seeded standard-normal inputs, for when no real calibration data is given; the count is
+    checked against the memory limit before any is drawn."""
+    if not 1 <= samples <= MAX_RANDOM_CALIBRATION:
+        raise OptionError(
+            f"calibration={samples}: give a sample count in [1, {MAX_RANDOM_CALIBRATION:,}] "
+            "(statistics settle within hundreds; more only costs time)"
+        )
+    per_sample = sum(graph.values[i].nbytes for i in graph.inputs)
+    check_bytes(samples * per_sample, f"calibration with {samples:,} random samples")
     rng = np.random.default_rng(seed)
     return [
         {
@@ -91,4 +104,6 @@ class _Progress(Instrument):
 def _sha256(src: Any) -> str:
     if isinstance(src, onnx.ModelProto):
         return hashlib.sha256(src.SerializeToString()).hexdigest()
+    if not Path(src).is_file():
+        raise ModelLoadError(f"{src}: no such model file; give the path of an .onnx model")
     return hashlib.sha256(Path(src).read_bytes()).hexdigest()

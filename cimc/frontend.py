@@ -49,6 +49,7 @@ def import_onnx(
     model, weights = _without_weights(model)
     model = _to_canonical_opset(model, where)
     _bind_input_shapes(model, dict(input_shapes or {}), where)
+    _check_generated_sizes(model, where, limit)
     try:
         model = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as exc:  # onnx raises several types here
@@ -185,6 +186,33 @@ def _without_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str,
         else:
             light.graph.initializer.append(t)
     return light, weights
+
+
+def _check_generated_sizes(model: onnx.ModelProto, where: str, limit: int) -> None:
+    """ConstantOfShape and Range with constant operands: their output size, checked before ONNX
+    shape inference's data propagation materialises it (a [100000, 100000] fill is 37 GiB)."""
+    consts = {t.name: t for t in model.graph.initializer if t.HasField("raw_data") or t.dims}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = node.attribute[0].t
+    for node in model.graph.node:
+        ins = [consts.get(i) for i in node.input]
+        if not ins or any(t is None for t in ins):
+            continue
+        try:
+            vals = [numpy_helper.to_array(t) for t in ins]
+        except Exception:  # undecodable constants are reported by the import that follows
+            continue
+        if node.op_type == "ConstantOfShape" and vals[0].dtype.kind in "iu":
+            count = math.prod(int(d) for d in vals[0].reshape(-1))
+        elif node.op_type == "Range" and len(vals) == 3 and all(v.size == 1 for v in vals):
+            start, stop, delta = (float(v.reshape(-1)[0]) for v in vals)
+            if delta == 0 or not all(map(math.isfinite, (start, stop, delta))):
+                continue  # the Range rules at import name this
+            count = max(math.ceil((stop - start) / delta), 0)
+        else:
+            continue
+        check_bytes(8 * count, f"{where}: output of node {node.name!r} ({node.op_type})", limit)
 
 
 def _copy_fields(dst: Message, src: Message, skip: str) -> None:

@@ -110,7 +110,20 @@ def load_calibration(calibration: Any, graph: Graph) -> list[dict[str, np.ndarra
             raise FeedError(
                 f"calibration file {path} lacks arrays for inputs {missing}; it has {data.files}"
             )
-        arrays = {i: data[i] for i in graph.inputs}
+        try:
+            arrays = {i: data[i] for i in graph.inputs}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:  # object arrays, bad members
+            raise FeedError(
+                f"calibration file {path}: an input array is unreadable ({exc})"
+            ) from None
+    for name, a in arrays.items():
+        if a.ndim == 0 or a.size == 0 or a.dtype.kind not in "biuf":
+            raise FeedError(
+                f"calibration file {path}: array {name!r} is {a.dtype} of shape {a.shape}; give "
+                "numeric input samples stacked along the first axis"
+            )
+        if not np.isfinite(a).all():
+            raise FeedError(f"calibration file {path}: array {name!r} holds NaN or infinity")
     feeds = []
     batch = {i: graph.values[i].shape[0] if graph.values[i].shape else 1 for i in graph.inputs}
     n = min(len(a) // batch[i] for i, a in arrays.items())

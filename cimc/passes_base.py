@@ -15,6 +15,7 @@ entry-point group ``cimc.passes`` (each entry point names a Pass subclass).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Iterable, Sequence
@@ -166,9 +167,12 @@ def _convert(cls: type[Pass], option: str, raw: str) -> Any:
             return int(raw)
         if kind is float:
             num, _, den = raw.partition("/")
-            return float(num) / float(den) if den else float(raw)
+            value = float(num) / float(den) if den else float(raw)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
         return raw
-    except ValueError:
+    except (ValueError, ZeroDivisionError):
         raise OptionError(
             f"{cls.name}: option {option}={raw!r} is not a valid {getattr(kind, '__name__', kind)}"
         ) from None

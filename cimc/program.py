@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -49,7 +50,8 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_bytes_atomic
-from .errors import ProgramError
+from .cim_ops import CIM_OPS, POOL_OP
+from .errors import CimcError, ProgramError
 from .ir import Graph, Node, Value
 
 FORMAT_VERSION = 2
@@ -144,8 +146,15 @@ def _is_ternary(arr: np.ndarray) -> bool:
 
 def _read_array(payload: bytes, start: int, entry: dict[str, Any]) -> np.ndarray:
     dtype = np.lib.format.descr_to_dtype(entry["dtype"])
-    count = int(np.prod(entry["shape"]))
-    if entry.get("encoding") == "ternary-bitplanes":
+    shape = entry["shape"]
+    if dtype.hasobject or not all(type(d) is int and d >= 0 for d in shape):
+        raise ValueError(f"array of dtype {dtype} and shape {shape}")
+    count = math.prod(shape)
+    ternary = entry.get("encoding") == "ternary-bitplanes"
+    size = 2 * -(-count // 8) if ternary else count * dtype.itemsize
+    if entry["nbytes"] != size or not 0 <= start <= len(payload) - size:
+        raise ValueError(f"array of {count} elements at {start} with nbytes {entry['nbytes']}")
+    if ternary:
         planes = np.frombuffer(payload, np.uint8, entry["nbytes"], start).reshape(2, -1)
         nonzero, negative = (np.unpackbits(p, count=count).astype(dtype) for p in planes)
         return (nonzero - 2 * (nonzero & negative)).reshape(entry["shape"])
@@ -235,17 +244,34 @@ def load_program(path: str | os.PathLike) -> Program:
         )
     if hashlib.sha256(payload).digest() != digest:
         raise ProgramError(f"{path}: checksum mismatch, the file was altered; recompile the model")
+    try:
+        program = _parse(payload)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error) as exc:
+        # json, numpy and the IR's constructors on a manifest cimc did not write
+        raise ProgramError(
+            f"{path}: malformed manifest ({type(exc).__name__}: {exc}); recompile the model"
+        ) from None
+    try:
+        return _validated(program)
+    except ProgramError as exc:
+        raise ProgramError(f"{path}: {exc}; recompile the model") from None
+
+
+def _parse(payload: bytes) -> Program:
     (text_len,) = struct.unpack_from("<Q", payload)
     body = json.loads(payload[8 : 8 + text_len])
     base = 8 + text_len + ((-(8 + text_len)) % 64)
     arrays = [_read_array(payload, base + e["offset"], e) for e in body["arrays"]]
     graph = _graph_from_json(body["graph"], arrays)
-    return Program(
+    program = Program(
         instructions=arrays[body["instructions"]],
         layers=_decode(body["layers"], arrays),
         graph=graph,
         manifest=_decode(body["manifest"], arrays),
     )
+    if not isinstance(program.manifest, dict) or not isinstance(program.manifest["target"], dict):
+        raise TypeError("the manifest and its target must be objects")
+    return program
 
 
 def _graph_from_json(obj: dict[str, Any], arrays: list[np.ndarray]) -> Graph:
@@ -272,3 +298,132 @@ def _graph_from_json(obj: dict[str, Any], arrays: list[np.ndarray]) -> Graph:
             )
         )
     return g
+
+
+# ---- validation on load -----------------------------------------------------------------------
+# The checksum proves a file is what some writer wrote, not that the writer was cimc: every field
+# the simulator indexes with or times is checked here, so a program that loads never makes the
+# Numba kernels read outside their arrays, overflow a cycle count or disagree with ``interpret``.
+_MAX_FIELD = 2**40  # per-instruction bytes / work / cycles / routes; sums stay far below 2**63
+_ARRAY_OPS = ("LOAD_W", "LOAD_X", "MVM_POOL", "MVM_INT", "PSUM")
+
+
+def check_instructions(
+    ins: np.ndarray, n_arrays: int, n_layers: int | None, first: int = 0, last: int | None = None
+) -> None:
+    """Raise ProgramError naming the first instruction of ``ins[first:last]`` whose fields the
+    timing kernel cannot take (the kernel itself does no bounds checks); ``n_layers`` None: the
+    layer field is not checked."""
+    if ins.dtype != INSTR_DTYPE or ins.ndim != 1:
+        raise ProgramError(f"instruction table has dtype {ins.dtype}, expected {INSTR_DTYPE}")
+    last = len(ins) if last is None else last
+    if not 0 <= first <= last <= len(ins):
+        raise ProgramError(f"instructions [{first}, {last}) are not within 0..{len(ins)}")
+    n_layers = np.iinfo(np.int32).max if n_layers is None else n_layers
+    part = ins[first:last]
+    ids = np.arange(first, first + len(part))
+    on_array = np.isin(part["op"], [OP[o] for o in _ARRAY_OPS])
+    rules = {
+        "op": part["op"] < len(OPCODES),
+        "layer": (part["layer"] >= 0) & (part["layer"] < n_layers),
+        "ma": np.where(on_array, part["ma"] >= 0, part["ma"] >= -1) & (part["ma"] < n_arrays),
+        "span": (part["span"] >= 0) & (part["span"] <= n_arrays),
+        "stride": (part["stride"] >= 0) & (part["stride"] <= n_arrays),
+        "rows": part["rows"] >= 0,
+        "dep0": (part["dep0"] >= -1) & (part["dep0"] < ids),
+        "dep1": (part["dep1"] >= -1) & (part["dep1"] < ids),
+    }
+    for name in ("bytes", "work", "cycles", "routes"):
+        rules[name] = (part[name] >= 0) & (part[name] < _MAX_FIELD)
+    for name, ok in rules.items():
+        if not ok.all():
+            i = int(ids[np.argmin(ok)])
+            raise ProgramError(
+                f"instruction {i} ({_opname(ins[i]['op'])}): {name}={ins[i][name]} is out of "
+                f"range ({n_arrays} arrays, {n_layers} layers, dependencies strictly earlier)"
+            )
+
+
+def program_layers(graph: Graph) -> list[dict]:
+    """Execution-order layer table: which node each ``layer`` field of an instruction means."""
+    return [
+        {"node": n.name, "op": n.op, "kind": "cim" if n.op in CIM_OPS else "vector"}
+        for n in graph.nodes()
+    ]
+
+
+def _check_node(graph: Graph, node: Node) -> None:
+    """A registered op whose attributes and inputs keep ONNX's rules (as at import)."""
+    from .ops import REGISTRY
+
+    if node.op not in REGISTRY:
+        raise ProgramError(f"node {node.name!r}: unknown op {node.op!r}")
+    rule = REGISTRY[node.op].validate
+    problem = (
+        rule(node, [graph.values.get(i) if i else None for i in node.inputs]) if rule else None
+    )
+    if problem:
+        raise ProgramError(f"node {node.name!r} ({node.op}): {problem}")
+
+
+def _opname(code: int) -> str:
+    return OPCODES[code] if code < len(OPCODES) else f"opcode {code}"
+
+
+def _check_blobs(graph: Graph) -> None:
+    """Constants match their values' dtype and shape; CiM layers' indices and error terms are
+    within range, so the permutation kernel and ``interpret`` read the same elements."""
+    for name, v in graph.values.items():
+        if v.dtype.hasobject or not all(type(d) is int and d >= 0 for d in v.shape):
+            raise ProgramError(f"value {name!r}: dtype {v.dtype} and shape {v.shape}")
+        if v.data is not None and (v.data.shape != v.shape or v.data.dtype != v.dtype):
+            raise ProgramError(
+                f"blob {name!r}: {v.data.dtype}{list(v.data.shape)}, the graph says "
+                f"{np.dtype(v.dtype)}{list(v.shape)}"
+            )
+    for node in graph.nodes():
+        if node.op != POOL_OP:
+            continue
+        consts = [graph.values[i].data if i else None for i in node.inputs]
+        pool, idx, err = (consts + [None] * 3)[1:4]
+        if pool is None or idx is None or pool.ndim != 2 or idx.ndim != 2 or idx.dtype.kind != "i":
+            raise ProgramError(f"node {node.name!r}: pool and idx must be constant 2-d blobs")
+        if idx.size and (idx.min() < 0 or idx.max() >= pool.shape[0]):
+            raise ProgramError(
+                f"blob {node.inputs[2]!r} of node {node.name!r}: pool index out of "
+                f"[0, {pool.shape[0]})"
+            )
+        if err is not None and err.size and (np.abs(err.astype(np.int64)).max() > 1):
+            raise ProgramError(
+                f"blob {node.inputs[3]!r} of node {node.name!r}: error values outside {{-1, 0, 1}}"
+            )
+        if not 1 <= node.attrs.get("act_bits", 0) <= 16:
+            raise ProgramError(f"node {node.name!r}: act_bits must be in [1, 16]")
+
+
+def _validated(program: Program) -> Program:
+    """The checks of this section, then the program."""
+    try:
+        target = program.target
+    except CimcError as exc:
+        raise ProgramError(f"the program's target is invalid: {exc}") from None
+    graph = program.graph
+    try:
+        graph.verify()
+    except CimcError as exc:
+        raise ProgramError(f"the program's graph is invalid: {exc}") from None
+    expect = program.manifest.get("graph_sha256")
+    if expect != hashlib.sha256(graph.to_text().encode()).hexdigest():
+        raise ProgramError("the program's graph does not match its manifest's graph_sha256")
+    for node in graph.nodes():
+        _check_node(graph, node)
+    layers = program_layers(graph)
+    if program.layers != layers:
+        raise ProgramError("the program's layer table does not match its graph's nodes")
+    for key in ("weight_bytes_placed", "arrays_used"):
+        value = graph.meta.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise ProgramError(f"graph meta {key}={value!r} is not a non-negative integer")
+    _check_blobs(graph)
+    check_instructions(program.instructions, target.num_arrays, len(layers))
+    return program

@@ -14,18 +14,9 @@ from cimc.targets.emit import Emitter, Tiling, emit_cim_layer, emit_vector_layer
 from cimc.targets.macros import macro_kind
 from cimc.targets.mapping import LayerMapping, check_lowerable, layer_work
 
-from cimc.cim_ops import CIM_OPS
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
-from cimc.program import FORMAT_VERSION, Program
-
-
-def program_layers(graph: Graph) -> list[dict]:
-    """Execution-order layer table: which node each ``layer`` field of an instruction means."""
-    return [
-        {"node": n.name, "op": n.op, "kind": "cim" if n.op in CIM_OPS else "vector"}
-        for n in graph.nodes()
-    ]
+from cimc.program import FORMAT_VERSION, Program, program_layers
 
 
 def _drop_float_weights(graph: Graph) -> None:

@@ -73,7 +73,7 @@ class WeightPool(Pass):
 
     def validate(self) -> None:
         self.check_range("vector", 1, 4096)
-        self.check_range("pool", 2, 65536)
+        self.check_range("pool", 2, 1024)  # a pool array has at most 1024 columns (pool_cols)
         if not _is_power_of_two(self.pool):
             raise OptionError(
                 f"weight-pool: option pool={self.pool} must be a power of two (2, 4, ..., 128, "

@@ -17,7 +17,7 @@ from cimc.cim_ops import CIM_OPS, POOL_OP, cim_kind
 from cimc.errors import CimcError
 from cimc.ir import Graph, Node
 
-from .macros import LayerWork, macro_kind
+from .macros import MACRO_KINDS, LayerWork, macro_kind
 
 
 @dataclass(frozen=True)
@@ -116,10 +116,11 @@ def check_lowerable(graph: Graph, target) -> list[Node]:
             )
         if node.op in CIM_OPS:
             if node.op not in kind.layer_ops:
+                runs = [k.name for k in MACRO_KINDS.values() if node.op in k.layer_ops]
                 raise CimcError(
                     f"layer {node.name!r} is a {node.op} layer but target {target.name} has "
-                    f"{target.macro} macros, which run {', '.join(kind.layer_ops)}; use a "
-                    "target whose macro runs it, or compress for this macro"
+                    f"{target.macro} macros, which run {', '.join(kind.layer_ops)}; use a target "
+                    f"with a {' or '.join(runs) or 'matching'} macro, or compress for {target.macro}"
                 )
             if not node.attrs.get("act_bits"):
                 raise CimcError(

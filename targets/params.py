@@ -12,6 +12,7 @@ Every parameter declares its unit, valid range and the choices the joint search 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -126,6 +127,8 @@ class Target:
     def __post_init__(self) -> None:
         for name, spec in SPECS.items():
             value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise OptionError(f"target {self.name}: {name}={value} must be a finite number")
             if spec.allowed and value not in spec.allowed:
                 raise OptionError(
                     f"target {self.name}: {name}={value!r} is not valid; choose one of "
@@ -213,12 +216,12 @@ def load_target(
             )
         try:
             values = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise OptionError(f"target file {path}: not valid TOML ({exc})") from exc
         base = values.pop("base", None)
         name = values.get("name", path.stem)
         if base is not None:
-            values = _raw_values(base) | values
+            values = _raw_values(base, (str(path.resolve()),)) | values
         values["name"] = name
     values = values | dict(overrides or {})
     if "tech_nm" in values:
@@ -230,15 +233,22 @@ def load_target(
     return Target(**_coerce(values))
 
 
-def _raw_values(source: str) -> dict[str, Any]:
-    """A preset's own values merged over its bases' (energies left to derive from tech_nm)."""
+def _raw_values(source: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's own values merged over its bases' (energies left to derive from tech_nm);
+    ``chain``: the bases already followed, so a cycle is an error rather than a recursion."""
     known = presets()
-    path = known.get(source) if source in known else Path(source)
-    if not path.is_file():
+    path = known.get(source) if source in known else Path(str(source))
+    if not isinstance(source, str) or not path.is_file():
         raise OptionError(f"target base {source!r} is not a preset ({', '.join(sorted(known))})")
-    values = tomllib.loads(path.read_text())
+    key = str(path.resolve())
+    if key in chain:
+        raise OptionError(f"target base {source!r} names itself through its bases; break the cycle")
+    try:
+        values = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise OptionError(f"target base {path}: not valid TOML ({exc})") from None
     base = values.pop("base", None)
-    return values if base is None else _raw_values(base) | values
+    return values if base is None else _raw_values(base, (*chain, key)) | values
 
 
 def search_choices(target: Target) -> dict[str, tuple]:

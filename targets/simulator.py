@@ -20,7 +20,17 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from cimc.cim_ops import POOL_OP, QUANT_OP, act_scale, array_sums, fold, quantize_input, unfold
+from cimc.cim_ops import (
+    POOL_OP,
+    QUANT_OP,
+    act_scale,
+    array_sums,
+    fold,
+    pool_accumulators,
+    quantize_input,
+    unfold,
+)
+from cimc.errors import ProgramError
 from cimc.interpreter import Interpreter
 from cimc.ir import Node
 from cimc.ops import REGISTRY
@@ -48,10 +58,16 @@ def route_accumulate(columns: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def _pool_layer(rows: np.ndarray, pool, idx, err, alpha, beta, act_bits: int) -> np.ndarray:
     """One conv group: array sums, the permutation unit's routing, then the scales (float64)."""
     columns, err_acc = array_sums(rows, pool, idx.shape[1], err, act_bits)
-    acc = route_accumulate(columns, idx.astype(np.int64))
-    y = alpha * acc.astype(np.float64)
+    if np.isfinite(columns).all() and (err_acc is None or np.isfinite(err_acc).all()):
+        if idx.size and not 0 <= idx.min() <= idx.max() < columns.shape[2]:
+            raise ProgramError("pool index out of range of the pool array")  # kernel: no checks
+        acc = route_accumulate(columns, idx.astype(np.int64)).astype(np.float64)
+        err_acc = None if err_acc is None else err_acc.astype(np.int64).astype(np.float64)
+    else:  # NaN input: integer accumulators cannot hold it; NaN where interpret has NaN
+        acc, err_acc = pool_accumulators(rows, pool, idx, err, act_bits)
+    y = alpha * acc
     if err_acc is not None:
-        y = y + beta * err_acc.astype(np.int64).astype(np.float64)
+        y = y + beta * err_acc
     return y
 
 
@@ -179,7 +195,7 @@ def simulate(
     stops = np.concatenate([bounds, [len(ins)]]).astype(np.int64) if len(ins) else bounds
     per_layer_busy = np.zeros((n_layers, len(UNIT_KINDS)), np.int64)
     layer_cycles_arr = np.zeros(n_layers, np.int64)
-    cols = as_columns(ins)
+    cols = as_columns(ins, target)
     for first, last in zip(starts.tolist(), stops.tolist()):
         before_busy, before_horizon = state.busy.copy(), state.horizon
         state.run(cols, target, first, last)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from cimc.program import INSTR_DTYPE, OP
+from cimc.errors import ProgramError
+from cimc.program import INSTR_DTYPE, OP, check_instructions
 
 U_DRAM = 0
 
@@ -145,7 +146,7 @@ def unit_count(target) -> int:
 def time_program(instructions: np.ndarray, target) -> TimingState:
     """Start and finish cycle of every instruction, busy cycles of every unit, L2 link bytes."""
     state = TimingState.fresh(target, len(instructions))
-    state.run(as_columns(instructions), target, 0)
+    state.run(as_columns(instructions, target), target, 0)
     return state
 
 
@@ -191,8 +192,10 @@ class TimingState:
 FIELDS = {name: i for i, name in enumerate(INSTR_DTYPE.names)}
 
 
-def as_columns(ins: np.ndarray) -> np.ndarray:
-    """An instruction table as int64 columns [field, instruction] (what the kernel reads)."""
+def as_columns(ins: np.ndarray, target) -> np.ndarray:
+    """An instruction table as int64 columns [field, instruction] (what the kernel reads),
+    after checking every field is within what the kernel can index (it does no checks)."""
+    check_instructions(ins, target.num_arrays, None)
     if len(ins) == 0:
         return np.zeros((len(FIELDS), 0), np.int64)
     return np.stack([ins[name].astype(np.int64) for name in INSTR_DTYPE.names])
@@ -207,6 +210,8 @@ def as_instructions(cols: np.ndarray) -> np.ndarray:
 
 
 def _run(cols: np.ndarray, target, state: TimingState, first: int, last: int) -> int:
+    if len(state.finish) < last or len(state.free) != unit_count(target):
+        raise ProgramError(f"timing state too small for instructions [{first}, {last})")
     f = FIELDS
     return run_timing(
         cols[f["op"]],

@@ -173,7 +173,7 @@ def test_model_too_big_says_how_many_bytes_are_missing(model):
 
 
 def test_pool_layers_need_a_cimpool_target(model):
-    with pytest.raises(CimcError, match="cimpool target"):
+    with pytest.raises(CimcError, match="target with a cimpool macro"):
         cimc.compile(
             model,
             target="int8-sram",

@@ -18,9 +18,12 @@ def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]
             if not sep or not name:
                 raise ValueError
             shapes[name] = tuple(int(d) for d in dims.split(","))
+            if min(shapes[name]) < 1:
+                raise ValueError
         except ValueError:
             raise CimcError(
-                f"--input-shape {item!r}: expected NAME=D0,D1,..., e.g. input=1,3,224,224"
+                f"--input-shape {item!r}: expected NAME=D0,D1,... of positive sizes, "
+                "e.g. input=1,3,224,224"
             ) from None
     return shapes
 

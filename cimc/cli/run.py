@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import CimcError
+from ..errors import CimcError, FeedError
 from ..ir import Graph
+
+if TYPE_CHECKING:
+    from ..program import Program
 
 
 def load_inputs(items: Sequence[str] | None, graph: Graph) -> tuple[dict[str, np.ndarray], bool]:
@@ -29,8 +34,32 @@ def load_inputs(items: Sequence[str] | None, graph: Graph) -> tuple[dict[str, np
             raise CimcError(f"--input {item!r}: expected NAME=FILE.npy")
         if not Path(path).is_file():
             raise CimcError(f"--input {item!r}: {path} does not exist")
-        feeds[name] = np.load(path)
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise FeedError(f"--input {item!r}: {path} is not a .npy array ({exc})") from None
+        if not isinstance(feeds[name], np.ndarray):
+            raise FeedError(f"--input {item!r}: {path} is an .npz archive; give one .npy array")
     return feeds, False
+
+
+def check_source(model: str, program: Program) -> str | None:
+    """Refuse a --compare model other than the one the program was compiled from (comparing
+    against another model would report a meaningless match); a warning when it cannot tell."""
+    path = Path(model)
+    if not path.is_file():
+        raise CimcError(
+            f"--compare {model}: no such file; give the ONNX model the program came from"
+        )
+    expected = program.manifest.get("source_sha256", "")
+    if not expected:
+        return f"warning: the program records no source model digest; cannot check {model}"
+    if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise CimcError(
+            f"--compare {model}: this is not the model the program was compiled from (its sha256 "
+            f"differs from the program's source_sha256 {expected[:12]}...); give that model"
+        )
+    return None
 
 
 def _describe(name: str, value: np.ndarray) -> str:
@@ -50,6 +79,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     out = console()
     program = load_program(args.program)
+    if args.compare and (warning := check_source(args.compare, program)):
+        out.print(warning)
     feeds, random = load_inputs(args.input, program.graph)
     if random:
         out.print("no --input given: using seeded random standard-normal inputs")
@@ -68,6 +99,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"vs onnxruntime fp32 ({args.compare}) {name}: cosine {c['cosine']:.4f}, "
                 f"top-1 agreement {c['top1_agreement']:.3f}"
             )
+            if c["reference_constant"]:
+                out.print(
+                    f"warning: the reference output {name} is constant, so the agreement above "
+                    "says nothing; check the model's weights and inputs"
+                )
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=1, sort_keys=True))
     if args.plot:
