@@ -120,7 +120,7 @@ def check_lowerable(graph: Graph, target) -> list[Node]:
                 raise CimcError(
                     f"layer {node.name!r} is a {node.op} layer but target {target.name} has "
                     f"{target.macro} macros, which run {', '.join(kind.layer_ops)}; use a target "
-                    f"with a {' or '.join(runs) or 'matching'} macro, or compress for {target.macro}"
+                    f"with a {' or '.join(runs) or 'matching'} macro, or compress for it"
                 )
             if not node.attrs.get("act_bits"):
                 raise CimcError(
