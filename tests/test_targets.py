@@ -94,11 +94,22 @@ def test_search_choices_follow_cimnet_multiples():
         assert min(choices[p]) == max(1, type(base)(base / 8)), p
 
 
-def test_energy_and_area_constants_cite_sources():
-    text = (presets()["cimpool-sram"]).read_text()
-    for key in ("e_dram_pj_per_byte", "e_sram_pj_per_byte", "e_bitmac_fj", "e_route_pj"):
-        line = next(line for line in text.splitlines() if line.startswith(key))
-        assert "#" in line and ("Horowitz" in line or "Chih" in line), line
+def test_energy_constants_cite_sources_and_scale_to_the_node():
+    """Every energy constant has a published value, node and source; a preset gets it scaled to
+    its own node (C V^2), DRAM unscaled; an explicit value wins."""
+    from cimc.targets.technology import PUBLISHED, energy_scale
+
+    for name, pub in PUBLISHED.items():
+        assert "Horowitz" in pub.source or "Chih" in pub.source or "[ours]" in pub.source, name
+    t22 = load_target("cimpool-sram")
+    t7 = t22.replace(tech_nm=7)
+    assert t22.e_bitmac_fj == PUBLISHED["e_bitmac_fj"].value  # published at 22 nm
+    assert t22.e_sram_pj_per_byte == pytest.approx(1.25 * (22 / 45) * (0.8 / 0.9) ** 2)
+    assert t7.e_sram_pj_per_byte == pytest.approx(1.25 * energy_scale(45, 7))
+    assert t7.e_dram_pj_per_byte == t22.e_dram_pj_per_byte == 160.0
+    assert load_target("cimpool-sram", {"e_route_pj": 0.5}).e_route_pj == 0.5
+    with pytest.raises(OptionError, match="supply voltage"):
+        load_target("cimpool-sram", {"tech_nm": 11})
 
 
 def test_cli_targets(capsys):
