@@ -32,7 +32,8 @@ class Settings:
     population: int
     seed: int = 0
     constraints: Constraints = field(default_factory=Constraints)
-    inner_evals: int = 5000  # NSGA-II evaluations on the predictors per round (DyNAS-T: 5,000+)
+    inner_evals: int = 2000  # NSGA-II evaluations on the predictors per round (DyNAS-T: 5,000+;
+    # fewer here keeps a round at a few seconds beside evaluations of a fraction of a second)
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -235,7 +236,10 @@ def _nsga2(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Final population of NSGA-II on the predictors (DyNAS-T's operators: integer sampling,
-    SBX p=0.9 eta=15, polynomial mutation p=0.02 eta=20, rounding repair, no duplicates)."""
+    SBX p=0.9 eta=15, polynomial mutation eta=20, rounding repair, no duplicates). Mutation
+    touches every offspring (pymoo's default, 1/n_var per variable) rather than DyNAS-T's 2%:
+    with 2% the population of a small space collapses into duplicates, and pymoo retries
+    mating up to 100 times per generation to replace them (a minute per round)."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.problem import Problem
     from pymoo.operators.crossover.sbx import SBX
@@ -269,9 +273,10 @@ def _nsga2(
         pop_size=size,
         sampling=IntegerRandomSampling(),
         crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
-        mutation=PM(prob=0.02, eta=20, vtype=float, repair=RoundingRepair()),
+        mutation=PM(prob=1.0, eta=20, vtype=float, repair=RoundingRepair()),
         eliminate_duplicates=True,
     )
+    algorithm.mating.n_max_iterations = 5  # a converged population: stop retrying, go on
     result = minimize(
         Predicted(),
         algorithm,
