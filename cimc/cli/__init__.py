@@ -13,9 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import CimcError
-from . import compile, demo, inspect, run, targets, train
+from . import compile, demo, inspect, run, search, targets, train
 
-FAMILIES = (inspect, targets, compile, run, demo, train)
+FAMILIES = (inspect, targets, compile, run, demo, train, search)
 
 
 def build_parser() -> argparse.ArgumentParser:

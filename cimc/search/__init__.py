@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 from ..errors import OptionError
 from .evaluate import Evaluator, Metrics, evaluate
+from .executor import process_pool
 from .loop import Settings, hypervolume, pareto_mask, run_loop
 from .objectives import OBJECTIVES, Constraints, parse_objectives
 from .predictors import Predictor, rank_metrics
@@ -33,6 +36,7 @@ __all__ = [
     "evaluate",
     "hypervolume",
     "pareto_mask",
+    "process_pool",
     "rank_metrics",
     "run",
 ]
@@ -102,3 +106,13 @@ def run(
     )
     run_loop(sp, evaluator, st, settings, executor, progress)
     return st
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``cimc.search(...)`` call :func:`run` while ``cimc.search.Space`` etc. stay names."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Study:
+        return run(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
