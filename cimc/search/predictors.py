@@ -112,7 +112,7 @@ def rank_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """MAPE, Kendall tau and Spearman rho of predictions against true values."""
     from scipy.stats import kendalltau, spearmanr
 
-    if len(y_true) < 2:
+    if len(y_true) < 2 or not np.ptp(y_true) or not np.ptp(y_pred):  # ranks undefined
         return {
             "mape": mape(y_true, y_pred),
             "kendall_tau": float("nan"),
