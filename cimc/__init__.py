@@ -50,6 +50,10 @@ def __getattr__(name: str):
         from .program import load_program
 
         return load_program
+    if name == "search":  # the package, callable: cimc.search(...) is cimc.search.run(...)
+        import importlib
+
+        return importlib.import_module(".search", __name__)
     if name == "load_target":
         from .targets.params import load_target
 

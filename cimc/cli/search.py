@@ -1,0 +1,94 @@
+"""``cimc search``: joint search of pass options and hardware parameters (predictor-guided
+NSGA-II), stored in a SQLite study; ``cimc search show STUDY`` prints its Pareto table."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import CimcError
+from .args import parse_input_shapes
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "search",
+        help="joint search of pass options and hardware (or: search show STUDY)",
+        description="Predictor-guided NSGA-II over pass options x target parameters. "
+        "'cimc search show STUDY' prints a study's Pareto table.",
+    )
+    p.add_argument("model", nargs="+", metavar="MODEL.onnx", help="the model, or: show STUDY")
+    p.add_argument("--target", default="cimpool-sram", help="preset or TOML file (the base)")
+    p.add_argument("--space", help="TOML file restricting / extending the space")
+    p.add_argument("--show-space", action="store_true", help="print the space and exit")
+    p.add_argument("--objectives", default="fidelity,cycles", help="two or three, comma-separated")
+    p.add_argument("--budget", type=int, default=100, help="true evaluations in all")
+    p.add_argument("--population", type=int, default=20, help="true evaluations per round")
+    p.add_argument("--data", help=".npz of input samples named after the inputs (+ labels)")
+    p.add_argument("--input-shape", action="append", help="NAME=D0,D1,... (repeatable)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: cores)")
+    p.add_argument("--study", default="cimc-study", help="study folder (resumed if it exists)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-area", type=float, help="constraint: chip area in mm^2")
+    p.add_argument("--min-fidelity", type=float, help="constraint: output cosine")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .. import search
+    from ..report.tables import console
+    from ..search.report import print_pareto, write_report
+    from ..targets.params import load_target
+
+    if args.model[0] == "show":
+        if len(args.model) != 2:
+            raise CimcError("usage: cimc search show STUDY")
+        study = search.Study(args.model[1])
+        print_pareto(study)
+        return 0
+    if len(args.model) != 1:
+        raise CimcError(f"cimc search takes one model, got {args.model}")
+    target = load_target(args.target)
+    space = search.Space.from_target(target, args.space)
+    out = console()
+    if args.show_space:
+        for v in space.variables:
+            out.print(f"{v.name:18s} {list(v.choices)}  <- {', '.join(v.members)}")
+        out.print(f"{len(space.variables)} variables, {space.size:,} configurations")
+        return 0
+    budget = args.budget
+
+    def progress(info: dict[str, Any]) -> None:
+        best = ", ".join(f"{k} {v:.4g}" for k, v in info["best"].items())
+        out.print(
+            f"round {info['round']}: {info['evaluations']}/{budget} true evaluations "
+            f"({info['feasible']} feasible), hypervolume {info['hypervolume']:.4g}, best: {best}"
+        )
+
+    executor = None if args.workers == 1 else search.process_pool(args.workers or None)
+    try:
+        study = search.run(
+            args.model[0],
+            target,
+            study=args.study,
+            space=space,
+            objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+            budget=args.budget,
+            population=args.population,
+            data=args.data,
+            input_shapes=parse_input_shapes(args.input_shape) or None,
+            seed=args.seed,
+            max_area=args.max_area,
+            min_fidelity=args.min_fidelity,
+            executor=executor,
+            progress=progress,
+        )
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    if study.meta()["settings"]["random_inputs"]:
+        out.print("no --data: fidelity is measured on seeded random inputs")
+    write_report(study)
+    print_pareto(study)
+    out.print(f"study, report.json and plots in {study.folder}")
+    return 0

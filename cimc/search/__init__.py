@@ -1,0 +1,118 @@
+"""Joint search of pass options and hardware parameters: predictor-guided NSGA-II over a
+:class:`Space`, true evaluations through one cached path, every result in a SQLite study.
+
+``cimc.search(model, ...)`` is :func:`run` (the package is callable through a hook in
+``cimc/__init__.py``); it returns the :class:`Study`.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+from ..errors import OptionError
+from .evaluate import Evaluator, Metrics, evaluate
+from .executor import process_pool
+from .loop import Settings, hypervolume, pareto_mask, run_loop
+from .objectives import OBJECTIVES, Constraints, parse_objectives
+from .predictors import Predictor, rank_metrics
+from .space import Space
+from .study import Study, StudyError
+
+__all__ = [
+    "OBJECTIVES",
+    "Constraints",
+    "Evaluator",
+    "Metrics",
+    "Predictor",
+    "Settings",
+    "Space",
+    "Study",
+    "StudyError",
+    "evaluate",
+    "hypervolume",
+    "pareto_mask",
+    "process_pool",
+    "rank_metrics",
+    "run",
+]
+
+
+def run(
+    model: str | Path,
+    target: Any = "cimpool-sram",
+    *,
+    study: str | Path = "cimc-study",
+    space: str | Path | Space | None = None,
+    objectives: tuple[str, ...] = ("fidelity", "cycles"),
+    budget: int = 100,
+    population: int = 20,
+    data: str | Path | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+    max_area: float | None = None,
+    min_fidelity: float | None = None,
+    executor: Executor | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Study:
+    """Search (or resume the search in ``study``) and return the study."""
+    import hashlib
+
+    from ..targets.params import Target, load_target
+    from .evaluate import load_data
+
+    if budget < population or population < 2:
+        raise OptionError(
+            f"--budget {budget} is smaller than --population {population} (or the population is "
+            "below 2); the initial population alone needs that many true evaluations"
+        )
+    if not Path(model).is_file():
+        raise OptionError(f"model {model} does not exist; give an .onnx file")
+    tgt = target if isinstance(target, Target) else load_target(target)
+    sp = space if isinstance(space, Space) else Space.from_target(tgt, space)
+    from ..frontend import import_onnx
+
+    graph = import_onnx(str(model), input_shapes)
+    has_labels = load_data(graph, data).labels is not None
+    objs = parse_objectives(list(objectives), has_labels)
+    settings = Settings(tuple(objs), budget, population, seed, Constraints(max_area, min_fidelity))
+    identity = {
+        "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
+        "space": sp.describe(),
+    }
+    st = Study(study, identity)
+    st.set_meta(
+        "settings",
+        {
+            "model": str(model),
+            "objectives": list(objectives),
+            "budget": budget,
+            "population": population,
+            "seed": seed,
+            "data": None if data is None else str(data),
+            "random_inputs": data is None,
+            "input_shapes": input_shapes,
+            "max_area": max_area,
+            "min_fidelity": min_fidelity,
+            "base_config": sp.base_config(),
+        },
+    )
+    evaluator = Evaluator(
+        str(model), sp, input_shapes, None if data is None else str(data), str(st.folder / "cache")
+    )
+    run_loop(sp, evaluator, st, settings, executor, progress)
+    return st
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``cimc.search(...)`` call :func:`run` while ``cimc.search.Space`` etc. stay names."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Study:
+        return run(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,278 @@
+"""One evaluation path: config -> compressed graph (cached) -> program -> Metrics.
+
+Stages are cached. The compressed graph depends on the model, the compression pipeline, the
+calibration data and the target parameters tied to pass options (the scheme, vector, pool,
+activation bits); its key is the digest of those. It is kept in memory (per process) and pickled
+in the study folder, so configs that differ only in hardware re-run only the backend (tile,
+lower) and the timing model, and fidelity is computed once per compressed graph: the hardware
+parameters the search varies beside it do not change the numerics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CimcError, FeedError
+from .space import Space
+
+HARDWARE_PASSES = ("permute-schedule",)
+"""Compression-pipeline passes that read hardware parameters the search varies; they run in the
+backend stage, once per hardware config, not in the cached compression stage."""
+
+_MISSING = re.compile(r"([\d,]+) bytes are missing")
+_MEMORY: dict[str, dict[str, Any]] = {}  # compressed stages of this process, by key
+
+
+@dataclass
+class Metrics:
+    """What one true evaluation measured; ``error`` set means infeasible (nothing else is)."""
+
+    cycles: int | None = None
+    latency_s: float | None = None
+    energy_pj: float | None = None
+    area_mm2: float | None = None
+    area_used_mm2: float | None = None
+    bits_per_weight: float | None = None
+    cosine: float | None = None
+    top1_agreement: float | None = None
+    accuracy: float | None = None
+    fits: bool = True
+    missing_bytes: int = 0
+    error: str | None = None
+    seconds: float = 0.0
+    compress_cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Data:
+    """Calibration and evaluation feeds (and labels, if the data has them)."""
+
+    calibration: list[dict[str, np.ndarray]]
+    evaluation: list[dict[str, np.ndarray]]
+    labels: np.ndarray | None
+    random: bool
+    digest: str = field(default="")
+
+
+def load_data(
+    graph: Any, path: str | Path | None, calibration: int = 16, evaluation: int = 32
+) -> Data:
+    """Feeds from an .npz named after the model's inputs (optional ``labels`` or ``label``), or
+    seeded random inputs; the first ``calibration`` samples calibrate, the next ``evaluation``
+    measure."""
+    batch = {i: graph.values[i].shape[0] for i in graph.inputs}
+    if path is None:
+        rng = np.random.default_rng(0)
+        n = calibration + evaluation
+        arrays = {
+            i: rng.standard_normal((n * batch[i], *graph.values[i].shape[1:])).astype(
+                graph.values[i].dtype
+            )
+            for i in graph.inputs
+        }
+        labels = None
+    else:
+        arrays, labels = _read_npz(Path(path), graph)
+    n = min(len(a) // batch[i] for i, a in arrays.items())
+    feeds = [{i: a[k * batch[i] : (k + 1) * batch[i]] for i, a in arrays.items()} for k in range(n)]
+    n_cal = min(calibration, max(1, n // 2)) if n > 1 else n
+    evaluation_feeds = feeds[n_cal : n_cal + evaluation] or feeds[:n_cal]
+    if labels is not None:
+        b = batch[graph.inputs[0]]
+        first = n_cal if len(feeds) > n_cal else 0
+        labels = labels[first * b : (first + len(evaluation_feeds)) * b]
+    digest = hashlib.sha256()
+    for feed in feeds[:n_cal] + evaluation_feeds:
+        for name in sorted(feed):
+            digest.update(name.encode() + np.ascontiguousarray(feed[name]).tobytes())
+    return Data(feeds[:n_cal], evaluation_feeds, labels, path is None, digest.hexdigest())
+
+
+def _read_npz(path: Path, graph: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    if not path.is_file():
+        raise FeedError(f"--data {path} does not exist; give an .npz of input samples")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise FeedError(f"--data {path} is not a readable .npz ({exc})") from None
+    missing = [i for i in graph.inputs if i not in arrays]
+    if missing:
+        raise FeedError(
+            f"--data {path} lacks arrays for model inputs {missing}; it has {sorted(arrays)} "
+            f"(save with np.savez(FILE, {graph.inputs[0]}=samples, labels=...))"
+        )
+    for name in graph.inputs:
+        want = tuple(graph.values[name].shape[1:])
+        if tuple(arrays[name].shape[1:]) != want:
+            raise FeedError(
+                f"--data {path}: array {name} has samples of shape {arrays[name].shape[1:]}, "
+                f"the model's input {name} needs {want}; fix the data or --input-shape"
+            )
+    labels = arrays.get("labels", arrays.get("label"))
+    return {i: arrays[i] for i in graph.inputs}, labels
+
+
+@dataclass
+class Evaluator:
+    """Everything a true evaluation needs; picklable, so any executor can run it."""
+
+    model: str
+    space: Space
+    input_shapes: dict[str, tuple[int, ...]] | None
+    data_path: str | None
+    cache_dir: str | None = None
+
+    def __call__(self, config: dict[str, Any]) -> Metrics:
+        start = time.perf_counter()
+        try:
+            metrics = self._evaluate(config)
+        except CimcError as exc:
+            text = str(exc)
+            found = _MISSING.search(text)
+            metrics = Metrics(
+                fits=found is None,
+                missing_bytes=int(found.group(1).replace(",", "")) if found else 0,
+                error=text,
+            )
+        metrics.seconds = time.perf_counter() - start
+        return metrics
+
+    def _evaluate(self, config: dict[str, Any]) -> Metrics:
+        from ..compiler import compile
+        from ..targets.simulator import simulate
+
+        stage, cached = self.compressed(config)
+        backend = ",".join(HARDWARE_PASSES) if stage["hardware_passes"] else "zpack"
+        target = self.space.target_for(config)
+        program = compile(stage["graph"], target=target, pipeline=backend, calibration=[])
+        result = simulate(program, functional=False)
+        return Metrics(
+            cycles=int(result.cycles),
+            latency_s=float(result.latency_s),
+            energy_pj=float(result.energy_pj),
+            area_mm2=float(result.area_mm2),
+            area_used_mm2=float(result.area_used_mm2),
+            compress_cached=cached,
+            **stage["numerics"],
+        )
+
+    def compressed(self, config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The compression stage of ``config`` and whether it came from a cache."""
+        from ..frontend import import_onnx
+
+        pipeline = self.space.pipeline_for(config)
+        kept = [p for p in pipeline.split(",") if p.split("{")[0] not in HARDWARE_PASSES]
+        numerics = self.space.target_for(config, numerics_only=True)
+        source = self._source()
+        key_text = json.dumps(
+            [source["model_sha256"], ",".join(kept), source["data"].digest, numerics.to_dict()],
+            sort_keys=True,
+            default=str,
+        )
+        key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
+        if key in _MEMORY:
+            return _MEMORY[key], True
+        path = Path(self.cache_dir) / f"{key}.pkl" if self.cache_dir else None
+        if path is not None and path.is_file():
+            _MEMORY[key] = pickle.loads(path.read_bytes())
+            return _MEMORY[key], True
+        from ..pass_manager import run_passes
+
+        graph = import_onnx(self.model, self.input_shapes)
+        graph = run_passes(
+            graph, ",".join(kept), calibration=source["data"].calibration, target=numerics
+        )
+        stage = {
+            "graph": graph,
+            "hardware_passes": len(kept) < len(pipeline.split(",")),
+            "numerics": self._numerics(graph, source),
+        }
+        if path is not None:
+            from ..atomic import write_bytes_atomic
+
+            write_bytes_atomic(path, pickle.dumps(stage, protocol=pickle.HIGHEST_PROTOCOL))
+        _MEMORY[key] = stage
+        return stage, False
+
+    def _source(self) -> dict[str, Any]:
+        """The model's digest, data and onnxruntime reference outputs (once per process)."""
+        key = f"source:{self.model}:{self.input_shapes}:{self.data_path}"
+        if key not in _MEMORY:
+            _MEMORY[key] = prepare_source(self.model, self.input_shapes, self.data_path)
+        return _MEMORY[key]
+
+    def _numerics(self, graph: Any, source: dict[str, Any]) -> dict[str, Any]:
+        from ..interpreter import interpret
+        from ..report.bits import storage_report
+        from ..report.fidelity import fidelity
+
+        data: Data = source["data"]
+        name = graph.outputs[0]
+        out = np.concatenate([interpret(graph, feed)[name] for feed in data.evaluation])
+        ref = source["reference"]
+        fid = fidelity(out, ref)
+        accuracy = None
+        if data.labels is not None:
+            pred = out.reshape(out.shape[0], -1).argmax(1)
+            accuracy = float(np.mean(pred == data.labels.reshape(-1)[: len(pred)]))
+        return {
+            "bits_per_weight": float(storage_report(graph)["bits_per_weight"]),
+            "cosine": fid["cosine"],
+            "top1_agreement": fid["top1_agreement"],
+            "accuracy": accuracy,
+        }
+
+
+def prepare_source(
+    model: str, input_shapes: dict[str, tuple[int, ...]] | None, data_path: str | None
+) -> dict[str, Any]:
+    """Model digest, calibration / evaluation data and fp32 onnxruntime outputs of the model."""
+    import onnxruntime as ort
+
+    from ..frontend import import_onnx
+
+    graph = import_onnx(model, input_shapes)
+    data = load_data(graph, data_path)
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = graph.outputs[0]
+    ref = np.concatenate([sess.run([name], dict(feed))[0] for feed in data.evaluation])
+    return {
+        "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
+        "data": data,
+        "reference": ref,
+    }
+
+
+def evaluate(
+    model: str | Path,
+    config: dict[str, Any],
+    *,
+    target: Any = "cimpool-sram",
+    data: str | Path | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    space: Space | None = None,
+) -> Metrics:
+    """Truly evaluate one config (variables not given take the preset's value)."""
+    from ..targets.params import Target, load_target
+
+    if space is None:
+        tgt = target if isinstance(target, Target) else load_target(target)
+        space = Space.from_target(tgt)
+    full = {k: v for k, v in space.base_config().items() if v is not None} | dict(config)
+    space.to_indices(full)  # validates names and values
+    evaluator = Evaluator(str(model), space, input_shapes, None if data is None else str(data))
+    return evaluator(full)

@@ -1,0 +1,77 @@
+"""Objectives and constraints: what the search minimises, read from stored metrics.
+
+Every objective is minimised internally (maximised ones negated, as in DyNAS-T). A config is
+feasible when it evaluated without error (it fits on chip) and meets ``--max-area`` and
+``--min-fidelity``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import OptionError
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    metric: str
+    maximise: bool
+    log: bool  # positive and multiplicative in hardware parameters: predicted in log space
+    label: str
+
+
+OBJECTIVES = {
+    o.name: o
+    for o in (
+        Objective("fidelity", "cosine", True, False, "output cosine vs fp32"),
+        Objective("agreement", "top1_agreement", True, False, "top-1 agreement vs fp32"),
+        Objective("accuracy", "accuracy", True, False, "accuracy on the labels"),
+        Objective("cycles", "cycles", False, True, "cycles"),
+        Objective("latency", "latency_s", False, True, "latency (s)"),
+        Objective("energy", "energy_pj", False, True, "energy (pJ)"),
+        Objective("area", "area_mm2", False, True, "chip area (mm^2)"),
+        Objective("bits", "bits_per_weight", False, False, "bits per weight"),
+    )
+}
+
+
+def parse_objectives(names: list[str] | tuple[str, ...], has_labels: bool) -> list[Objective]:
+    """Two or three known objectives; accuracy needs labelled data."""
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown:
+        raise OptionError(
+            f"unknown objective(s) {unknown}; choose two or three of {', '.join(OBJECTIVES)}"
+        )
+    if not 2 <= len(names) <= 3 or len(set(names)) != len(names):
+        raise OptionError(f"--objectives {list(names)}: give two or three distinct objectives")
+    if "accuracy" in names and not has_labels:
+        raise OptionError("objective accuracy needs --data with a 'labels' array; use fidelity")
+    return [OBJECTIVES[n] for n in names]
+
+
+def minimised(metrics: dict[str, Any], objectives: list[Objective]) -> np.ndarray:
+    """The objectives' values as the search minimises them."""
+    return np.array(
+        [-metrics[o.metric] if o.maximise else metrics[o.metric] for o in objectives], float
+    )
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_area: float | None = None
+    min_fidelity: float | None = None
+
+    def violation(self, metrics: dict[str, Any]) -> float:
+        """0 when feasible, else how far off (1 for an error, relative excess for bounds)."""
+        if metrics.get("error") is not None:
+            return 1.0
+        out = 0.0
+        if self.max_area is not None:
+            out += max(0.0, metrics["area_mm2"] / self.max_area - 1.0)
+        if self.min_fidelity is not None:
+            out += max(0.0, self.min_fidelity - metrics["cosine"])
+        return out

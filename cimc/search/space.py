@@ -1,0 +1,280 @@
+"""The joint search space: pass options x target parameters, one variable per linked option.
+
+A variable's *members* are the settings it drives, each ``pass.option`` or ``target.param``; a
+linked variable (e.g. ``vector`` = ``zpack.vector`` = ``weight-pool.vector`` = ``target.rows``)
+sets all of its members to one value, so the pipeline and the hardware cannot disagree. The
+``scheme`` variable picks the weight scheme (CIMPool, int8, int4), i.e. the macro kind.
+Choices come from the passes' ``search_space()`` and ``cimc.targets.params.search_choices``; a
+TOML file restricts, extends or drops variables (see :meth:`Space.from_target`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import OptionError
+from ..passes_base import load_passes, parse_pipeline
+
+HIERARCHY = (
+    "DRAM_bw",
+    "L2_bw",
+    "L1_bw",
+    "L1_num_child",
+    "MA_num_child",
+    "MA_bw",
+    "MA_mem_size",
+    "MA_comp_per_core",
+)
+"""CiMNet's eight hierarchy parameters, searched at 1/8, 1/4, 1/2 and 1 x the preset's value."""
+
+LINKS: dict[str, tuple[str, ...]] = {
+    "vector": ("zpack.vector", "weight-pool.vector", "target.rows"),
+    "pool": ("weight-pool.pool", "target.pool_cols"),
+    "act_bits": ("quantize-act.bits", "target.act_bits"),
+    "keep": ("error-prune.keep",),
+}
+"""Options that must agree, searched as one variable (choices: those every member allows)."""
+
+SCHEMES: dict[str, dict[str, Any]] = {
+    "cimpool": {"macro": "cimpool"},
+    "int8": {"macro": "int", "weight_bits": 8},
+    "int4": {"macro": "int", "weight_bits": 4},
+}
+"""Weight scheme -> the target parameters that select its macro kind."""
+
+DEFAULT_HARDWARE = (*HIERARCHY, "perm_lanes", "vector_width")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One searched dimension: its choices and the settings it drives."""
+
+    name: str
+    choices: tuple
+    members: tuple[str, ...]
+
+    def index(self, value: Any) -> int:
+        try:
+            return self.choices.index(value)
+        except ValueError:
+            raise OptionError(
+                f"search variable {self.name}: {value!r} is not one of its choices "
+                f"{list(self.choices)}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Space:
+    """Variables over a base target (a preset): encodes configs as indices and one-hot vectors."""
+
+    target: Any
+    variables: tuple[Variable, ...]
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_target(cls, target: Any, space_file: str | Path | None = None) -> Space:
+        """The default space of ``target``, edited by ``space_file``::
+
+        drop = ["vector_width"]            # variables left at the preset's value
+        [choices]
+        L1_num_child = [2, 4, 8]           # restrict (or extend: any value in range)
+        "weight-pool.init" = ["kmeans", "random"]   # add a declared pass option
+        """
+        declared = declared_variables(target)
+        chosen = {n: declared[n] for n in ("scheme", *LINKS, *DEFAULT_HARDWARE) if n in declared}
+        if space_file is not None:
+            chosen = _apply_file(chosen, declared, Path(space_file), target)
+        return cls(target, tuple(v for v in chosen.values() if v.choices))
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.variables]
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v.choices) for v in self.variables)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description; equal descriptions mean the same space."""
+        return {
+            "target": self.target.name,
+            "variables": [
+                {"name": v.name, "choices": list(v.choices), "members": list(v.members)}
+                for v in self.variables
+            ],
+        }
+
+    def digest(self) -> str:
+        text = json.dumps(self.describe(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    # --- encodings ---------------------------------------------------------------------------
+    def to_indices(self, config: dict[str, Any]) -> np.ndarray:
+        unknown = sorted(set(config) - set(self.names))
+        if unknown:
+            raise OptionError(f"config names unknown search variables {unknown}")
+        return np.array([v.index(config[v.name]) for v in self.variables], dtype=np.int64)
+
+    def from_indices(self, indices: Any) -> dict[str, Any]:
+        return {v.name: v.choices[int(i)] for v, i in zip(self.variables, indices)}
+
+    def one_hot(self, indices: np.ndarray) -> np.ndarray:
+        """Rows of indices -> concatenated one-hot blocks over the declared choices (CiMNet)."""
+        indices = np.atleast_2d(indices)
+        blocks = [np.eye(len(v.choices))[indices[:, j]] for j, v in enumerate(self.variables)]
+        return np.concatenate(blocks, axis=1)
+
+    def from_one_hot(self, encoded: np.ndarray) -> np.ndarray:
+        encoded = np.atleast_2d(encoded)
+        out, col = [], 0
+        for v in self.variables:
+            out.append(encoded[:, col : col + len(v.choices)].argmax(axis=1))
+            col += len(v.choices)
+        return np.stack(out, axis=1)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        highs = [len(v.choices) for v in self.variables]
+        return np.stack([rng.integers(0, h, size=n) for h in highs], axis=1)
+
+    # --- configs to pipeline and hardware ----------------------------------------------------
+    def base_config(self) -> dict[str, Any]:
+        """Each variable's value in the preset and its default pipeline (None if not a choice)."""
+        pipe = {p.name: p.options() for p in parse_pipeline(_default_pipeline(self.target))}
+        out = {}
+        for v in self.variables:
+            value = _member_value(v.members[0], self.target, pipe)
+            out[v.name] = value if value in v.choices else None
+        return out
+
+    def target_for(self, config: dict[str, Any], numerics_only: bool = False) -> Any:
+        """The base target with the config's hardware values (``numerics_only``: only those
+        tied to pass options and the scheme, which the compressed graph depends on)."""
+        changes: dict[str, Any] = {}
+        for v in self.variables:
+            if v.name == "scheme":
+                changes.update(SCHEMES[config[v.name]])
+            for member in v.members:
+                kind, _, key = member.partition(".")
+                if kind == "target" and (not numerics_only or len(v.members) > 1):
+                    changes[key] = config[v.name]
+        if "keep" in config and "error_rows" not in config and not numerics_only:
+            # the error array holds the kept rows
+            rows = changes.get("rows", self.target.rows)
+            changes["error_rows"] = max(1, round(config["keep"] * rows))
+        return self.target.replace(**changes) if changes else self.target
+
+    def pipeline_for(self, config: dict[str, Any]) -> str:
+        """The compression pipeline of the config's scheme with its pass options set."""
+        options: dict[str, dict[str, Any]] = {}
+        for v in self.variables:
+            for member in v.members:
+                kind, _, key = member.partition(".")
+                if kind not in ("target", "scheme"):
+                    options.setdefault(kind, {})[key.replace("-", "_")] = config[v.name]
+        pipe = parse_pipeline(_default_pipeline(self.target_for(config, numerics_only=True)))
+        passes = [
+            dataclasses.replace(p, **{k: val for k, val in options.get(p.name, {}).items()})
+            for p in pipe
+        ]
+        return ",".join(str(p) for p in passes)
+
+
+def _default_pipeline(target: Any) -> str:
+    from ..compiler import default_pipeline
+
+    return default_pipeline(target)
+
+
+def _member_value(member: str, target: Any, pipe: dict[str, dict[str, Any]]) -> Any:
+    kind, _, key = member.partition(".")
+    if kind == "target":
+        return getattr(target, key)
+    if kind == "scheme":
+        return next(
+            (n for n, s in SCHEMES.items() if all(getattr(target, k) == x for k, x in s.items())),
+            None,
+        )
+    return pipe.get(kind, {}).get(key.replace("-", "_"))
+
+
+def declared_variables(target: Any) -> dict[str, Variable]:
+    """Every variable the passes and the target declare, linked ones merged."""
+    from ..targets.params import search_choices
+
+    out: dict[str, Variable] = {"scheme": Variable("scheme", tuple(SCHEMES), ("scheme",))}
+    members: dict[str, tuple] = {f"target.{k}": tuple(v) for k, v in search_choices(target).items()}
+    for name, cls in sorted(load_passes().items()):
+        for option, choices in cls.search_space().items():
+            members[f"{name}.{option}"] = tuple(choices)
+    linked = {m for group in LINKS.values() for m in group}
+    for name, group in LINKS.items():
+        if all(m in members for m in group):
+            common = [c for c in members[group[0]] if all(c in members[m] for m in group[1:])]
+            out[name] = Variable(name, tuple(common), group)
+    for member, choices in members.items():
+        if member not in linked and member != "target.weight_bits":
+            name = member.removeprefix("target.")
+            out[name] = Variable(name, choices, (member,))
+    out.pop("quantize-weights.bits", None)  # the scheme variable chooses int8 / int4
+    return out
+
+
+def _apply_file(
+    chosen: dict[str, Variable], declared: dict[str, Variable], path: Path, target: Any
+) -> dict[str, Variable]:
+    if not path.is_file():
+        raise OptionError(f"space file {path} does not exist; give a TOML file (see --show-space)")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionError(f"space file {path}: not valid TOML ({exc})") from None
+    extra = sorted(set(spec) - {"drop", "choices"})
+    if extra:
+        raise OptionError(f"space file {path}: unknown keys {extra}; use 'drop' and [choices]")
+    out = dict(chosen)
+    for name in [*spec.get("drop", []), *spec.get("choices", {})]:
+        if name not in declared:
+            raise OptionError(
+                f"space file {path}: unknown variable {name!r}; variables are "
+                f"{', '.join(sorted(declared))}"
+            )
+    for name in spec.get("drop", []):
+        out.pop(name, None)
+    for name, values in spec.get("choices", {}).items():
+        values = tuple(values) if isinstance(values, list) else (values,)
+        if not values:
+            raise OptionError(f"space file {path}: variable {name} has no choices")
+        var = declared[name]
+        for value in values:
+            _check_value(var, value, target, path)
+        out[name] = dataclasses.replace(var, choices=values)
+    return out
+
+
+def _check_value(var: Variable, value: Any, target: Any, path: Path) -> None:
+    """A value is allowed if every member accepts it (the target's range, the pass's checks)."""
+    from ..passes_base import make_pass
+
+    where = f"space file {path}: {var.name}={value!r}"
+    if var.name == "scheme":
+        if value not in SCHEMES:
+            raise OptionError(f"{where} is not a weight scheme; choose from {list(SCHEMES)}")
+        return
+    for member in var.members:
+        kind, _, key = member.partition(".")
+        try:
+            if kind == "target":
+                target.replace(**{key: value})
+            else:
+                make_pass(kind, {key: str(value)})
+        except OptionError as exc:
+            raise OptionError(f"{where} is out of range: {exc}") from None
