@@ -56,7 +56,7 @@ SPECS: dict[str, Spec] = {
     "error_rows": Spec("row", 1, 1024, choices=(32, 64, 128), doc="error array rows"),
     "error_cols": Spec("col", 8, 1024, doc="error array columns (output channels per MVM)"),
     "array_cols": Spec("col", 8, 4096, doc="columns of an int macro array"),
-    "act_bits": Spec("bit", 1, 16, choices=(4, 6, 8), doc="activation bits (bit-serial cycles)"),
+    "act_bits": Spec("bit", 2, 16, choices=(4, 6, 8), doc="activation bits (bit-serial cycles)"),
     "adc_bits": Spec("bit", 0, 16, doc="per-column ADC bits; 0 = ideal digital adder tree"),
     "perm_lanes": Spec("route/cycle", 1, 1024, choices=(8, 16, 32), doc="permutation lanes"),
     "acc_banks": Spec("bank", 1, 1024, doc="accumulator banks of the permutation unit"),
