@@ -20,6 +20,12 @@ Two ops replace float CiM layers:
 With activation quantisation (attrs ``act_bits`` > 0, ``act_scale``, ``act_signed``) x_q holds
 integers, every sum is exact, and the scales are applied once per output in float64 in the
 order written above: the numerics contract the simulator reproduces bit for bit.
+
+With a column ADC (attrs ``adc_bits`` > 0, ``array_rows``, ``error_rows``: the target's, set by
+quantize-act) the arrays are read as the macro reads them: per input bit plane, every column's
+sum (a pool vector slot; an error-array slot; an int layer's weight bit slice over one tile of
+``array_rows`` inputs) goes through an ``adc_bits`` converter (:func:`adc`) before the digital
+shift-and-add. The results stay integers, so the simulator still reproduces them bit for bit.
 """
 
 from __future__ import annotations
@@ -122,6 +128,79 @@ def act_scale(attrs: dict[str, Any]) -> float:
     return float(attrs["act_scale"]) if attrs.get("act_bits", 0) else 1.0
 
 
+# ---- column ADC ---------------------------------------------------------------------------------
+def adc_attrs(target: Any) -> dict[str, int]:
+    """The layer attrs of a target's column ADC: none for an ideal adder tree (adc_bits = 0)."""
+    if target is None or not target.adc_bits:
+        return {}
+    return {
+        "adc_bits": int(target.adc_bits),
+        "array_rows": int(target.rows),
+        "error_rows": int(target.error_rows),
+    }
+
+
+def adc(sums: np.ndarray, bits: int, lo: int, hi: int) -> np.ndarray:
+    """What a ``bits``-bit ADC reads from column sums in [lo, hi] (the column's full scale).
+
+    A uniform converter over the full scale whose step is a power of two: it resolves the top
+    ``bits`` bits of the exact sum's ceil(log2(hi - lo + 1))-bit code, as a SAR ADC with fewer
+    cycles does. Thresholds sit half a step above each level (round half up) and codes clip to
+    [0, 2^bits - 1]. Exact when 2^bits covers every value; the result is always an integer.
+    """
+    step = 2.0 ** max(0, (hi - lo).bit_length() - bits)
+    code = np.clip(np.floor((sums - lo) / step + 0.5), 0, 2**bits - 1)
+    return lo + code * step
+
+
+def bit_planes(x: np.ndarray, bits: int, signed: bool) -> list[tuple[float, np.ndarray]]:
+    """(weight, plane) pairs with x = sum of weight * plane, planes in {0, 1}: the bit-serial
+    stream of integers x (two's complement when signed: the top plane weighs -2^(bits-1))."""
+    u = x.astype(np.int64) % 2**bits
+    planes = [(2.0**b, ((u >> b) & 1).astype(np.float32)) for b in range(bits)]
+    if signed:
+        planes[-1] = (-(2.0 ** (bits - 1)), planes[-1][1])
+    return planes
+
+
+def _adc_pool_sums(
+    padded: np.ndarray, pool: np.ndarray, err: np.ndarray | None, attrs: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """array_sums through the column ADCs: per bit plane, each pool column's sum over one
+    vector slot (full scale +-V) and each error column's (full scale +-error_rows)."""
+    bits, act = attrs["adc_bits"], attrs["act_bits"]
+    m, sv = padded.shape
+    v = pool.shape[1]
+    p32 = pool.T.astype(np.float32)
+    columns = np.zeros((sv // v, m, pool.shape[0]), np.float64)
+    err_acc = None if err is None else np.zeros((m, err.shape[0]), np.float64)
+    e_rows = attrs["error_rows"]
+    for weight, plane in bit_planes(padded, act, bool(attrs.get("act_signed", 0))):
+        slots = plane.reshape(m, -1, v).transpose(1, 0, 2)
+        columns += weight * adc(np.matmul(slots, p32), bits, -v, v)
+        if err is not None:
+            e32 = err.transpose(1, 2, 0).astype(np.float32)  # [G, V, O]
+            err_acc += weight * adc(np.matmul(slots, e32), bits, -e_rows, e_rows).sum(axis=0)
+    return columns, err_acc
+
+
+def _adc_int_sums(rows: np.ndarray, wq: np.ndarray, bits: int, attrs: dict[str, Any]) -> np.ndarray:
+    """x_q . wq[o] through the column ADCs: ``bits``-bit weights bit-sliced over ``bits``
+    columns (two's complement), inputs bit-serial, each tile of ``array_rows`` inputs summed
+    per column (full scale 0..array_rows) and converted before the shift-and-add."""
+    r = attrs["array_rows"]
+    m, k = rows.shape
+    acc = np.zeros((m, wq.shape[0]), np.float64)
+    planes = bit_planes(rows, attrs["act_bits"], bool(attrs.get("act_signed", 0)))
+    for w_weight, w_slice in bit_planes(wq, bits, True):
+        for start in range(0, k, r):
+            tile = w_slice[:, start : start + r].T
+            for x_weight, plane in planes:
+                sums = plane[:, start : start + r] @ tile
+                acc += (x_weight * w_weight) * adc(sums, attrs["adc_bits"], 0, r)
+    return acc
+
+
 # ---- unfolding ---------------------------------------------------------------------------------
 def unfold(x: np.ndarray, attrs: dict[str, Any]) -> tuple[np.ndarray, tuple[int, ...]]:
     """Rows [group, M, K] of the layer input, and the shape to fold outputs back into."""
@@ -166,16 +245,18 @@ def _sum_dtype(act_bits: int, k: int) -> type:
 
 
 def array_sums(
-    rows: np.ndarray, pool: np.ndarray, slots: int, err: np.ndarray | None, act_bits: int
+    rows: np.ndarray, pool: np.ndarray, slots: int, err: np.ndarray | None, attrs: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """What the two arrays compute for rows [M, K] of ``act_bits``-bit activations: the pool
+    """What the two arrays compute for rows [M, K] of the layer's integer activations: the pool
     array's column sums columns[G, M, S] per vector slot, and the error array's sums B[M, O]
-    (None without one). Both are exact integers."""
+    (None without one). Both are integers (exact ones with an ideal adder tree)."""
     v = pool.shape[1]
     m, k = rows.shape
-    dtype = _sum_dtype(act_bits, slots * v)
+    dtype = _sum_dtype(attrs["act_bits"], slots * v)
     padded = np.zeros((m, slots * v), dtype=dtype)
     padded[:, :k] = rows
+    if attrs.get("adc_bits"):
+        return _adc_pool_sums(padded, pool, err, attrs)
     columns = np.matmul(padded.reshape(m, slots, v).transpose(1, 0, 2), pool.T.astype(dtype))
     err_acc = None
     if err is not None:
@@ -184,10 +265,14 @@ def array_sums(
 
 
 def pool_accumulators(
-    rows: np.ndarray, pool: np.ndarray, idx: np.ndarray, err: np.ndarray | None, act_bits: int
+    rows: np.ndarray,
+    pool: np.ndarray,
+    idx: np.ndarray,
+    err: np.ndarray | None,
+    attrs: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """A[M, O] through the pool array and permutation, and B[M, O] through the error array."""
-    columns, err_acc = array_sums(rows, pool, idx.shape[1], err, act_bits)
+    columns, err_acc = array_sums(rows, pool, idx.shape[1], err, attrs)
     acc = np.zeros((rows.shape[0], idx.shape[0]), dtype=np.float64)
     for gi in range(idx.shape[1]):
         acc += columns[gi][:, idx[:, gi]]  # float64 sums of exact integers stay exact
@@ -213,9 +298,7 @@ def _pool_mvm(node: Node, x, pool, idx, err=None, alpha=None, beta=None, bias=No
         if not a.get("act_bits", 0):  # float activations (before quantize-act): one dense GEMM
             w = dense_weights(pool, idx[out], al, None if err is None else err[out], beta)
             return r @ w[:, : r.shape[1]].T
-        acc, err_acc = pool_accumulators(
-            r, pool, idx[out], None if err is None else err[out], a["act_bits"]
-        )
+        acc, err_acc = pool_accumulators(r, pool, idx[out], None if err is None else err[out], a)
         y = al * acc
         if err_acc is not None:
             y = y + beta * err_acc
@@ -231,8 +314,12 @@ def _quant_mvm(node: Node, x, wq, wscale, bias=None) -> np.ndarray:
     a = node.attrs
     rows, lead = unfold(quantize_input(x, a), a)
     group, n_out = rows.shape[0], wq.shape[0]
-    w = wq.astype(np.float64).reshape(group, n_out // group, -1)
-    acc = np.matmul(rows, w.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(rows.shape[1], n_out)
+    if a.get("adc_bits"):
+        bits = node.meta.get("compression", {}).get("bits", 8)
+        acc = _per_group(rows, n_out, lambda r, out: _adc_int_sums(r, wq[out], bits, a))
+    else:
+        w = wq.astype(np.float64).reshape(group, n_out // group, -1)
+        acc = np.matmul(rows, w.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(rows.shape[1], n_out)
     y = acc * (wscale * act_scale(a))
     if bias is not None:
         y = y + bias

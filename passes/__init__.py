@@ -18,4 +18,4 @@ from . import (  # noqa: F401
     zpack,
 )
 
-DEFAULT_COMPRESSION = "fold-bn,zpack,weight-pool,error-term,error-prune{keep=0.5},quantize-act"
+DEFAULT_COMPRESSION = "fold-bn,zpack,weight-pool,error-term,error-prune,quantize-act"

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cimc.targets.agreement import EDGE_BITS, from_target, int_weight_bits
+
 from cimc.cim_ops import float_cim_layers
 from cimc.compress import WEIGHT_BITS, to_quant_mvm
+from cimc.errors import OptionError
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
@@ -15,10 +18,11 @@ from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 class QuantizeWeights(Pass):
     """Store every CiM layer's weights as N-bit per-channel symmetric integers. With
     ``keep_edges`` the first and last layers stay at 8 bits, the same policy weight-pool uses,
-    so baselines and CIMPool are compared on equal terms."""
+    so baselines and CIMPool are compared on equal terms. ``bits`` 0 takes an int macro
+    target's ``weight_bits`` (8 without one, or on a macro that also runs pool layers)."""
 
     name = "quantize-weights"
-    bits: int = 8
+    bits: int = 0
     keep_edges: bool = True
 
     @classmethod
@@ -26,12 +30,19 @@ class QuantizeWeights(Pass):
         return {"bits": (4, 8)}
 
     def validate(self) -> None:
-        self.check_choice("bits", WEIGHT_BITS)
+        self.check_choice("bits", (0, *WEIGHT_BITS))
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        hw = ctx.target if int_weight_bits(ctx.target) else None
+        bits = from_target(self.name, "bits", self.bits, hw, "weight_bits", EDGE_BITS)
+        if bits not in WEIGHT_BITS:
+            raise OptionError(
+                f"quantize-weights: target {hw.name} has weight_bits={bits}, but N-bit layers "
+                f"take {', '.join(map(str, WEIGHT_BITS))} bits; --set weight_bits=4 (or 8)"
+            )
         layers = float_cim_layers(graph)
         for i, node in enumerate(layers):
             edge = i in (0, len(layers) - 1)
-            to_quant_mvm(graph, node, 8 if self.keep_edges and edge else self.bits)
+            to_quant_mvm(graph, node, EDGE_BITS if self.keep_edges and edge else bits)
         graph.prune_unused()
         return PassResult(changed=bool(layers), summary=f"{len(layers)} layers quantised")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from cimc.targets.agreement import from_target
 
 from cimc.calibration import slot_moments
 from cimc.cim_ops import unfold_attrs, weight_matrix
@@ -46,11 +47,14 @@ class WeightPool(Pass):
 
     ``assignment`` names a file written by ``cimc.train`` (fine-tuning): its pool, indices,
     alpha and error terms are installed as they are instead of being computed (see
-    :func:`cimc.compress.install_assignment`)."""
+    :func:`cimc.compress.install_assignment`).
+
+    ``vector`` and ``pool`` are the pool array's rows and columns: 0 takes the target's ``rows``
+    and ``pool_cols`` (without a target: zpack's vector, else 128, and 128)."""
 
     name = "weight-pool"
-    vector: int = 128
-    pool: int = 128
+    vector: int = 0
+    pool: int = 0
     init: str = "kmeans"
     assign: str = "non-repeating"
     scale: str = "per-layer"
@@ -72,9 +76,9 @@ class WeightPool(Pass):
         }
 
     def validate(self) -> None:
-        self.check_range("vector", 1, 4096)
-        self.check_range("pool", 2, 1024)  # a pool array has at most 1024 columns (pool_cols)
-        if not _is_power_of_two(self.pool):
+        self.check_range("vector", 0, 4096)
+        self.check_range("pool", 0, 1024)  # a pool array has at most 1024 columns (pool_cols)
+        if self.pool and not _is_power_of_two(self.pool):
             raise OptionError(
                 f"weight-pool: option pool={self.pool} must be a power of two (2, 4, ..., 128, "
                 "256, ...): an index uses log2(pool) bits and every code must name a pool vector"
@@ -83,27 +87,39 @@ class WeightPool(Pass):
         self.check_choice("assign", RULES)
         self.check_choice("scale", SCALES)
         self.check_choice("others", (0, *WEIGHT_BITS))
-        if self.init == "hadamard" and (
-            not _is_power_of_two(self.vector) or self.pool > 2 * self.vector
-        ):
+
+    def geometry(self, graph: Graph, ctx: PassContext, chosen: list[Node]) -> tuple[int, int]:
+        """(vector, pool): the target's rows and pool_cols, which set options must equal."""
+        packed = {n.meta["zpack"]["vector"] for n in chosen if "zpack" in n.meta}
+        fallback = min(packed) if packed else 128
+        vector = from_target(self.name, "vector", self.vector, ctx.target, "rows", fallback)
+        pool = from_target(self.name, "pool", self.pool, ctx.target, "pool_cols", 128)
+        for n in chosen:
+            laid = n.meta.get("zpack", {}).get("vector", vector)
+            if laid != vector:
+                raise OptionError(
+                    f"weight-pool: vector={vector} but zpack laid out layer {n.name!r} with "
+                    f"vector={laid}; give both passes the same vector"
+                )
+        if self.init == "hadamard" and (not _is_power_of_two(vector) or pool > 2 * vector):
             raise OptionError(
                 f"weight-pool: init=hadamard needs vector a power of two and pool <= 2*vector "
-                f"(got vector={self.vector}, pool={self.pool}); use init=kmeans or random"
+                f"(got vector={vector}, pool={pool}); use init=kmeans or random"
             )
+        if not _is_power_of_two(pool):
+            raise OptionError(
+                f"weight-pool: pool={pool} (the target's pool_cols) must be a power of two: an "
+                "index uses log2(pool) bits and every code must name a pool vector"
+            )
+        return vector, pool
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         chosen, left = select_layers(graph, self.skip_first, self.skip_depthwise, self.skip_last)
-        for n in chosen:
-            packed = n.meta.get("zpack", {}).get("vector", self.vector)
-            if packed != self.vector:
-                raise OptionError(
-                    f"weight-pool: vector={self.vector} but zpack laid out layer {n.name!r} with "
-                    f"vector={packed}; give both passes the same vector"
-                )
+        vector, pool = self.geometry(graph, ctx, chosen)
         if self.assignment:
-            install_assignment(graph, self.assignment, (self.pool, self.vector), chosen)
+            install_assignment(graph, self.assignment, (pool, vector), chosen)
         else:
-            self._compress(graph, ctx, chosen)
+            self._compress(graph, ctx, chosen, vector, pool)
         if self.others:
             for n in left:
                 to_quant_mvm(graph, n, self.others)
@@ -111,16 +127,18 @@ class WeightPool(Pass):
         how = "installed from the assignment" if self.assignment else "pooled"
         return PassResult(changed=bool(chosen), summary=f"{len(chosen)} layers {how}")
 
-    def _compress(self, graph: Graph, ctx: PassContext, chosen: list[Node]) -> None:
+    def _compress(
+        self, graph: Graph, ctx: PassContext, chosen: list[Node], vector: int, size: int
+    ) -> None:
         """Build the pool from the chosen layers and assign every layer's vectors to it."""
         weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in chosen}
-        vecs = {name: pack_vectors(w, self.vector) for name, w in weights.items()}
+        vecs = {name: pack_vectors(w, vector) for name, w in weights.items()}
         moments = None
         if ctx.calibration:
             attrs = {n.name: unfold_attrs(n, graph) for n in chosen}
-            moments = slot_moments(graph, ctx.calibration, attrs, self.vector)
+            moments = slot_moments(graph, ctx.calibration, attrs, vector)
             ctx.slot_moments = SlotMoments(moments)
-        pool = build_pool(weights, self.pool, self.vector, self.init, self.seed, vecs)
+        pool = build_pool(weights, size, vector, self.init, self.seed, vecs)
         pool_value = add_pool(graph, pool)
         for n in chosen:
             w = weights[n.name]
@@ -137,9 +155,9 @@ class WeightPool(Pass):
                 n,
                 w,
                 pool_value,
-                self.vector,
+                vector,
                 (idx, alpha, None, None),
-                pool_size=self.pool,
+                pool_size=size,
                 assign=self.assign,
                 scale=self.scale,
                 calibrated=moments is not None,

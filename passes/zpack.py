@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cimc.targets.agreement import from_target
+
 from cimc.cim_ops import CIM_OPS, cim_kind, weight_matrix
 from cimc.compress import n_slots
 from cimc.ir import Graph
@@ -15,19 +17,21 @@ from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 class ZPack(Pass):
     """Record the z-packing of each CiM layer: K = kh*kw*cin in (ky, kx, cin) order, cin fastest,
     cut into G = ceil(K / vector) row vectors, so layers with cin < vector still fill whole
-    vectors (CIMPool Fig. 2). Later passes (weight-pool, tile) read ``meta['zpack']``."""
+    vectors (CIMPool Fig. 2). Later passes (weight-pool, tile) read ``meta['zpack']``.
+    ``vector`` is the arrays' rows: 0 takes the target's ``rows`` (128 without a target)."""
 
     name = "zpack"
-    vector: int = 128
+    vector: int = 0
 
     @classmethod
     def search_space(cls) -> dict[str, tuple]:
         return {"vector": (32, 64, 128)}
 
     def validate(self) -> None:
-        self.check_range("vector", 1, 4096)
+        self.check_range("vector", 0, 4096)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        vector = from_target(self.name, "vector", self.vector, ctx.target, "rows", 128)
         packed = 0
         for node in graph.nodes():
             if node.op in CIM_OPS:
@@ -37,9 +41,9 @@ class ZPack(Pass):
             else:
                 continue
             node.meta["zpack"] = {
-                "vector": self.vector,
+                "vector": vector,
                 "k": int(k),
-                "groups": n_slots(int(k), self.vector),
+                "groups": n_slots(int(k), vector),
                 "order": "ky,kx,cin",
             }
             packed += 1

@@ -10,6 +10,7 @@ Energy, per instruction and component (pJ):
 * ``links``: every byte on every link hop: the L2 links as the timing kernel loaded them, then one
   L1 hop per destination array (loads, partial sums);
 * ``arrays``: 1b x 1b MACs; ``permutation``: routed results; ``vector``: vector-unit operations;
+* ``adc``: column ADC conversions, one per column per bit plane per MVM row (0 when adc_bits = 0);
 * ``leakage``: static power of every bitcell and logic lane on the chip, times the cycles.
 
 The per-layer table and the totals come from the same per-instruction numbers, so the totals are
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cimc.cim_ops import POOL_OP
 from cimc.program import OP
 
 from .macros import macro_kind
@@ -53,7 +55,41 @@ def instruction_energy(ins: np.ndarray, target, l2_bytes: np.ndarray) -> dict[st
         "arrays": np.where(mvm, work, 0.0) * (target.e_bitmac_fj / 1000.0),
         "permutation": ins["routes"].astype(np.float64) * target.e_route_pj,
         "vector": np.where(vec, work, 0.0) * target.e_vector_pj_per_op,
+        "adc": adc_energy(ins, target),
     }
+
+
+def adc_conversion_pj(target) -> float:
+    """One conversion of an ``adc_bits``-bit column ADC: Walden FoM x 2^bits (0: no ADC)."""
+    return target.e_adc_fj_per_step * 2**target.adc_bits / 1000.0 if target.adc_bits else 0.0
+
+
+def adc_energy(ins: np.ndarray, target) -> np.ndarray:
+    """pJ per instruction of the column ADCs: every MVM row converts each column it reads once
+    per input bit plane: a pool MVM the pool array's columns and, with an error term, its block of
+    error-array columns (its routes per row); an int MVM its channels' bit-slice columns (its
+    bit-MACs per row over the array's rows)."""
+    op = ins["op"]
+    rows = np.maximum(ins["rows"], 1).astype(np.float64)
+    pool = op == OP["MVM_POOL"]
+    pool_only = rows * target.rows * target.pool_cols
+    error_cols = np.where(ins["work"] > pool_only, ins["routes"] / rows, 0.0)
+    columns = np.where(pool, target.pool_cols + error_cols, ins["work"] / (rows * target.rows))
+    mvm = pool | (op == OP["MVM_INT"])
+    conversions = np.where(mvm, rows * columns * target.act_bits, 0.0)
+    return conversions * adc_conversion_pj(target)
+
+
+def adc_area_um2(target) -> float:
+    """Column ADCs of one array: one per column the macro reads (pool + error array, or the
+    N-bit array's columns), each ``a_adc_um2_per_step x 2^adc_bits`` (0: no ADC)."""
+    if not target.adc_bits:
+        return 0.0
+    if POOL_OP in macro_kind(target).layer_ops:
+        columns = target.pool_cols + target.error_cols
+    else:
+        columns = target.array_cols
+    return columns * target.a_adc_um2_per_step * 2**target.adc_bits
 
 
 def static_power_w(target) -> float:
@@ -83,7 +119,7 @@ def energy_by_layer(
 
 
 def energy_components() -> list[str]:
-    return ["dram", "buffer", "links", "arrays", "permutation", "vector", "leakage"]
+    return ["dram", "buffer", "links", "arrays", "permutation", "vector", "adc", "leakage"]
 
 
 def chip_area(target) -> dict[str, float]:
@@ -108,4 +144,5 @@ def _area(target, arrays: int, weight_bytes: int) -> dict[str, float]:
         "links": (link_bw + target.DRAM_bw) * target.a_link_um2_per_Bpc * UM2,
         "buffer": target.buffer_bytes * 8 * target.a_sram_bit_um2 * UM2,
         "vector_unit": target.vector_width * target.a_vector_um2_per_lane * UM2,
+        "adc": arrays * adc_area_um2(target) * UM2,
     }

@@ -17,6 +17,7 @@ from cimc.cim_ops import CIM_OPS, POOL_OP, cim_kind
 from cimc.errors import CimcError
 from cimc.ir import Graph, Node
 
+from .agreement import check_layers_agree
 from .macros import MACRO_KINDS, LayerWork, macro_kind
 
 
@@ -104,8 +105,8 @@ def layer_work(graph: Graph, node: Node) -> LayerWork:
 
 
 def check_lowerable(graph: Graph, target) -> list[Node]:
-    """CiM layers in order; float weights, float activations or layers the target's macro
-    cannot run are errors."""
+    """CiM layers in order; float weights, float activations, layers the target's macro
+    cannot run or whose geometry and precision contradict the target are errors."""
     kind = macro_kind(target)
     layers = []
     for node in graph.nodes():
@@ -128,4 +129,5 @@ def check_lowerable(graph: Graph, target) -> list[Node]:
                     "take bit-serial integer inputs; end the pipeline with quantize-act"
                 )
             layers.append(node)
+    check_layers_agree(graph, target)
     return layers

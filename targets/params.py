@@ -57,7 +57,7 @@ SPECS: dict[str, Spec] = {
     "error_rows": Spec("row", 1, 1024, choices=(32, 64, 128), doc="error array rows"),
     "error_cols": Spec("col", 8, 1024, doc="error array columns (output channels per MVM)"),
     "array_cols": Spec("col", 8, 4096, doc="columns of an int macro array"),
-    "act_bits": Spec("bit", 1, 16, choices=(4, 6, 8), doc="activation bits (bit-serial cycles)"),
+    "act_bits": Spec("bit", 2, 16, choices=(4, 6, 8), doc="activation bits (bit-serial cycles)"),
     "adc_bits": Spec("bit", 0, 16, doc="per-column ADC bits; 0 = ideal digital adder tree"),
     "perm_lanes": Spec("route/cycle", 1, 1024, choices=(8, 16, 32), doc="permutation lanes"),
     "acc_banks": Spec("bank", 1, 1024, doc="accumulator banks of the permutation unit"),
@@ -70,11 +70,15 @@ SPECS: dict[str, Spec] = {
     "e_bitmac_fj": Spec("fJ", 0, doc="energy of one 1b x 1b MAC in a CiM array"),
     "e_route_pj": Spec("pJ", 0, doc="permutation route + accumulate of one result"),
     "e_vector_pj_per_op": Spec("pJ", 0, doc="vector-unit energy per element operation"),
+    "e_adc_fj_per_step": Spec(
+        "fJ", 0, doc="ADC energy per conversion step (Walden FoM): a conversion is FoM x 2^bits"
+    ),
     "a_cim_bit_um2": Spec("um^2", 0, doc="CiM bitcell area incl. its share of periphery"),
     "a_sram_bit_um2": Spec("um^2", 0, doc="buffer SRAM bitcell area incl. periphery"),
     "a_perm_um2_per_lane": Spec("um^2", 0, doc="permutation crossbar + accumulator per lane"),
     "a_vector_um2_per_lane": Spec("um^2", 0, doc="vector unit area per lane"),
     "a_link_um2_per_Bpc": Spec("um^2", 0, doc="decoder + link area per B/cycle of bandwidth"),
+    "a_adc_um2_per_step": Spec("um^2", 0, doc="column ADC area per conversion step (x 2^adc_bits)"),
     "p_leak_pw_per_bit": Spec("pW", 0, doc="static power of one SRAM / CiM bitcell"),
     "p_leak_uw_per_lane": Spec("uW", 0, doc="static power of one vector / permutation lane"),
     "buffer_bytes": Spec("byte", 0, doc="on-chip activation buffer (L2) capacity"),
@@ -115,11 +119,13 @@ class Target:
     e_bitmac_fj: float
     e_route_pj: float
     e_vector_pj_per_op: float
+    e_adc_fj_per_step: float
     a_cim_bit_um2: float
     a_sram_bit_um2: float
     a_perm_um2_per_lane: float
     a_vector_um2_per_lane: float
     a_link_um2_per_Bpc: float
+    a_adc_um2_per_step: float
     p_leak_pw_per_bit: float
     p_leak_uw_per_lane: float
     buffer_bytes: int

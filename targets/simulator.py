@@ -1,11 +1,12 @@
 """``cimc.simulate``: run a Program: real outputs, cycles, energy and area.
 
 Functional: each CiM layer is computed at its SCALE instruction from the program's blobs the way
-the macro does it: integer activations, the pool array's column sums for every vector slot, the
-permutation unit's routing of column idx[o, g] into accumulator o (a Numba kernel), the error
-array's sums, then alpha, beta, the activation scale and bias in float64 in the order of the
-numerics contract. VEC instructions run the op registry's implementation. With an ideal adder
-tree this is bit-identical to ``cimc.interpret(program.graph, feeds)``.
+the macro does it: integer activations, the pool array's column sums for every vector slot (read
+through the column ADCs, per bit plane, when the layer has them), the permutation unit's routing
+of column idx[o, g] into accumulator o (a Numba kernel), the error array's sums, then alpha, beta,
+the activation scale and bias in float64 in the order of the numerics contract. VEC instructions
+run the op registry's implementation. The arrays' sums (ADCs included) are ``cimc.cim_ops``'s, so
+the outputs are bit-identical to ``cimc.interpret(program.graph, feeds)``.
 
 Timing: ``targets.timing``, run layer by layer so every unit's busy cycles are attributed to
 layers (each layer's bottleneck unit). Energy and area: ``targets.energy``.
@@ -55,16 +56,17 @@ def route_accumulate(columns: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return acc
 
 
-def _pool_layer(rows: np.ndarray, pool, idx, err, alpha, beta, act_bits: int) -> np.ndarray:
-    """One conv group: array sums, the permutation unit's routing, then the scales (float64)."""
-    columns, err_acc = array_sums(rows, pool, idx.shape[1], err, act_bits)
+def _pool_layer(rows: np.ndarray, pool, idx, err, alpha, beta, attrs: dict) -> np.ndarray:
+    """One conv group: array sums (through the column ADCs when the layer has them), the
+    permutation unit's routing, then the scales (float64)."""
+    columns, err_acc = array_sums(rows, pool, idx.shape[1], err, attrs)
     if np.isfinite(columns).all() and (err_acc is None or np.isfinite(err_acc).all()):
         if idx.size and not 0 <= idx.min() <= idx.max() < columns.shape[2]:
             raise ProgramError("pool index out of range of the pool array")  # kernel: no checks
         acc = route_accumulate(columns, idx.astype(np.int64)).astype(np.float64)
         err_acc = None if err_acc is None else err_acc.astype(np.int64).astype(np.float64)
     else:  # NaN input: integer accumulators cannot hold it; NaN where interpret has NaN
-        acc, err_acc = pool_accumulators(rows, pool, idx, err, act_bits)
+        acc, err_acc = pool_accumulators(rows, pool, idx, err, attrs)
     y = alpha * acc
     if err_acc is not None:
         y = y + beta * err_acc
@@ -92,7 +94,7 @@ class _Machine(Interpreter):
             out = slice(gi * og, (gi + 1) * og)
             al = alpha if alpha.size == 1 else alpha[out]
             e = None if err is None else err[out]
-            parts.append(_pool_layer(rows[gi], pool, idx[out], e, al, beta, a["act_bits"]))
+            parts.append(_pool_layer(rows[gi], pool, idx[out], e, al, beta, a))
         y = (parts[0] if group == 1 else np.concatenate(parts, axis=1)) * act_scale(a)
         if bias is not None:
             y = y + bias

@@ -46,6 +46,12 @@ PUBLISHED: dict[str, Published] = {
         1.4, 22, "Chih et al., ISSCC 2021: 89 TOPS/W at 4b x 4b = 22.5 fJ per 4b MAC / 16"
     ),
     "e_route_pj": Published(0.1, 45, "Horowitz, ISSCC 2014: 32-bit integer add 0.1 pJ"),
+    "e_adc_fj_per_step": Published(
+        3.67,
+        28,
+        "Murmann, ADC Performance Survey 1997-2025 (github.com/bmurmann/ADC-survey): best "
+        "Walden FoM (FOMW_hf) of ENOB <= 8 converters at <= 28 nm, Patil et al., VLSI 2015",
+    ),
     "e_vector_pj_per_op": Published(0.2, 45, "Horowitz, ISSCC 2014: 8-bit multiply 0.2 pJ"),
 }
 

@@ -261,7 +261,7 @@ def test_activation_quantisation_makes_accumulators_integers(resnet18, feeds):
         g.values[node.inputs[1]].data,
         g.values[node.inputs[2]].data,
         g.values[node.inputs[3]].data,
-        node.attrs["act_bits"],
+        node.attrs,
     )
     assert np.all(acc == np.round(acc)) and np.all(err == np.round(err))
 

@@ -39,7 +39,7 @@ def test_pipeline_round_trips(text):
 
 
 def test_defaults_are_omitted_and_fractions_parse():
-    p = parse_pipeline("error-prune{keep=1/4},weight-pool{vector=128}")
+    p = parse_pipeline("error-prune{keep=1/4},weight-pool{vector=0}")  # 0: the target's rows
     assert p.passes[0].keep == 0.25
     assert str(p) == "error-prune{keep=0.25},weight-pool"
 
@@ -47,7 +47,7 @@ def test_defaults_are_omitted_and_fractions_parse():
 @pytest.mark.parametrize(
     "text, words",
     [
-        ("weight-pool{vector=0}", ["vector=0", "weight-pool"]),
+        ("weight-pool{vector=-1}", ["vector=-1", "weight-pool"]),
         ("weight-pool{pool=100}", ["pool=100", "power of two"]),
         ("weight-pool{init=pca}", ["init=pca", "kmeans", "random", "hadamard"]),
         ("error-prune{keep=0.3}", ["keep=0.3", "1.0", "0.5", "0.25"]),
@@ -224,8 +224,8 @@ def test_cli_lists_passes(capsys):
         "canonicalize",
     ):
         assert name in listed
-    assert listed["weight-pool"]["options"]["pool"] == "128"
-    assert listed["error-prune"]["options"]["keep"] == "0.5"
+    assert listed["weight-pool"]["options"]["pool"] == "0"  # the target's pool_cols
+    assert listed["error-prune"]["options"]["keep"] == "0.0"  # the target's error_rows / rows
     assert "vector" in listed["weight-pool"]["search_space"]
 
 
