@@ -24,7 +24,10 @@ SCALE and VEC also wait for every instruction issued before them (a layer bounda
   MVM_INT   bit-serial MVM on a bit-sliced N-bit array
   PSUM      partial sums MA -> L1 -> buffer (reduction across K tiles)
   SCALE     apply alpha, beta, the activation scale and bias to a CiM layer's accumulators
-  VEC       a non-MVM op on the vector unit (``layer`` names it)
+  VEC       a non-MVM op on the vector unit (``layer`` names it); ``work`` = its element
+            operations + MACs (``cimc.ops.vector_work``)
+  LOAD_A    an activation operand written into an MA (attention on CiM): buffer -> L2 -> L1 ->
+            MA write port, like LOAD_W without DRAM
 
 A CiM layer's MVM instructions are timed one by one; its numbers are produced at its SCALE
 instruction from the program's blobs (integer accumulations are order-independent).
@@ -52,11 +55,11 @@ from .atomic import write_bytes_atomic
 from .errors import ProgramError
 from .ir import Graph, Node, Value
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: LOAD_A; VEC work counts MACs, windows, passes
 MAGIC = b"CIMX"
 _HEADER = struct.Struct("<4sIQ32s")
 
-OPCODES = ("LOAD_W", "LOAD_X", "MVM_POOL", "MVM_INT", "PSUM", "SCALE", "VEC")
+OPCODES = ("LOAD_W", "LOAD_X", "MVM_POOL", "MVM_INT", "PSUM", "SCALE", "VEC", "LOAD_A")
 OP = {name: i for i, name in enumerate(OPCODES)}
 
 INSTR_DTYPE = np.dtype(
