@@ -1,9 +1,11 @@
 """The op registry: one table, keyed by op type.
 
 Each entry gives the NumPy reference implementation (what ``cimc.interpret`` runs), the MAC
-count, whether the CiM arrays run it (matrix products with a constant weight operand) or the
-digital vector unit does, and an optional check that rejects attribute values we do not
-implement, so an unsupported model fails at import, all problems at once, never at run time.
+count, the work the digital vector unit does for it there (``work``: element operations by the
+op's rule; matrix products are their MACs), whether the CiM arrays run it (matrix products with
+a constant weight operand) or the digital vector unit does, and an optional check that rejects
+attribute values we do not implement, so an unsupported model fails at import, all problems at
+once, never at run time.
 
 Static shapes come from ONNX shape inference at import; where that leaves a shape unknown the
 importer evaluates the implementation on placeholder data (see ``cimc.frontend``). Passes that
@@ -22,7 +24,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -45,6 +47,7 @@ class OpDef:
     on_cim: Callable[[Node, Graph], bool] | None = None
     check: Callable[[Node], str | None] | None = None
     validate: Validate | None = None
+    work: Callable[[Node, Graph], int] | None = None
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -56,15 +59,19 @@ def register_op(
     on_cim: Callable[[Node, Graph], bool] | None = None,
     check: Callable[[Node], str | None] | None = None,
     validate: Validate | None = None,
+    work: Callable[[Node, Graph], int] | None = None,
 ) -> Callable[[Impl], Impl]:
     """Decorator: register ``impl(node, *inputs) -> array | tuple`` for each op type given.
 
     ``check(node)`` names an attribute value cimc does not implement; ``validate(node, inputs)``
-    (input Values: shape, dtype, data when constant) names a break of ONNX's rules."""
+    (input Values: shape, dtype, data when constant) names a break of ONNX's rules.
+    ``work(node, graph)`` counts the vector unit's element operations (default: one per output
+    element); an op with ``macs`` and no ``work`` is a matrix product the vector unit does as
+    MACs (see :func:`vector_work`)."""
 
     def deco(fn: Impl) -> Impl:
         for op in ops:
-            REGISTRY[op] = OpDef(op, fn, macs, on_cim, check, validate)
+            REGISTRY[op] = OpDef(op, fn, macs, on_cim, check, validate, work)
         return fn
 
     return deco
@@ -73,6 +80,26 @@ def register_op(
 def macs_of(node: Node, graph: Graph) -> int:
     d = REGISTRY[node.op]
     return int(d.macs(node, graph)) if d.macs else 0
+
+
+class VectorWork(NamedTuple):
+    """What the vector unit does for one node: element operations and multiply-accumulates
+    (the unit may run them at different rates)."""
+
+    elem_ops: int
+    macs: int
+
+
+def vector_work(node: Node, graph: Graph) -> VectorWork:
+    """The vector unit's real work for ``node``: its ``work`` rule's element operations, else
+    the MACs of a matrix product (depthwise conv, activation x activation MatMul...), else one
+    operation per output element (element-wise ops and data movement)."""
+    d = REGISTRY[node.op]
+    if d.work is not None:
+        return VectorWork(int(d.work(node, graph)), 0)
+    if d.macs is not None:
+        return VectorWork(0, int(d.macs(node, graph)))
+    return VectorWork(_out_size(node, graph), 0)
 
 
 def runs_on_cim(node: Node, graph: Graph) -> bool:
@@ -93,6 +120,19 @@ def _wide(a: np.ndarray) -> np.ndarray:
 
 def _shape(graph: Graph, name: str) -> tuple[int, ...]:
     return graph.values[name].shape
+
+
+def _out_size(node: Node, graph: Graph) -> int:
+    return sum(graph.values[o].size for o in node.outputs if o)
+
+
+def _in_size(node: Node, graph: Graph) -> int:
+    return graph.values[node.inputs[0]].size
+
+
+def _per_input(ops: int) -> Callable[[Node, Graph], int]:
+    """Work rule: ``ops`` element operations per element of the first input."""
+    return lambda node, graph: ops * _in_size(node, graph)
 
 
 def _second_operand_constant(node: Node, graph: Graph) -> bool:
@@ -358,14 +398,23 @@ def _cast_like(node: Node, x: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 # ---- softmax and normalisation ------------------------------------------------------------------
-@register_op("Softmax", validate=_axis_rule("axis", -1))
+# Vector-unit passes over the input, per element: softmax = max, subtract, exp, accumulate,
+# divide (5); log-softmax = max, subtract, exp, accumulate, subtract the log (5); batch norm
+# (inference) = one multiply and one add with per-channel constants (2); layer / instance norm =
+# accumulate (mean), subtract, square, accumulate (variance), multiply by 1/sigma, scale, and add
+# the bias when there is one (6-7); LRN = square, ``size`` window adds, add bias, power, divide.
+def _norm_work(node: Node, graph: Graph) -> int:
+    return (6 + (len(node.inputs) > 2 and bool(node.inputs[2]))) * _in_size(node, graph)
+
+
+@register_op("Softmax", validate=_axis_rule("axis", -1), work=_per_input(5))
 def _softmax(node: Node, x: np.ndarray) -> np.ndarray:
     axis = _a(node, "axis", -1)
     e = np.exp(_wide(x) - x.max(axis=axis, keepdims=True))
     return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
 
 
-@register_op("LogSoftmax", validate=_axis_rule("axis", -1))
+@register_op("LogSoftmax", validate=_axis_rule("axis", -1), work=_per_input(5))
 def _log_softmax(node: Node, x: np.ndarray) -> np.ndarray:
     axis = _a(node, "axis", -1)
     s = x - x.max(axis=axis, keepdims=True)
@@ -377,7 +426,9 @@ def _channel(v: np.ndarray, rank: int) -> np.ndarray:
 
 
 @register_op(
-    "BatchNormalization", check=lambda n: "training_mode=1" if _a(n, "training_mode", 0) else None
+    "BatchNormalization",
+    check=lambda n: "training_mode=1" if _a(n, "training_mode", 0) else None,
+    work=_per_input(2),
 )
 def _batchnorm(node: Node, x, scale, bias, mean, var) -> np.ndarray:
     eps = _a(node, "epsilon", 1e-5)
@@ -386,7 +437,7 @@ def _batchnorm(node: Node, x, scale, bias, mean, var) -> np.ndarray:
     return (x * _channel(inv, r) + _channel(bias - mean * inv, r)).astype(x.dtype)
 
 
-@register_op("InstanceNormalization")
+@register_op("InstanceNormalization", work=_norm_work)
 def _instancenorm(node: Node, x, scale, bias) -> np.ndarray:
     axes = tuple(range(2, x.ndim))
     mu = x.mean(axis=axes, keepdims=True)
@@ -395,7 +446,7 @@ def _instancenorm(node: Node, x, scale, bias) -> np.ndarray:
     return (y * _channel(scale, x.ndim) + _channel(bias, x.ndim)).astype(x.dtype)
 
 
-@register_op("LayerNormalization", validate=_axis_rule("axis", -1))
+@register_op("LayerNormalization", validate=_axis_rule("axis", -1), work=_norm_work)
 def _layernorm(node: Node, x, scale, bias=None) -> Any:
     axis = _a(node, "axis", -1) % x.ndim
     axes = tuple(range(axis, x.ndim))
@@ -410,7 +461,7 @@ def _layernorm(node: Node, x, scale, bias=None) -> Any:
     return outs[: len(node.outputs)] if len(node.outputs) > 1 else outs[0]
 
 
-@register_op("LRN")
+@register_op("LRN", work=lambda n, g: (n.attrs["size"] + 4) * _in_size(n, g))
 def _lrn(node: Node, x: np.ndarray) -> np.ndarray:
     size = node.attrs["size"]
     alpha, beta, bias = _a(node, "alpha", 1e-4), _a(node, "beta", 0.75), _a(node, "bias", 1.0)
@@ -451,7 +502,23 @@ register_op("MatMul", macs=_matmul_macs, on_cim=_second_operand_constant)(
 )
 
 
-@register_op("Einsum")
+def _einsum_macs(node: Node, graph: Graph) -> int:
+    """One MAC per point of the full index space (every letter of the equation)."""
+    terms = node.attrs["equation"].replace(" ", "").split("->")[0].split(",")
+    dims: dict[str, int] = {}
+    for term, name in zip(terms, node.inputs):
+        shape = _shape(graph, name)
+        letters = term.replace("...", "")
+        lead = len(shape) - len(letters)  # dimensions the ellipsis stands for
+        for i, letter in enumerate(letters):
+            dims[letter] = shape[lead + i]
+        if "..." in term:
+            for i in range(lead):
+                dims[f"...{i}"] = max(dims.get(f"...{i}", 1), shape[i])
+    return math.prod(dims.values())
+
+
+@register_op("Einsum", macs=_einsum_macs)
 def _einsum(node: Node, *xs: np.ndarray) -> np.ndarray:
     return np.einsum(node.attrs["equation"], *[_wide(x) for x in xs]).astype(xs[0].dtype)
 
@@ -690,16 +757,23 @@ def _pool(node: Node, x: np.ndarray, kind: str) -> np.ndarray:
     return y[..., 0] if one_d else y
 
 
-register_op("MaxPool", check=_pool_check, validate=_window_rules)(
+def _window_work(node: Node, graph: Graph) -> int:
+    """One compare or add per kernel tap of every output (a pooling window)."""
+    return math.prod(node.attrs["kernel_shape"]) * graph.values[node.outputs[0]].size
+
+
+register_op("MaxPool", check=_pool_check, validate=_window_rules, work=_window_work)(
     lambda node, x: _pool(node, x, "max")
 )
-register_op("AveragePool", check=_spatial_check, validate=_window_rules)(
+register_op("AveragePool", check=_spatial_check, validate=_window_rules, work=_window_work)(
     lambda node, x: _pool(node, x, "avg")
 )
-register_op("GlobalAveragePool")(
+register_op("GlobalAveragePool", work=_per_input(1))(
     lambda node, x: _wide(x).mean(axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)
 )
-register_op("GlobalMaxPool")(lambda node, x: x.max(axis=tuple(range(2, x.ndim)), keepdims=True))
+register_op("GlobalMaxPool", work=_per_input(1))(
+    lambda node, x: x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
+)
 
 
 # ---- reductions ---------------------------------------------------------------------------------
@@ -727,8 +801,8 @@ _REDUCE = {
     "ReduceL1": lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims),
     "ReduceSumSquare": lambda x, axis, keepdims: np.sum(x * x, axis=axis, keepdims=keepdims),
 }
-for _op, _fn in _REDUCE.items():
-    register_op(_op, validate=_axes_rule(1))(_reduce(_fn))
+for _op, _fn in _REDUCE.items():  # one accumulate (or multiply-accumulate) per input element
+    register_op(_op, validate=_axes_rule(1), work=_per_input(1))(_reduce(_fn))
 
 
 def _arg(fn: Callable[..., np.ndarray]) -> Impl:
@@ -746,8 +820,8 @@ def _arg(fn: Callable[..., np.ndarray]) -> Impl:
     return impl
 
 
-register_op("ArgMax", validate=_axis_rule("axis", 0))(_arg(np.argmax))
-register_op("ArgMin", validate=_axis_rule("axis", 0))(_arg(np.argmin))
+register_op("ArgMax", validate=_axis_rule("axis", 0), work=_per_input(1))(_arg(np.argmax))
+register_op("ArgMin", validate=_axis_rule("axis", 0), work=_per_input(1))(_arg(np.argmin))
 
 
 # ---- shape and data movement --------------------------------------------------------------------

@@ -24,7 +24,10 @@ SCALE and VEC also wait for every instruction issued before them (a layer bounda
   MVM_INT   bit-serial MVM on a bit-sliced N-bit array
   PSUM      partial sums MA -> L1 -> buffer (reduction across K tiles)
   SCALE     apply alpha, beta, the activation scale and bias to a CiM layer's accumulators
-  VEC       a non-MVM op on the vector unit (``layer`` names it)
+  VEC       a non-MVM op on the vector unit (``layer`` names it); ``work`` = its element
+            operations + MACs (``cimc.ops.vector_work``)
+  LOAD_A    an activation operand written into an MA (attention on CiM): buffer -> L2 -> L1 ->
+            MA write port, like LOAD_W without DRAM
 
 A CiM layer's MVM instructions are timed one by one; its numbers are produced at its SCALE
 instruction from the program's blobs (integer accumulations are order-independent).
@@ -54,11 +57,11 @@ from .cim_ops import CIM_OPS, POOL_OP
 from .errors import CimcError, ProgramError
 from .ir import Graph, Node, Value
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: LOAD_A; VEC work counts MACs, windows, passes
 MAGIC = b"CIMX"
 _HEADER = struct.Struct("<4sIQ32s")
 
-OPCODES = ("LOAD_W", "LOAD_X", "MVM_POOL", "MVM_INT", "PSUM", "SCALE", "VEC")
+OPCODES = ("LOAD_W", "LOAD_X", "MVM_POOL", "MVM_INT", "PSUM", "SCALE", "VEC", "LOAD_A")
 OP = {name: i for i, name in enumerate(OPCODES)}
 
 INSTR_DTYPE = np.dtype(
@@ -305,7 +308,7 @@ def _graph_from_json(obj: dict[str, Any], arrays: list[np.ndarray]) -> Graph:
 # the simulator indexes with or times is checked here, so a program that loads never makes the
 # Numba kernels read outside their arrays, overflow a cycle count or disagree with ``interpret``.
 _MAX_FIELD = 2**40  # per-instruction bytes / work / cycles / routes; sums stay far below 2**63
-_ARRAY_OPS = ("LOAD_W", "LOAD_X", "MVM_POOL", "MVM_INT", "PSUM")
+_ARRAY_OPS = ("LOAD_W", "LOAD_X", "MVM_POOL", "MVM_INT", "PSUM", "LOAD_A")
 
 
 def check_instructions(

@@ -9,6 +9,12 @@ Copy r of tile t of a layer lives on array (first + t * rep + r) mod N, so the c
 are neighbours (one multicast LOAD_W) and one copy's tiles share an input multicast (LOAD_X with
 stride rep). Rows are issued in blocks of ``ROW_BLOCK``. Weight loads (DRAM targets) are
 double-buffered: a load waits only for the MVMs that used the buffer it overwrites.
+
+A vector layer occupies the vector unit for its real work (``cimc.ops.vector_work``): element
+operations at ``vector_width`` per cycle, MACs at ``vector_macs_per_cycle``. With ``attention =
+"cim"`` an activation x activation MatMul runs on the arrays instead: its second operand is
+written into them (LOAD_A, through the links and the write port) and the first streamed through
+as a CiM layer whose weights are that operand at ``act_bits`` bits.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from cimc.ir import Graph, Node
+from cimc.ops import vector_work
 from cimc.program import OP
 
-from .macros import LayerWork, TileGeometry
+from .macros import LayerWork, TileGeometry, macro_kind
 from .params import Target
 from .timing import (
     FIELDS,
@@ -139,17 +146,19 @@ def emit_cim_layer(
     first: int,
     li: int,
     ready: int,
+    written: np.ndarray | None = None,
 ) -> None:
     """Append the layer's loads, MVMs, partial sums and its SCALE; ``ready`` is the instruction
-    its inputs wait for (-1: none)."""
+    its inputs wait for (-1: none); ``written`` maps each tile to the instruction that wrote its
+    weights (an operand written at run time: no weight loads, one wave)."""
     t = em.target
     n = t.num_arrays
     tiles, rep = tiling.tiles, tiling.rep
     rows_per_copy = math.ceil(work.rows / rep)
     row_bytes = work.k * work.groups * t.act_bits // 8 or 1
     pool = geo.opcode == "MVM_POOL"
-    stream = t.weights == "dram"
-    waves = weight_waves(tiling, t)
+    stream = t.weights == "dram" and written is None
+    waves = weight_waves(tiling, t) if written is None else 1
     per_wave = math.ceil(tiles / waves)
     blocks = [
         (r, s, min(s + ROW_BLOCK, min((r + 1) * rows_per_copy, work.rows)))
@@ -202,7 +211,7 @@ def emit_cim_layer(
 
     if tiling.order == "weights-outer" or waves == 1:
         for w in range(waves):
-            loaded = loads(w) if stream else None
+            loaded = loads(w) if stream else written
             for r, start, stop in blocks:
                 compute(w, r, start, stop, loaded)
     else:
@@ -216,12 +225,73 @@ def emit_cim_layer(
 
 
 def emit_vector_layer(em: Emitter, graph: Graph, node: Node, li: int) -> None:
-    """A non-MVM op: one VEC instruction occupying the vector unit for its element count; it
-    reads its inputs and writes its outputs through the buffer."""
+    """A non-MVM op: one VEC instruction occupying the vector unit for its real work (``work`` =
+    element operations + MACs); it reads its inputs and writes its outputs through the buffer.
+    An activation x activation MatMul goes to the arrays when the target says ``attention =
+    "cim"``."""
+    t = em.target
+    if t.attention == "cim" and is_activation_matmul(graph, node):
+        emit_matmul_on_cim(em, graph, node, li)
+        return
     out = sum(graph.values[o].size for o in node.outputs if o)
     read = sum(graph.values[i].size for i in node.inputs if i and not graph.values[i].is_constant)
-    traffic = (read + out) * math.ceil(em.target.act_bits / 8)
-    em.emit("VEC", li, rows=0, nbytes=traffic, work=out, cycles=vector_cycles(out, em.target))
+    traffic = (read + out) * math.ceil(t.act_bits / 8)
+    w = vector_work(node, graph)
+    cycles = math.ceil(w.elem_ops / t.vector_width) + math.ceil(w.macs / t.vector_macs_per_cycle)
+    em.emit("VEC", li, rows=0, nbytes=traffic, work=w.elem_ops + w.macs, cycles=max(1, cycles))
+
+
+def is_activation_matmul(graph: Graph, node: Node) -> bool:
+    """A MatMul of two activations (attention's QK^T and AV): no operand is a constant."""
+    return node.op == "MatMul" and not any(graph.values[i].is_constant for i in node.inputs)
+
+
+def matmul_as_layer(graph: Graph, node: Node, bits: int) -> LayerWork:
+    """A[..., M, K] @ B[..., K, N] as a grouped CiM layer: one group per matrix of the batch,
+    M input rows of K, B's N columns the output channels, stored at ``bits`` bits."""
+    a, b = (graph.values[i].shape for i in node.inputs)
+    m = a[-2] if len(a) > 1 else 1
+    n = b[-1] if len(b) > 1 else 1
+    batch = graph.values[node.outputs[0]].size // (m * n)
+    return LayerWork(
+        rows=m,
+        k=a[-1],
+        out=n * batch,
+        groups=batch,
+        scheme="int",
+        weight_bits=bits,
+        error_rows=0,
+        route_cycles=0,
+        has_error=False,
+    )
+
+
+def emit_matmul_on_cim(em: Emitter, graph: Graph, node: Node, li: int, first: int = 0) -> None:
+    """Write B into the arrays (one LOAD_A per tile: buffer -> L2 -> L1 -> write port), then run
+    A through them as a CiM layer whose MVMs wait for their tile's write. Tile ``tt`` sits on
+    array ``first + tt`` (mod the array count); its cells are assumed free (the tile pass does
+    not reserve them)."""
+    t = em.target
+    work = matmul_as_layer(graph, node, t.act_bits)
+    geo = macro_kind(t).geometry(work, t)
+    tiling = Tiling(
+        tiles=geo.tiles,
+        tile_bytes=geo.tile_bytes,
+        k_tiles=geo.k_tiles,
+        chan_per_tile=geo.chan_per_tile,
+        per_row_cycles=geo.per_row_cycles,
+        rep=1,
+        order="rows-outer",
+    )
+    ready = em.count - 1
+    written = np.array(
+        [
+            em.emit("LOAD_A", li, first + tt, 1, 1, 0, geo.tile_bytes, dep0=ready)
+            for tt in range(geo.tiles)
+        ],
+        np.int64,
+    )
+    emit_cim_layer(em, work, geo, tiling, first, li, ready, written)
 
 
 # LayerMapping's modelled_* fields and the unit kinds they report

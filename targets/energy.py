@@ -42,11 +42,12 @@ def instruction_energy(ins: np.ndarray, target, l2_bytes: np.ndarray) -> dict[st
     work = ins["work"].astype(np.float64)
     load_w = op == OP["LOAD_W"]
     load_x = op == OP["LOAD_X"]
+    load_a = op == OP["LOAD_A"]  # an operand read from the buffer, written into arrays
     psum = op == OP["PSUM"]
     mvm = (op == OP["MVM_POOL"]) | (op == OP["MVM_INT"])
     vec = (op == OP["SCALE"]) | (op == OP["VEC"])
-    l1_hops = np.where(load_w | load_x | psum, nbytes * span, 0.0)
-    buffer = np.where(load_x, work, 0.0) + np.where(psum, nbytes * span, 0.0)
+    l1_hops = np.where(load_w | load_x | load_a | psum, nbytes * span, 0.0)
+    buffer = np.where(load_x, work, 0.0) + np.where(psum | load_a, nbytes * span, 0.0)
     buffer += np.where(vec, nbytes, 0.0)
     return {
         "dram": np.where(load_w, nbytes, 0.0) * target.e_dram_pj_per_byte,

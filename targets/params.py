@@ -62,6 +62,15 @@ SPECS: dict[str, Spec] = {
     "perm_lanes": Spec("route/cycle", 1, 1024, choices=(8, 16, 32), doc="permutation lanes"),
     "acc_banks": Spec("bank", 1, 1024, doc="accumulator banks of the permutation unit"),
     "vector_width": Spec("elem/cycle", 1, 4096, choices=(16, 32, 64), doc="vector unit width"),
+    "vector_macs_per_cycle": Spec(
+        "MAC/cycle", 1, 4096, choices=(16, 32, 64), doc="vector-unit multiply-accumulates"
+    ),
+    "attention": Spec(
+        "",
+        allowed=("vector", "cim"),
+        doc="where activation x activation MatMuls run: the vector unit at its MAC rate, or the "
+        "CiM arrays after one operand is written into them",
+    ),
     "clock_mhz": Spec("MHz", 1, 10000, doc="clock frequency"),
     "tech_nm": Spec("nm", 5, 180, doc="technology node: energies not given are scaled to it"),
     "e_dram_pj_per_byte": Spec("pJ/B", 0, doc="DRAM access energy"),
@@ -111,6 +120,8 @@ class Target:
     perm_lanes: int
     acc_banks: int
     vector_width: int
+    vector_macs_per_cycle: int
+    attention: str
     clock_mhz: float
     tech_nm: int
     e_dram_pj_per_byte: float

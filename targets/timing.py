@@ -47,6 +47,7 @@ def run_timing(
     op_psum,
     op_scale,
     op_vec,
+    op_load_a,
     free,
     busy,
     start,
@@ -71,6 +72,7 @@ def run_timing(
         if dep1[i] >= 0:
             t = max(t, finish[dep1[i]])
         o = op[i]
+        write = o == op_load_w or o == op_load_a  # through the MA write port
         if o == op_scale or o == op_vec:
             t = max(t, horizon, free[u_vec])
             d = max(cycles[i], 1)
@@ -86,13 +88,13 @@ def run_timing(
             # when may it start: all its units free
             for j in range(span[i]):
                 m = (ma[i] + j * stride[i]) % n
-                if o == op_load_w or o == op_load_x or o == op_psum:
+                if write or o == op_load_x or o == op_psum:
                     t = max(t, free[u_l1 + m])
-                if o == op_load_w:
+                if write:
                     t = max(t, free[u_wr + m])
-                if o != op_load_w and o != op_load_x and o != op_psum:
+                if not write and o != op_load_x and o != op_psum:
                     t = max(t, free[u_ma + m])
-            if o == op_load_w or o == op_load_x:
+            if write or o == op_load_x:
                 for d_ in range(n_l1):
                     if l2_load[d_] > 0:
                         t = max(t, free[u_l2 + d_])
@@ -104,7 +106,7 @@ def run_timing(
                 free[U_DRAM] = t + d
                 busy[U_DRAM] += d
                 end = max(end, t + d)
-            if o == op_load_w or o == op_load_x:
+            if write or o == op_load_x:
                 for d_ in range(n_l1):
                     if l2_load[d_] > 0:
                         b = nbytes[i] * l2_load[d_]
@@ -117,17 +119,17 @@ def run_timing(
                         end = max(end, t + d)
             for j in range(span[i]):
                 m = (ma[i] + j * stride[i]) % n
-                if o == op_load_w or o == op_load_x or o == op_psum:
+                if write or o == op_load_x or o == op_psum:
                     d = _ceil_div(nbytes[i], l1_bw)
                     free[u_l1 + m] = t + d
                     busy[u_l1 + m] += d
                     end = max(end, t + d)
-                if o == op_load_w:
+                if write:
                     d = _ceil_div(nbytes[i], ma_bw)
                     free[u_wr + m] = t + d
                     busy[u_wr + m] += d
                     end = max(end, t + d)
-                if o != op_load_w and o != op_load_x and o != op_psum:
+                if not write and o != op_load_x and o != op_psum:
                     d = max(cycles[i], 1)
                     free[u_ma + m] = t + d
                     busy[u_ma + m] += d
@@ -234,6 +236,7 @@ def _run(cols: np.ndarray, target, state: TimingState, first: int, last: int) ->
         OP["PSUM"],
         OP["SCALE"],
         OP["VEC"],
+        OP["LOAD_A"],
         state.free,
         state.busy,
         state.start,
