@@ -36,3 +36,14 @@ def test_layout_tree_names_real_files():
             assert list(path.parent.glob(path.name)), entry
         else:
             assert path.exists(), f"docs/architecture.md names {path.relative_to(ROOT)}"
+
+
+def test_search_objective_example_runs():
+    section = DOC[DOC.index("## A search objective of your own") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    count = int(proc.stderr.strip().splitlines()[-1].split()[0])
+    assert 8 <= count <= 16  # the initial population, then rounds up to the budget

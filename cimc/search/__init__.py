@@ -18,13 +18,15 @@ from ..errors import OptionError
 from .evaluate import Evaluator, Metrics, evaluate
 from .executor import process_pool
 from .loop import Settings, hypervolume, pareto_mask, run_loop
-from .objectives import OBJECTIVES, Constraints, parse_objectives
+from .objectives import OBJECTIVES, Constraints, Objective, parse_objectives, register_objective
 from .predictors import Predictor, rank_metrics
 from .space import Space
 from .study import Study, StudyError
 
 __all__ = [
     "OBJECTIVES",
+    "Objective",
+    "register_objective",
     "Constraints",
     "Evaluator",
     "Metrics",

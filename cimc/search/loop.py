@@ -133,7 +133,7 @@ def _round_info(
     held_out = {}
     for o in settings.objectives:  # predictions made before these rows were evaluated
         pairs = [
-            (r.metrics[o.metric], r.predicted[o.name])
+            (o.value(r.metrics), r.predicted[o.name])
             for r in batch
             if r.predicted and r.feasible and o.name in r.predicted
         ]
@@ -142,7 +142,7 @@ def _round_info(
             held_out[o.name] = rank_metrics(true, pred)
     best = {}
     for o in settings.objectives:
-        values = [r.metrics[o.metric] for r in rows if r.feasible]
+        values = [o.value(r.metrics) for r in rows if r.feasible]
         if values:
             best[o.name] = max(values) if o.maximise else min(values)
     return {
@@ -181,7 +181,7 @@ def _propose(
         return _random_new(space, rng, n, seen), [None] * n, {}
     enc = lambda rs: space.one_hot(np.array([space.to_indices(r.config) for r in rs]))  # noqa: E731
     models = {
-        o.name: Predictor(log=o.log).fit(enc(good), [r.metrics[o.metric] for r in good])
+        o.name: Predictor(log=o.log).fit(enc(good), [o.value(r.metrics) for r in good])
         for o in objectives
     }
     violations = np.array([settings.constraints.violation(r.metrics) for r in rows])

@@ -7,6 +7,7 @@ feasible when it evaluated without error (it fits on chip) and meets ``--max-are
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +18,18 @@ from ..errors import OptionError
 
 @dataclass(frozen=True)
 class Objective:
+    """A figure of an evaluation to optimise: a stored metric, or ``compute(metrics)`` of them
+    (a custom objective, registered with :func:`register_objective`)."""
+
     name: str
     metric: str
     maximise: bool
     log: bool  # positive and multiplicative in hardware parameters: predicted in log space
     label: str
+    compute: Callable[[dict[str, Any]], float] | None = None
+
+    def value(self, metrics: dict[str, Any]) -> float:
+        return float(self.compute(metrics) if self.compute else metrics[self.metric])
 
 
 OBJECTIVES = {
@@ -37,6 +45,12 @@ OBJECTIVES = {
         Objective("bits", "bits_per_weight", False, False, "bits per weight"),
     )
 }
+
+
+def register_objective(objective: Objective) -> Objective:
+    """Make ``objective`` available to ``cimc.search(objectives=...)`` by its name."""
+    OBJECTIVES[objective.name] = objective
+    return objective
 
 
 def parse_objectives(names: list[str] | tuple[str, ...], has_labels: bool) -> list[Objective]:
@@ -56,7 +70,7 @@ def parse_objectives(names: list[str] | tuple[str, ...], has_labels: bool) -> li
 def minimised(metrics: dict[str, Any], objectives: list[Objective]) -> np.ndarray:
     """The objectives' values as the search minimises them."""
     return np.array(
-        [-metrics[o.metric] if o.maximise else metrics[o.metric] for o in objectives], float
+        [-o.value(metrics) if o.maximise else o.value(metrics) for o in objectives], float
     )
 
 

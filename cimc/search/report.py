@@ -46,7 +46,7 @@ def pareto_table(study: Study) -> list[dict[str, Any]]:
     return [
         {
             "round": r.round,
-            **{n: r.metrics[OBJECTIVES[n].metric] for n in settings["objectives"]},
+            **{n: OBJECTIVES[n].value(r.metrics) for n in settings["objectives"]},
             "area_mm2": r.metrics["area_mm2"],
             "change": difference(r.config, base),
         }
@@ -118,8 +118,8 @@ def _plots(study: Study, report: dict[str, Any]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     rounds = np.array([r.round for r in rows])
     ax.scatter(
-        [r.metrics[x.metric] for r in rows],
-        [r.metrics[y.metric] for r in rows],
+        [x.value(r.metrics) for r in rows],
+        [y.value(r.metrics) for r in rows],
         c=rounds,
         cmap="viridis",
         s=14,
@@ -141,7 +141,7 @@ def _plots(study: Study, report: dict[str, Any]) -> None:
     fig, axes = plt.subplots(1, len(objectives), figsize=(4 * len(objectives), 3.6))
     last = report["rounds"][-1]["held_out"] if report["rounds"] else {}
     for ax, o in zip(np.atleast_1d(axes), objectives):
-        pairs = np.array([(r.metrics[o.metric], r.predicted[o.name]) for r in pred]).reshape(-1, 2)
+        pairs = np.array([(o.value(r.metrics), r.predicted[o.name]) for r in pred]).reshape(-1, 2)
         ax.scatter(pairs[:, 0], pairs[:, 1], s=10)
         stats = last.get(o.name, {})
         ax.set_title(
