@@ -9,9 +9,11 @@ The CIMPool paper (Li & Gupta 2025) reports 62.3% less area than an iso-accuracy
 3.24x less energy when weights stream from DRAM. This script prints what cimc's model gives for
 the same comparisons on a zoo model (seeded weights, cimc.models.zoo) and why the numbers differ.
 
-Area (weights on chip). Each scheme is compiled for its SRAM preset with an explicit pipeline
-whose ``tile{replicate=false}`` places every weight exactly once, so the CiM area counts exactly
-the stored (tile-padded) weights, not replicas that spare capacity would allow:
+Area (weights on chip), on iso-configured chips. Area is the configured chip's (every array of
+the hierarchy, at its MA_mem_size), so each scheme's chip is its SRAM preset's hierarchy (8 L1
+decoders x 8 arrays) with the smallest power-of-two MA_mem_size that holds the model: the same
+arrays, decoders, links, buffer and vector unit, each scheme's arrays just big enough. The backend
+``tile{replicate=false}`` places every weight exactly once:
 
   cimpool-sram  fold-bn,zpack,weight-pool,error-term,error-prune{keep=0.5},quantize-act,
                 permute-schedule,tile{replicate=false},lower
@@ -64,9 +66,9 @@ FRONT = {
 AREA_BACKEND = "tile{replicate=false}"
 SRAM_TARGET = {"cimpool": "cimpool-sram", "int4": "int4-sram", "int8": "int8-sram"}
 INT_DRAM = {"macro": "int", "weights": "dram", "array_cols": 128, "MA_comp_per_core": 16384}
-AREA_KEYS = ("cim_arrays", "pool_arrays", "permutation", "buffer", "vector_unit")
+AREA_KEYS = ("cim_arrays", "pool_arrays", "permutation", "links", "buffer", "vector_unit")
 MACRO_KEYS = ("cim_arrays", "pool_arrays", "permutation")
-ENERGY_KEYS = ("dram", "onchip_moves", "arrays", "permutation", "vector")
+ENERGY_KEYS = ("dram", "buffer", "links", "arrays", "permutation", "vector", "leakage")
 PAPER_AREA_REDUCTION = 0.623  # vs iso-accuracy 4-bit
 PAPER_ENERGY_RATIO = 3.24  # 4-bit baseline / CIMPool with weights in DRAM
 
@@ -109,6 +111,8 @@ def analyse(program, storage: dict[str, Any], pipeline: str) -> dict[str, Any]:
         "pipeline": f"{pipeline},lower",
         "area_breakdown": sim.area_breakdown,
         "area_mm2": sim.area_mm2,
+        "area_used_mm2": sim.area_used_mm2,
+        "MA_mem_size": program.target.MA_mem_size,
         "energy_breakdown": sim.energy_breakdown,
         "energy_pj": sim.energy_pj,
         "cycles": sim.cycles,
@@ -177,6 +181,9 @@ def main() -> None:
             storage = cimc.storage_report(front)
             log(f"{scheme}: front end {time.perf_counter() - t:.1f} s; backend for both targets")
             prog = cimc.compile(front, target=sram, pipeline=AREA_BACKEND, calibration=0)
+            per_array = -(-prog.graph.meta["weight_bytes"] // sram.num_arrays)
+            fitted = sram.replace(MA_mem_size=max(256, 1 << (per_array - 1).bit_length()))
+            prog = cimc.compile(front, target=fitted, pipeline=AREA_BACKEND, calibration=0)
             area[scheme] = analyse(prog, storage, f"{FRONT[scheme]},{AREA_BACKEND}")
             prog = cimc.compile(front, target=dram, pipeline=args.energy_tile, calibration=0)
             energy[scheme] = analyse(prog, storage, f"{FRONT[scheme]},{args.energy_tile}")
@@ -186,13 +193,18 @@ def main() -> None:
         return [label] + [cell(s) for s in schemes]
 
     cp = area["cimpool"]
-    print(f"\n## {args.model} at {args.size}: on-chip area (weights in SRAM, no replicas)\n")
+    print(
+        f"\n## {args.model} at {args.size}: chip area, weights in SRAM, iso-configured chips "
+        "(64 arrays, each scheme's smallest power-of-two MA_mem_size that holds it)\n"
+    )
     header = ["mm^2"] + [area[s]["target"] for s in schemes]
     macro = {s: sum(area[s]["area_breakdown"][k] for k in MACRO_KEYS) for s in schemes}
     rows = [row(k, lambda s, k=k: f"{area[s]['area_breakdown'][k]:.3f}") for k in AREA_KEYS]
     rows += [
         row("**total**", lambda s: f"**{area[s]['area_mm2']:.3f}**"),
         row("macros (cim + pool + permutation)", lambda s: f"{macro[s]:.3f}"),
+        row("used by the program (mm^2)", lambda s: f"{area[s]['area_used_mm2']:.3f}"),
+        row("MA_mem_size (B)", lambda s: f"{area[s]['MA_mem_size']:,}"),
         row("weight bytes placed", lambda s: f"{area[s]['weight_bytes_placed']:,}"),
         row("arrays used", lambda s: f"{area[s]['arrays_used']}"),
         row(
@@ -263,6 +275,7 @@ def main() -> None:
     nondram_i4 = e4["energy_pj"] - e4["energy_breakdown"]["dram"]
     no_perm = 1 - (macro["cimpool"] - cp["area_breakdown"]["permutation"]) / macro["int4"]
     bits_ratio = i4["stored_bits_per_weight"] / cp["stored_bits_per_weight"]
+    perm_um2 = dram_target("cimpool").perm_lanes * dram_target("cimpool").a_perm_um2_per_lane
     print("\n### Why our numbers differ from the paper's\n")
     print(
         f"Bits actually stored: CIMPool keeps {cp['compressed_bits_per_weight']:.3f} bits per "
@@ -280,11 +293,11 @@ def main() -> None:
         f"Area: the chip also holds a {cp['area_breakdown']['buffer']:.2f} mm^2 activation buffer "
         f"({100 * buf_share:.0f}% of CIMPool's area) and a vector unit that every scheme pays "
         f"alike, and CIMPool adds per array a 128x128 pool array ({100 * pool_share:.0f}%) and "
-        f"a permutation unit ({100 * perm_share:.0f}%), sized per array used "
-        f"({cp['arrays_used']}) rather than per stored byte. Counting only the macros "
+        f"a permutation unit ({100 * perm_share:.0f}%) on every configured array, "
+        f"whatever the stored bytes. Counting only the macros "
         f"(CiM cells + pool + permutation) the reduction vs int4 is "
         f"{100 * red['int4']['macros']:.1f}% (without the permutation units, whose "
-        f"{cp['area_breakdown']['permutation'] / cp['arrays_used'] * 1e6 / 1e3:.0f}k um^2 per "
+        f"{perm_um2 / 1e3:.0f}k um^2 per "
         f"array is our estimate, {100 * no_perm:.1f}%); for the whole chip "
         f"{100 * red['int4']['total']:.1f}%. "
         f"Tile padding (K rounded up to 128 rows, channels to whole arrays) makes placed bits "
@@ -303,8 +316,9 @@ def main() -> None:
         f"{ce['dram_bytes']:,} vs {e4['dram_bytes']:,} bytes "
         f"({e4['dram_bytes'] / ce['dram_bytes']:.2f}x). The rest is {nondram_cp / 1e6:.1f} uJ "
         f"for CIMPool vs {nondram_i4 / 1e6:.1f} uJ for int4 ({nondram_i4 / nondram_cp:.2f}x), "
-        f"and on-chip moves dominate it: activation multicasts (LOAD_X, charged per destination "
-        f"array) {ob_cp['LOAD_X']:,} vs {ob_i4['LOAD_X']:,} bytes, since an int4 array holds "
+        f"and on-chip traffic dominates it: activation multicasts (LOAD_X, read once from the "
+        f"buffer, then one L1 hop per destination array) {ob_cp['LOAD_X']:,} vs "
+        f"{ob_i4['LOAD_X']:,} bytes, since an int4 array holds "
         f"{chan_i4} output channels and a CIMPool tile {chan_cp}, so each input slice goes to more "
         f"int4 arrays; partial sums (PSUM) {ob_cp['PSUM']:,} vs {ob_i4['PSUM']:,} bytes, the "
         f"same K tiling for both. CIMPool's arrays do {more} 1b x 1b MACs "
