@@ -19,13 +19,16 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import numpy_helper, shape_inference, version_converter
 
+from .control_flow import check_selects, expand_if, fold_constant_selects, subgraph_nodes
 from .errors import ModelLoadError, ShapeError, UnsupportedOpError
 from .ir import Graph, Node, Value
 from .ops import REGISTRY
+from .recurrent import unroll_recurrent
 
 CANONICAL_OPSET = 17
 _ONNX_DOMAINS = ("", "ai.onnx")
 _PASS_THROUGH = ("Identity", "Dropout")
+_EXPANDED = ("If",)  # rewritten into other ops at import (cimc.control_flow)
 
 
 def import_onnx(
@@ -46,7 +49,12 @@ def import_onnx(
     except Exception as exc:  # onnx raises several types here
         raise ShapeError(f"{where}: ONNX shape inference failed: {exc}") from exc
     graph = _build(model, weights, where)
+    expand_if(graph, _attrs, _value_from_info)
     fold_constants(graph)
+    fold_constant_selects(graph)
+    check_selects(graph)
+    if unroll_recurrent(graph):
+        fold_constants(graph)
     remove_pass_through(graph)
     graph.prune_unused()
     _verify_import(graph, where)
@@ -93,9 +101,11 @@ def _check_supported(model: onnx.ModelProto) -> None:
     """Report every unsupported op type (with node names), all at once."""
     unsupported: dict[str, list[str]] = {}
     detail: dict[str, str] = {}
-    for i, n in enumerate(model.graph.node):
+    for i, n in enumerate(subgraph_nodes(model.graph)):
         name = n.name or f"{n.op_type}_{i}"
         op = n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}.{n.op_type}"
+        if op in _EXPANDED:
+            continue
         opdef = REGISTRY.get(op)
         if opdef is None:
             unsupported.setdefault(op, []).append(name)
