@@ -16,6 +16,7 @@ from .cim_ops import unfold
 from .errors import FeedError
 from .interpreter import Interpreter
 from .ir import Graph, Node
+from .ops import REGISTRY
 
 
 class _Watcher(Interpreter):
@@ -164,3 +165,34 @@ def slot_moments(
 
     observe_inputs(graph, feeds, layers, hook)
     return out
+
+
+def output_bias_error(
+    graph: Graph, feeds: list | None, layers: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """Per output channel, the mean of (compiled layer output - float layer output) over the
+    calibration set: the expected error that bias correction subtracts (Nagel et al., 2019).
+
+    The float output is the layer's input, unquantised, times its float weight
+    (``meta['compression']['weight']``); the compiled one quantises both, as the arrays do."""
+    feeds = _need(feeds, "bias correction")
+    total: dict[str, np.ndarray] = {}
+    count: dict[str, int] = {}
+
+    def hook(node: Node, args: list) -> None:
+        compiled = REGISTRY[node.op].impl(node, *args)
+        rows, _ = unfold(args[0].astype(np.float64), node.attrs)  # [group, M, K]
+        group, m, _ = rows.shape
+        w = node.meta["compression"]["weight"].astype(np.float64)
+        w = w.reshape(group, w.shape[0] // group, -1)
+        exact = np.matmul(rows, w.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, -1)
+        channel_last = compiled if node.attrs["kind"] != "conv" else np.moveaxis(compiled, 1, -1)
+        diff = channel_last.reshape(m, -1).astype(np.float64) - exact
+        bias = node.inputs[-1]
+        if bias:  # the compiled output includes the bias, the product above does not
+            diff -= graph.values[bias].data
+        total[node.name] = total.get(node.name, 0.0) + diff.sum(axis=0)
+        count[node.name] = count.get(node.name, 0) + m
+
+    observe_inputs(graph, feeds, layers, hook)
+    return {n: total[n] / count[n] for n in total}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cimc.calibration import METHODS, input_ranges
+import numpy as np
+
+from cimc.calibration import METHODS, input_ranges, output_bias_error
 from cimc.cim_ops import CIM_OPS, act_range
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, register_pass
@@ -18,16 +20,21 @@ class QuantizeActivations(Pass):
     largest |x| seen; ``percentile`` clips at that percentile of |x|, ``mse`` where rounding
     plus clipping error is least, ``entropy`` where the KL divergence of the quantised
     histogram is least: each trades rare outliers for resolution (cimc.calibration). Inputs
-    then enter the arrays bit-serially as integers."""
+    then enter the arrays bit-serially as integers.
+
+    ``bias_correction`` then measures each layer's mean output error per channel on the
+    calibration data (weights and input quantised against both in float) and subtracts it
+    from the layer's bias: free on the hardware, which adds the bias anyway."""
 
     name = "quantize-act"
     bits: int = 8
     method: str = "max"
     percentile: float = 99.99
+    bias_correction: bool = False
 
     @classmethod
     def search_space(cls) -> dict[str, tuple]:
-        return {"bits": (4, 6, 8), "method": METHODS}
+        return {"bits": (4, 6, 8), "method": METHODS, "bias_correction": (False, True)}
 
     def validate(self) -> None:
         self.check_range("bits", 2, 16)
@@ -50,3 +57,17 @@ class QuantizeActivations(Pass):
                 act_scale=float(amax / qmax) if amax > 0 else 1.0,
                 act_signed=int(signed),
             )
+        if self.bias_correction:
+            _correct_biases(graph, output_bias_error(graph, ctx.calibration, layers))
+
+
+def _correct_biases(graph: Graph, errors: dict[str, np.ndarray]) -> None:
+    for name, err in errors.items():
+        node = graph.node(name)
+        old = node.inputs[-1]
+        bias = graph.values[old].data if old else 0.0
+        new = graph.add_constant(
+            graph.unique_name(f"{name}.bias_corrected"), (bias - err).astype(np.float32)
+        )
+        graph.set_inputs(node, node.inputs[:-1] + [new.name])
+    graph.prune_unused()

@@ -73,3 +73,38 @@ def test_default_max_is_the_extremes():
     graph, data = layer_graph(), feeds(True)
     x = np.concatenate([f["x"] for f in data])
     assert input_ranges(graph, data, ["fc"])["fc"] == (float(x.min()), float(x.max()))
+
+
+def test_bias_correction_removes_the_mean_output_error():
+    """int4 weights on non-negative inputs (after ReLU) shift every output channel by
+    (W_q - W) E[x]; bias correction measures that shift on calibration data and removes it."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((48, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)],
+        "fc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 48])],
+        [
+            helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+            helper.make_tensor("b", TensorProto.FLOAT, [48], np.zeros(48)),
+        ],
+    )
+    model = cimc.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    def data(seed):
+        r = np.random.default_rng(seed)
+        return [{"x": np.abs(r.normal(1.0, 1.0, (64, 32))).astype(np.float32)} for _ in range(4)]
+
+    calib, held_out = data(4), data(5)
+    base = "quantize-weights{bits=4,keep-edges=false},quantize-act"
+    plain = cimc.run_passes(model, base, calibration=calib)
+    corrected = cimc.run_passes(model, base + "{bias-correction=true}", calibration=calib)
+
+    def mean_error(g):
+        err = [cimc.interpret(g, f)["y"] - f["x"] @ w.T for f in held_out]
+        return np.abs(np.mean(np.concatenate(err), axis=0))  # per output channel
+
+    before, after = mean_error(plain), mean_error(corrected)
+    assert before.mean() > 0.05  # the shift is real ...
+    assert after.mean() < 0.3 * before.mean()  # ... and mostly gone on data it was not fit on
