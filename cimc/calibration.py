@@ -167,6 +167,21 @@ def slot_moments(
     return out
 
 
+def channel_maxima(graph: Graph, feeds: list | None, nodes: Iterable[str]) -> dict[str, np.ndarray]:
+    """max |x| per input channel of each node's first input (axis 1 of a Conv, else the last)."""
+    feeds = _need(feeds, "per-channel smoothing")
+    out: dict[str, np.ndarray] = {}
+
+    def hook(node: Node, args: list) -> None:
+        x = np.abs(args[0])
+        x = np.moveaxis(x, 1, -1) if node.op == "Conv" else x
+        m = x.reshape(-1, x.shape[-1]).max(axis=0).astype(np.float64)
+        out[node.name] = np.maximum(out.get(node.name, 0.0), m)
+
+    observe_inputs(graph, feeds, nodes, hook)
+    return out
+
+
 def output_bias_error(
     graph: Graph, feeds: list | None, layers: Iterable[str]
 ) -> dict[str, np.ndarray]:

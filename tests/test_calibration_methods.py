@@ -108,3 +108,50 @@ def test_bias_correction_removes_the_mean_output_error():
     before, after = mean_error(plain), mean_error(corrected)
     assert before.mean() > 0.05  # the shift is real ...
     assert after.mean() < 0.3 * before.mean()  # ... and mostly gone on data it was not fit on
+
+
+@pytest.mark.parametrize("layernorm", [True, False])
+def test_smooth_act_keeps_the_function_and_tames_an_outlier_channel(layernorm):
+    """Input channel 3 is 100x the others. smooth-act leaves the float graph's output unchanged
+    (1e-5 relative: float32 rounding of the rescaled constants) and 8-bit activations then keep
+    the other channels: the quantised output error falls several fold."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((32, 16)).astype(np.float32)
+    gamma = np.ones(16, np.float32)
+    gamma[3] = 100.0
+    nodes = [helper.make_node("MatMul", ["h", "w"], ["y"], name="fc")]
+    if layernorm:  # the scale and shift of a LayerNorm split into Mul and Add absorb 1/s
+        nodes = [
+            helper.make_node("Mul", ["x", "gamma"], ["xg"]),
+            helper.make_node("Add", ["xg", "beta"], ["h"]),
+        ] + nodes
+    else:  # a graph input has no producer to absorb 1/s: a vector-unit Mul is inserted
+        nodes[0].input[0] = "x"
+    graph = helper.make_graph(
+        nodes,
+        "smooth",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 32])],
+        [
+            helper.make_tensor("w", TensorProto.FLOAT, [16, 32], w.T.ravel()),
+            helper.make_tensor("gamma", TensorProto.FLOAT, [16], gamma),
+            helper.make_tensor("beta", TensorProto.FLOAT, [16], np.full(16, 0.1)),
+        ],
+    )
+    model = cimc.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    spread = np.float32(1.0) if layernorm else gamma
+
+    def data():
+        return {"x": (rng.standard_normal((64, 16)) * spread).astype(np.float32)}
+
+    calib, test = [data() for _ in range(4)], data()
+    smoothed = cimc.run_passes(model, "smooth-act", calibration=calib)
+    want = cimc.interpret(model, test)["y"]
+    got = cimc.interpret(smoothed, test)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert len(smoothed) == len(model) + (0 if layernorm else 1)
+
+    quant = "quantize-weights{bits=8,keep-edges=false},quantize-act"
+    plain = cimc.interpret(cimc.run_passes(model, quant, calibration=calib), test)["y"]
+    smooth = cimc.interpret(cimc.run_passes(smoothed, quant, calibration=calib), test)["y"]
+    assert np.abs(smooth - want).mean() < 0.5 * np.abs(plain - want).mean()

@@ -111,8 +111,8 @@ def test_compiles_and_simulates_bit_identically(kit_model, path, preset, tmp_pat
         calibration=feeds[:2],
     )
     program = cimc.load_program(program.save(tmp_path / "p.cimx"))
-    result = simulate(program, feeds[2])
-    reference = cimc.interpret(program.graph, feeds[2])
+    result = simulate(program, feeds[-1])  # magika scores all its files in one batch: one feed
+    reference = cimc.interpret(program.graph, feeds[-1])
     for name, want in reference.items():
         assert np.array_equal(result.outputs[name], want), name  # bit for bit
         assert np.all(np.isfinite(want)), name
