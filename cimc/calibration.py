@@ -7,6 +7,7 @@ C_g = sum_m x[m, g] x[m, g]^T, so the output error of a weight error d is d^T C_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -81,6 +82,7 @@ def input_ranges(
     observe_inputs(graph, feeds, nodes, extremes)
     if method == "max":
         return {n: (lo[n], hi[n]) for n in lo}
+    _enough_values(graph, feeds, lo, method, percentile)
     amax = {n: max(abs(lo[n]), abs(hi[n])) for n in lo}
     hist: dict[str, np.ndarray] = {}
 
@@ -97,6 +99,22 @@ def input_ranges(
         t = _THRESHOLD[method](hist[n].astype(np.float64), edges, levels, percentile)
         out[n] = (max(lo[n], -t), min(hi[n], t))
     return out
+
+
+def _enough_values(graph: Graph, feeds: list, layers: Iterable[str], method: str, pct: float):
+    """Clipping needs data beyond the threshold: a percentile p needs 100 / (100 - p) values to
+    differ from the max, the KL histogram one value per bin."""
+    need = {"percentile": math.ceil(100 / (100 - pct)), "entropy": _BINS}.get(method, 0)
+    for name in layers:
+        x = graph.node(name).inputs[0]
+        have = graph.values[x].size * len(feeds)
+        if have < need:
+            per_feed = graph.values[x].size
+            raise FeedError(
+                f"quantize-act method={method} at layer {name!r}: {len(feeds)} calibration "
+                f"feeds give {have} values of its input but it needs at least {need}; give at "
+                f"least {math.ceil(need / per_feed)} feeds, or use method=max"
+            )
 
 
 def _percentile(h: np.ndarray, edges: np.ndarray, levels: int, pct: float) -> float:

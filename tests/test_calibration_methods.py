@@ -8,15 +8,16 @@ from onnx import TensorProto, helper
 
 import cimc
 from cimc.calibration import METHODS, input_ranges
+from cimc.errors import FeedError
 
 
-def layer_graph(n_in: int = 64) -> cimc.Graph:
+def layer_graph(n_in: int = 64, rows: int = 256) -> cimc.Graph:
     w = np.eye(n_in, dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
         "fc",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, n_in])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, n_in])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, n_in])],
         [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())],
     )
     return cimc.import_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
@@ -155,3 +156,12 @@ def test_smooth_act_keeps_the_function_and_tames_an_outlier_channel(layernorm):
     plain = cimc.interpret(cimc.run_passes(model, quant, calibration=calib), test)["y"]
     smooth = cimc.interpret(cimc.run_passes(smoothed, quant, calibration=calib), test)["y"]
     assert np.abs(smooth - want).mean() < 0.5 * np.abs(plain - want).mean()
+
+
+@pytest.mark.parametrize(("method", "feeds_needed"), [("percentile", 79), ("entropy", 16)])
+def test_too_few_calibration_values_say_how_many_feeds(method, feeds_needed):
+    """128 values per feed: a 99.99th percentile needs 10000 values, a histogram 2048."""
+    graph = layer_graph(n_in=8, rows=16)
+    one = [{"x": np.ones((16, 8), np.float32)}]
+    with pytest.raises(FeedError, match=rf"give at least {feeds_needed} feeds"):
+        input_ranges(graph, one, ["fc"], method, 99.99)
