@@ -3,7 +3,9 @@
 After import every value has a static shape, every shape sub-graph (Shape/Gather/Concat/...
 chains as exporters emit them) and every constant expression is folded into a constant,
 Identity and Dropout are gone, and initializers listed as graph inputs (old exporters do that)
-are constants rather than inputs.
+are constants rather than inputs. ``If`` nodes are inlined (``cimc.control_flow``) and LSTM and
+GRU nodes unrolled into matrix products and gate arithmetic (``cimc.recurrent``), so the passes
+and the backend see only straight-line graphs of registered ops.
 """
 
 from __future__ import annotations
