@@ -274,3 +274,13 @@ def test_constant_if_keeps_only_the_taken_branch(cond):
 def test_if_with_branches_of_different_shapes_is_refused():
     with pytest.raises(ShapeError, match=r"If node 'the_if'.*\(1, 3\).*\(3, 1\)"):
         cimc.import_onnx(if_model(None, else_shape=(3, 1)))
+
+
+def test_cli_names_the_if_node_in_one_line(tmp_path, capsys):
+    from cimc.cli import main
+
+    path = tmp_path / "bad_if.onnx"
+    onnx.save(if_model(None, else_shape=(3, 1)), path)
+    assert main(["compile", str(path), "-o", str(tmp_path / "p.cimx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "If node 'the_if'" in err, err
