@@ -284,3 +284,23 @@ def test_cli_names_the_if_node_in_one_line(tmp_path, capsys):
     assert main(["compile", str(path), "-o", str(tmp_path / "p.cimx")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "If node 'the_if'" in err, err
+
+
+def test_steps_are_timed_one_after_another():
+    """Each step's recurrent product waits for the previous hidden state, so the simulated
+    cycles of the per-step layers grow with the sequence, at the same cost per step."""
+    per_step = []
+    for seq in (SEQ, 2 * SEQ):
+        model = recurrent_model("GRU", linear_before_reset=1)
+        x = model.graph.input[0].type.tensor_type.shape.dim[0]
+        x.dim_value = seq
+        for o in model.graph.output:  # Y has the sequence first; Y_h does not
+            if o.name == "Y":
+                o.type.tensor_type.shape.dim[0].dim_value = seq
+        program = cimc.compile(model, target="int8-sram", calibration=[feeds_of(model)])
+        result = simulate(program, feeds_of(model, seed=2))
+        steps = [c for name, c in result.layer_cycles.items() if ".hr" in name]
+        assert len(steps) == seq - 1  # the first step's product is folded (zero state)
+        assert all(c > 0 for c in steps)
+        per_step.append(sum(steps) / len(steps))
+    assert per_step[1] == pytest.approx(per_step[0], rel=0.05)
