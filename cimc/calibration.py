@@ -7,6 +7,7 @@ C_g = sum_m x[m, g] x[m, g]^T, so the output error of a weight error d is d^T C_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -16,6 +17,7 @@ from .cim_ops import unfold
 from .errors import FeedError
 from .interpreter import Interpreter
 from .ir import Graph, Node
+from .ops import REGISTRY
 
 
 class _Watcher(Interpreter):
@@ -47,30 +49,113 @@ def observe_inputs(
         runner.run(f)
 
 
+METHODS = ("max", "percentile", "mse", "entropy")
+_BINS = 2048
+
+
 def input_ranges(
-    graph: Graph, feeds: list | None, nodes: Iterable[str], percentile: float | None = None
+    graph: Graph,
+    feeds: list | None,
+    nodes: Iterable[str],
+    method: str = "max",
+    percentile: float = 99.99,
+    bits: int = 8,
 ) -> dict[str, tuple[float, float]]:
-    """(min, max) of each node's first input over the calibration set; with ``percentile``,
-    the max of |x| is replaced by that percentile of |x| (robust to rare outliers)."""
+    """(lo, hi) of each node's first input over the calibration set, clipped by ``method``.
+
+    ``max`` keeps the extremes. The others clip the magnitude at a threshold chosen from a
+    histogram of |x| (2048 bins up to the largest |x|; a second pass over the feeds, so memory
+    stays bounded on big activations): ``percentile`` at that percentile of |x|; ``mse`` where
+    the expected squared error of ``bits``-bit rounding plus clipping is least; ``entropy``
+    where the KL divergence between the histogram and its quantised form is least (TensorRT's
+    calibrator). Unsigned ranges (no negative value seen) get twice the levels."""
     feeds = _need(feeds, "activation range calibration")
+    nodes = set(nodes)
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
-    samples: dict[str, list[np.ndarray]] = {}
 
-    def hook(node: Node, args: list) -> None:
+    def extremes(node: Node, args: list) -> None:
         x = args[0]
         lo[node.name] = min(lo.get(node.name, np.inf), float(x.min()))
         hi[node.name] = max(hi.get(node.name, -np.inf), float(x.max()))
-        if percentile is not None:
-            samples.setdefault(node.name, []).append(np.abs(x).ravel())
 
-    observe_inputs(graph, feeds, nodes, hook)
-    if percentile is not None:
-        for name, parts in samples.items():
-            q = float(np.percentile(np.concatenate(parts), percentile))
-            hi[name] = min(hi[name], q)
-            lo[name] = max(lo[name], -q)
-    return {n: (lo[n], hi[n]) for n in lo}
+    observe_inputs(graph, feeds, nodes, extremes)
+    if method == "max":
+        return {n: (lo[n], hi[n]) for n in lo}
+    _enough_values(graph, feeds, lo, method, percentile)
+    amax = {n: max(abs(lo[n]), abs(hi[n])) for n in lo}
+    hist: dict[str, np.ndarray] = {}
+
+    def histogram(node: Node, args: list) -> None:
+        top = amax[node.name] or 1.0
+        h, _ = np.histogram(np.abs(args[0]), bins=_BINS, range=(0.0, top))
+        hist[node.name] = hist.get(node.name, 0) + h
+
+    observe_inputs(graph, feeds, nodes, histogram)
+    out = {}
+    for n in lo:
+        levels = 2**bits - 1 if lo[n] >= 0 else 2 ** (bits - 1) - 1
+        edges = np.linspace(0.0, amax[n], _BINS + 1)
+        t = _THRESHOLD[method](hist[n].astype(np.float64), edges, levels, percentile)
+        out[n] = (max(lo[n], -t), min(hi[n], t))
+    return out
+
+
+def _enough_values(graph: Graph, feeds: list, layers: Iterable[str], method: str, pct: float):
+    """Clipping needs data beyond the threshold: a percentile p needs 100 / (100 - p) values to
+    differ from the max, the KL histogram one value per bin."""
+    need = {"percentile": math.ceil(100 / (100 - pct)), "entropy": _BINS}.get(method, 0)
+    for name in layers:
+        x = graph.node(name).inputs[0]
+        have = graph.values[x].size * len(feeds)
+        if have < need:
+            per_feed = graph.values[x].size
+            raise FeedError(
+                f"quantize-act method={method} at layer {name!r}: {len(feeds)} calibration "
+                f"feeds give {have} values of its input but it needs at least {need}; give at "
+                f"least {math.ceil(need / per_feed)} feeds, or use method=max"
+            )
+
+
+def _percentile(h: np.ndarray, edges: np.ndarray, levels: int, pct: float) -> float:
+    cum = np.cumsum(h) / h.sum()
+    return float(np.interp(pct / 100, np.concatenate([[0.0], cum]), edges))
+
+
+def _mse(h: np.ndarray, edges: np.ndarray, levels: int, pct: float) -> float:
+    """Threshold minimising sum_bins h * (rounding error^2 within, clipping error^2 beyond)."""
+    centre = (edges[:-1] + edges[1:]) / 2
+    cands = edges[1:][:: max(1, len(h) // 256)][None, :]  # [1, C]
+    step = cands / levels
+    inside = centre[:, None] <= cands
+    err = np.where(inside, step**2 / 12, (centre[:, None] - cands) ** 2)
+    return float(cands[0, np.argmin(h @ err)])
+
+
+def _entropy(h: np.ndarray, edges: np.ndarray, levels: int, pct: float) -> float:
+    """TensorRT's KL calibration: for each candidate threshold i (bins), the reference P is
+    h[:i] with the outliers folded into its last bin; Q merges h[:i] (without them) into
+    ``levels`` levels, each spread evenly over its non-empty bins; keep the i with the least
+    KL(P || Q)."""
+    best, best_i = np.inf, len(h)
+    for i in range(levels, len(h) + 1, max(1, (len(h) - levels) // 256)):
+        sliced = h[:i]
+        p = sliced.copy()
+        p[-1] += h[i:].sum()
+        level = np.arange(i) * levels // i
+        nonzero = p > 0
+        mass = np.bincount(level, weights=sliced, minlength=levels)
+        count = np.bincount(level, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, mass[level] / np.maximum(count[level], 1), 0.0)
+        ps, qs = p / p.sum(), q / q.sum()
+        with np.errstate(divide="ignore"):  # a bin P holds but Q does not: KL is infinite
+            kl = float(np.sum(ps[nonzero] * np.log(ps[nonzero] / qs[nonzero])))
+        if kl < best:
+            best, best_i = kl, i
+    return float(edges[best_i])
+
+
+_THRESHOLD = {"percentile": _percentile, "mse": _mse, "entropy": _entropy}
 
 
 def slot_moments(
@@ -98,3 +183,49 @@ def slot_moments(
 
     observe_inputs(graph, feeds, layers, hook)
     return out
+
+
+def channel_maxima(graph: Graph, feeds: list | None, nodes: Iterable[str]) -> dict[str, np.ndarray]:
+    """max |x| per input channel of each node's first input (axis 1 of a Conv, else the last)."""
+    feeds = _need(feeds, "per-channel smoothing")
+    out: dict[str, np.ndarray] = {}
+
+    def hook(node: Node, args: list) -> None:
+        x = np.abs(args[0])
+        x = np.moveaxis(x, 1, -1) if node.op == "Conv" else x
+        m = x.reshape(-1, x.shape[-1]).max(axis=0).astype(np.float64)
+        out[node.name] = np.maximum(out.get(node.name, 0.0), m)
+
+    observe_inputs(graph, feeds, nodes, hook)
+    return out
+
+
+def output_bias_error(
+    graph: Graph, feeds: list | None, layers: Iterable[str]
+) -> dict[str, np.ndarray]:
+    """Per output channel, the mean of (compiled layer output - float layer output) over the
+    calibration set: the expected error that bias correction subtracts (Nagel et al., 2019).
+
+    The float output is the layer's input, unquantised, times its float weight
+    (``meta['compression']['weight']``); the compiled one quantises both, as the arrays do."""
+    feeds = _need(feeds, "bias correction")
+    total: dict[str, np.ndarray] = {}
+    count: dict[str, int] = {}
+
+    def hook(node: Node, args: list) -> None:
+        compiled = REGISTRY[node.op].impl(node, *args)
+        rows, _ = unfold(args[0].astype(np.float64), node.attrs)  # [group, M, K]
+        group, m, _ = rows.shape
+        w = node.meta["compression"]["weight"].astype(np.float64)
+        w = w.reshape(group, w.shape[0] // group, -1)
+        exact = np.matmul(rows, w.transpose(0, 2, 1)).transpose(1, 0, 2).reshape(m, -1)
+        channel_last = compiled if node.attrs["kind"] != "conv" else np.moveaxis(compiled, 1, -1)
+        diff = channel_last.reshape(m, -1).astype(np.float64) - exact
+        bias = node.inputs[-1]
+        if bias:  # the compiled output includes the bias, the product above does not
+            diff -= graph.values[bias].data
+        total[node.name] = total.get(node.name, 0.0) + diff.sum(axis=0)
+        count[node.name] = count.get(node.name, 0) + m
+
+    observe_inputs(graph, feeds, layers, hook)
+    return {n: total[n] / count[n] for n in total}

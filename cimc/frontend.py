@@ -3,7 +3,9 @@
 After import every value has a static shape, every shape sub-graph (Shape/Gather/Concat/...
 chains as exporters emit them) and every constant expression is folded into a constant,
 Identity and Dropout are gone, and initializers listed as graph inputs (old exporters do that)
-are constants rather than inputs.
+are constants rather than inputs. ``If`` nodes are inlined (``cimc.control_flow``) and LSTM and
+GRU nodes unrolled into matrix products and gate arithmetic (``cimc.recurrent``), so the passes
+and the backend see only straight-line graphs of registered ops.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
 from onnx.external_data_helper import uses_external_data
 
+from .control_flow import check_selects, expand_if, fold_constant_selects, subgraph_nodes
 from .errors import GraphError, ModelLoadError, NodeError, ShapeError, UnsupportedOpError
 from .interpreter import peak_live_bytes
 from .ir import Graph, Node, Value
 from .limits import check_bytes, memory_limit
 from .ops import REGISTRY
+from .recurrent import unroll_recurrent
 
 CANONICAL_OPSET = 17
 _ONNX_DOMAINS = ("", "ai.onnx")
 _PASS_THROUGH = ("Identity", "Dropout")
+_EXPANDED = ("If",)  # rewritten into other ops at import (cimc.control_flow)
 
 
 def import_onnx(
@@ -57,7 +62,12 @@ def import_onnx(
     graph = _build(model, weights, where)
     for v in graph.values.values():
         check_bytes(v.nbytes, f"{where}: tensor {v.name!r} {v.type_str()}", limit)
+    expand_if(graph, lambda n: _attrs(n, n.name or n.op_type), _value_from_info)
     fold_constants(graph, where, limit)
+    fold_constant_selects(graph)
+    check_selects(graph)
+    if unroll_recurrent(graph):
+        fold_constants(graph, where, limit)
     remove_pass_through(graph)
     graph.prune_unused()
     _verify_import(graph, where)
@@ -143,9 +153,11 @@ def _check_supported(model: onnx.ModelProto) -> None:
     """Report every unsupported op type (with node names), all at once."""
     unsupported: dict[str, list[str]] = {}
     detail: dict[str, str] = {}
-    for i, n in enumerate(model.graph.node):
+    for i, n in enumerate(subgraph_nodes(model.graph)):
         name = n.name or f"{n.op_type}_{i}"
         op = n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}.{n.op_type}"
+        if op in _EXPANDED:
+            continue
         opdef = REGISTRY.get(op)
         if opdef is None:
             unsupported.setdefault(op, []).append(name)

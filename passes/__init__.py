@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     permute_schedule,
     quantize_act,
     quantize_weights,
+    smooth_act,
     tile,
     weight_pool,
     zpack,
