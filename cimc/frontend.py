@@ -217,14 +217,20 @@ def _check_generated_sizes(model: onnx.ModelProto, where: str, limit: int) -> No
             continue
         if node.op_type == "ConstantOfShape" and vals[0].dtype.kind in "iu":
             count = math.prod(int(d) for d in vals[0].reshape(-1))
+            fill = [a.t for a in node.attribute if a.name == "value"]
+            itemsize = (
+                onnx.helper.tensor_dtype_to_np_dtype(fill[0].data_type).itemsize if fill else 4
+            )  # the default fill is a float32 zero
         elif node.op_type == "Range" and len(vals) == 3 and all(v.size == 1 for v in vals):
             start, stop, delta = (float(v.reshape(-1)[0]) for v in vals)
             if delta == 0 or not all(map(math.isfinite, (start, stop, delta))):
                 continue  # the Range rules at import name this
             count = max(math.ceil((stop - start) / delta), 0)
+            itemsize = vals[0].dtype.itemsize
         else:
             continue
-        check_bytes(8 * count, f"{where}: output of node {node.name!r} ({node.op_type})", limit)
+        what = f"{where}: output of node {node.name!r} ({node.op_type})"
+        check_bytes(itemsize * count, what, limit)
 
 
 def _copy_fields(dst: Message, src: Message, skip: str) -> None:

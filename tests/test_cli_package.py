@@ -16,7 +16,18 @@ import pytest
 import cimc.cli
 
 HEAVY = ("torch", "matplotlib", "onnxruntime")
-COMMANDS = {"inspect", "passes", "targets", "compile", "disasm", "run", "compare", "demo", "train"}
+COMMANDS = {
+    "inspect",
+    "passes",
+    "targets",
+    "compile",
+    "disasm",
+    "run",
+    "compare",
+    "demo",
+    "train",
+    "search",
+}
 CLI_MODULES = sorted(
     f"cimc.cli.{m.name}" for m in pkgutil.iter_modules(cimc.cli.__path__) if m.name != "__main__"
 )

@@ -123,12 +123,19 @@ def betas(graph) -> dict[str, float]:
     }
 
 
+def run_on_copy(graph, pipeline: str, ctx: PassContext):
+    """A copy of ``graph`` with ``pipeline`` run on it in place (run_pipeline returns results)."""
+    work = graph.copy()
+    run_pipeline(work, pipeline, ctx)
+    return work
+
+
 def test_weight_pool_hands_typed_moments_to_the_error_passes(small, monkeypatch):
     ctx = PassContext(calibration=feeds())
     # others=0: the first conv stays float, so the pool layer's input is the same before and
     # after weight-pool and error-term, gathering afresh, must find the same moments
     pipeline = "zpack{vector=32},weight-pool{vector=32,pool=32,others=0}"
-    graph = run_pipeline(small.copy(), pipeline, ctx)
+    graph = run_on_copy(small, pipeline, ctx)
     pool_layers = [n.name for n in graph.nodes() if n.op == POOL_OP]
     assert isinstance(ctx.slot_moments, SlotMoments) and len(pool_layers) == 1
     assert sorted(ctx.slot_moments.layers) == pool_layers
@@ -143,12 +150,12 @@ def test_weight_pool_hands_typed_moments_to_the_error_passes(small, monkeypatch)
         raise AssertionError("error-term gathered moments weight-pool had already gathered")
 
     monkeypatch.setattr(cimc.compress.moments, "slot_moments", gather_again)
-    reused = betas(run_pipeline(graph.copy(), "error-term", ctx))
+    reused = betas(run_on_copy(graph, "error-term", ctx))
     assert ctx.state == state_before  # nothing travels through the untyped scratch
     monkeypatch.undo()
     # Without weight-pool's moments error-term gathers the same ones itself: the same sums in
     # the same order, so beta is bit-identical.
-    fresh = betas(run_pipeline(graph.copy(), "error-term", PassContext(calibration=feeds())))
+    fresh = betas(run_on_copy(graph, "error-term", PassContext(calibration=feeds())))
     assert reused == fresh and all(b > 0 for b in fresh.values())
 
 

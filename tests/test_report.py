@@ -10,7 +10,9 @@ from cimc.report.fidelity import fidelity
 
 def test_fidelity_of_known_outputs():
     ref = np.array([[1.0, 2.0, 0.5], [3.0, -1.0, 0.0]], dtype=np.float32)
-    assert fidelity(ref, ref) == pytest.approx({"cosine": 1.0, "top1_agreement": 1.0})
+    same = fidelity(ref, ref)
+    assert same["cosine"] == pytest.approx(1.0) and same["top1_agreement"] == 1.0
+    assert same["reference_constant"] is False
     assert fidelity(-ref, ref)["cosine"] == pytest.approx(-1.0)
     # only row 0 keeps its argmax (column 1); the cosine is computed by hand
     out = np.array([[0.0, 2.0, 0.0], [0.0, 0.0, 1.0]], dtype=np.float32)
