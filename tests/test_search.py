@@ -57,7 +57,7 @@ def test_linked_variable_sets_pipeline_and_target():
     space = Space.from_target(load_target("cimpool-sram"))
     config = space.base_config() | {"vector": 64, "act_bits": 4, "keep": 0.25}
     pipe = space.pipeline_for(config)
-    assert "zpack{vector=64}" in pipe and "weight-pool{vector=64}" in pipe
+    assert "zpack{vector=64}" in pipe and "weight-pool{vector=64," in pipe
     assert "quantize-act{bits=4}" in pipe and "error-prune{keep=0.25}" in pipe
     target = space.target_for(config)
     assert (target.rows, target.act_bits, target.error_rows) == (64, 4, 16)

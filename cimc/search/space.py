@@ -151,8 +151,11 @@ class Space:
         pipe = {p.name: p.options() for p in parse_pipeline(_default_pipeline(self.target))}
         out = {}
         for v in self.variables:
-            value = _member_value(v.members[0], self.target, pipe)
-            out[v.name] = value if value in v.choices else None
+            # a pass option left at 0 means "the target's": the target member is the truth
+            values = [_member_value(m, self.target, pipe) for m in v.members]
+            if v.name == "keep":
+                values.append(self.target.error_rows / self.target.rows)
+            out[v.name] = next((x for x in values if x in v.choices), None)
         return out
 
     def target_for(self, config: dict[str, Any], numerics_only: bool = False) -> Any:
