@@ -87,6 +87,16 @@ class WeightPool(Pass):
         self.check_choice("assign", RULES)
         self.check_choice("scale", SCALES)
         self.check_choice("others", (0, *WEIGHT_BITS))
+        self._check_hadamard(self.vector, self.pool)  # the target's values are checked in run
+
+    def _check_hadamard(self, vector: int, pool: int) -> None:
+        """A Hadamard pool needs a power-of-two vector and pool <= 2 * vector (0: not known yet)."""
+        bad_vector = vector and not _is_power_of_two(vector)
+        if self.init == "hadamard" and (bad_vector or (vector and pool > 2 * vector)):
+            raise OptionError(
+                f"weight-pool: init=hadamard needs vector a power of two and pool <= 2*vector "
+                f"(got vector={vector}, pool={pool}); use init=kmeans or random"
+            )
 
     def geometry(self, graph: Graph, ctx: PassContext, chosen: list[Node]) -> tuple[int, int]:
         """(vector, pool): the target's rows and pool_cols, which set options must equal."""
@@ -101,11 +111,7 @@ class WeightPool(Pass):
                     f"weight-pool: vector={vector} but zpack laid out layer {n.name!r} with "
                     f"vector={laid}; give both passes the same vector"
                 )
-        if self.init == "hadamard" and (not _is_power_of_two(vector) or pool > 2 * vector):
-            raise OptionError(
-                f"weight-pool: init=hadamard needs vector a power of two and pool <= 2*vector "
-                f"(got vector={vector}, pool={pool}); use init=kmeans or random"
-            )
+        self._check_hadamard(vector, pool)
         if not _is_power_of_two(pool):
             raise OptionError(
                 f"weight-pool: pool={pool} (the target's pool_cols) must be a power of two: an "
