@@ -10,8 +10,9 @@ occupancy with the target's parameters)::
   stride    distance between those MAs
   rows      input rows covered
   bytes     bytes moved per destination MA (loads, partial sums)
-  work      1b x 1b MACs (MVMs), element operations (vector unit), or for LOAD_X the distinct
-            bytes of the rows (what an L2 link carries at most, thanks to multicast)
+  work      1b x 1b MACs (MVMs: weight bits x input bit planes), element operations (vector
+            unit), or for LOAD_X the distinct bytes of the rows (what an L2 link carries at
+            most, thanks to multicast)
   cycles    modelled busy cycles of the instruction's compute unit (MVMs, vector ops)
   routes    results routed by the permutation unit (pool MVMs)
   dep0/1    instructions that must finish first (-1: none)
@@ -57,7 +58,7 @@ from .cim_ops import CIM_OPS, POOL_OP
 from .errors import CimcError, ProgramError
 from .ir import Graph, Node, Value
 
-FORMAT_VERSION = 3  # 3: LOAD_A; VEC work counts MACs, windows, passes
+FORMAT_VERSION = 4  # 3: LOAD_A, VEC work is real work; 4: MVM work counts input bit planes
 MAGIC = b"CIMX"
 _HEADER = struct.Struct("<4sIQ32s")
 

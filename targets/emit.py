@@ -200,7 +200,7 @@ def emit_cim_layer(
         for part, op in ((mvm, mvm_op), (psum, psum_op)):
             part[F["op"]], part[F["layer"]], part[F["ma"]] = op, li, arrays
             part[F["span"]], part[F["stride"]], part[F["rows"]] = 1, 1, b
-        mvm[F["work"]] = b * geo.bitops_per_row
+        mvm[F["work"]] = b * geo.bitops_per_row * t.act_bits  # 1b x 1b MACs: every bit plane
         mvm[F["cycles"]] = b * tiling.per_row_cycles
         mvm[F["routes"]] = b * routes
         mvm[F["dep0"]] = x

@@ -72,10 +72,11 @@ def adc_energy(ins: np.ndarray, target) -> np.ndarray:
     bit-MACs per row over the array's rows)."""
     op = ins["op"]
     rows = np.maximum(ins["rows"], 1).astype(np.float64)
+    per_plane = ins["work"] / target.act_bits  # an MVM's work counts every input bit plane
     pool = op == OP["MVM_POOL"]
     pool_only = rows * target.rows * target.pool_cols
-    error_cols = np.where(ins["work"] > pool_only, ins["routes"] / rows, 0.0)
-    columns = np.where(pool, target.pool_cols + error_cols, ins["work"] / (rows * target.rows))
+    error_cols = np.where(per_plane > pool_only, ins["routes"] / rows, 0.0)
+    columns = np.where(pool, target.pool_cols + error_cols, per_plane / (rows * target.rows))
     mvm = pool | (op == OP["MVM_INT"])
     conversions = np.where(mvm, rows * columns * target.act_bits, 0.0)
     return conversions * adc_conversion_pj(target)

@@ -85,7 +85,7 @@ def test_adc_energy_and_area_follow_the_conversions(feeds):
     per_row = target.pool_cols + ins["routes"][pool] / ins["rows"][pool]
     conversions = float((ins["rows"][pool] * per_row).sum()) * target.act_bits
     int_rows = ins["op"] == cimc.program.OP["MVM_INT"]
-    conversions += float(ins["work"][int_rows].sum()) / target.rows * target.act_bits
+    conversions += float(ins["work"][int_rows].sum()) / target.rows  # work counts bit planes
     assert five.energy_breakdown["adc"] == pytest.approx(conversions * adc_conversion_pj(target))
     area = chip_area(load_target("cimpool-sram", {"adc_bits": 5}))["adc"]
     columns = target.num_arrays * (target.pool_cols + target.error_cols)
