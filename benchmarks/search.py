@@ -59,7 +59,7 @@ from cimc.models import ZOO, export_onnx
 from cimc.search import Evaluator, Predictor, Space, Study, hypervolume, rank_metrics
 from cimc.search.evaluate import Metrics, load_data
 from cimc.search.executor import process_pool, run_all
-from cimc.search.loop import Settings, reference_point, run_loop
+from cimc.search.loop import Settings, nsga2_algorithm, reference_point, run_loop
 from cimc.search.objectives import OBJECTIVES, Constraints, Objective, minimised
 from cimc.search.space import HIERARCHY, declared_variables
 from cimc.search.study import config_hash
@@ -152,13 +152,8 @@ def nsga2_order(
     seed: int,
 ) -> list[str]:
     """Distinct configs in the order pymoo's NSGA-II evaluates them on true values."""
-    from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.evaluator import Evaluator as PymooEvaluator
     from pymoo.core.problem import Problem
-    from pymoo.operators.crossover.sbx import SBX
-    from pymoo.operators.mutation.pm import PM
-    from pymoo.operators.repair.rounding import RoundingRepair
-    from pymoo.operators.sampling.rnd import IntegerRandomSampling
     from pymoo.problems.static import StaticProblem
 
     highs = np.array([len(v.choices) - 1 for v in space.variables])
@@ -167,14 +162,7 @@ def nsga2_order(
     problem = Problem(
         n_var=len(highs), n_obj=len(objectives), n_ieq_constr=1, xl=0, xu=highs, vtype=int
     )
-    algorithm = NSGA2(
-        pop_size=population,
-        sampling=IntegerRandomSampling(),
-        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
-        mutation=PM(prob=1.0, eta=20, vtype=float, repair=RoundingRepair()),
-        eliminate_duplicates=True,
-    )
-    algorithm.mating.n_max_iterations = 5
+    algorithm = nsga2_algorithm(population)  # the loop's operators, on true values
     algorithm.setup(problem, seed=seed, termination=("n_gen", 10**6))
     order: list[str] = []
     seen: set[str] = set()
