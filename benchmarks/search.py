@@ -369,8 +369,8 @@ def print_model(res: dict[str, Any], objectives: list[Objective]) -> None:
     if "full_compile_s" in sp:
         one = sp["full_compile_s"] + sp["full_simulate_s"]
         full = (
-            f"; one full compile + simulate: {one:.1f} s ({sp['full_compile_s']:.1f} + "
-            f"{sp['full_simulate_s']:.1f}), {one * sp['evals_per_s']:,.0f}x one evaluation"
+            f"; one full compile + simulate: {one:.2f} s ({sp['full_compile_s']:.2f} + "
+            f"{sp['full_simulate_s']:.2f}), {one * sp['evals_per_s']:,.0f}x one evaluation"
         )
     print(
         f"hardware evaluations, compression cached: {sp['evals_per_s']:.1f}/s "
