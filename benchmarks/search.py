@@ -26,8 +26,9 @@ so each costs nothing; a config evaluated twice counts once):
                evaluated truly (``run_loop``, population --population)
 
 Each method runs once per seed to the largest budget; a smaller budget is the prefix of its
-evaluation order. For all three that prefix is exactly what a run with the smaller budget does
-(rounds depend only on the rows before them and on the seed). Reported per budget: hypervolume
+evaluation order. For NSGA-II and the guided loop that prefix is exactly what a run with the
+smaller budget does (rounds depend only on the rows before them and on the seed; tested); for
+random search it is a uniform random sample of that size. Reported per budget: hypervolume
 of the feasible points evaluated as a fraction of the exhaustive front's (mean, standard
 deviation and minimum over seeds), and for the guided loop the predictors' Kendall tau and
 MAPE: refit on that budget's true evaluations, scored on every feasible config not yet evaluated.
