@@ -27,7 +27,8 @@ from .space import Space
 
 HARDWARE_PASSES = ("permute-schedule",)
 """Compression-pipeline passes that read hardware parameters the search varies; they run in the
-backend stage, once per hardware config, not in the cached compression stage."""
+backend stage, not in the cached compression stage, once per compressed graph and values of the
+parameters they read (``_scheduled``: a pass added here must add what it reads to that key)."""
 
 _MISSING = re.compile(r"([\d,]+) bytes are missing")
 _MEMORY: dict[str, dict[str, Any]] = {}  # compressed stages of this process, by key
@@ -156,9 +157,9 @@ class Evaluator:
         from ..targets.simulator import simulate
 
         stage, cached = self.compressed(config)
-        backend = ",".join(HARDWARE_PASSES) if stage["hardware_passes"] else "zpack"
         target = self.space.target_for(config)
-        program = compile(stage["graph"], target=target, pipeline=backend, calibration=[])
+        graph = _scheduled(stage, target) if stage["hardware_passes"] else stage["graph"]
+        program = compile(graph, target=target, pipeline="tile", calibration=[])
         result = simulate(program, functional=False)
         return Metrics(
             cycles=int(result.cycles),
@@ -188,7 +189,7 @@ class Evaluator:
             return _MEMORY[key], True
         path = Path(self.cache_dir) / f"{key}.pkl" if self.cache_dir else None
         if path is not None and path.is_file():
-            _MEMORY[key] = pickle.loads(path.read_bytes())
+            _MEMORY[key] = pickle.loads(path.read_bytes()) | {"key": key}
             return _MEMORY[key], True
         from ..pass_manager import run_passes
 
@@ -197,6 +198,7 @@ class Evaluator:
             graph, ",".join(kept), calibration=source["data"].calibration, target=numerics
         )
         stage = {
+            "key": key,
             "graph": graph,
             "hardware_passes": len(kept) < len(pipeline.split(",")),
             "numerics": self._numerics(graph, source),
@@ -235,6 +237,19 @@ class Evaluator:
             "top1_agreement": fid["top1_agreement"],
             "accuracy": accuracy,
         }
+
+
+def _scheduled(stage: dict[str, Any], target: Any) -> Any:
+    """The compressed graph after the hardware passes, cached per compressed graph and the only
+    target parameters they read (permute-schedule: ``perm_lanes``, ``acc_banks``, ``act_bits``):
+    configs that differ in the memory hierarchy share it, so they re-run only tile and lower."""
+    from ..pass_manager import run_passes
+
+    read = (target.perm_lanes, target.acc_banks, target.act_bits)
+    key = f"scheduled:{stage['key']}:{read}"
+    if key not in _MEMORY:
+        _MEMORY[key] = run_passes(stage["graph"], ",".join(HARDWARE_PASSES), target=target)
+    return _MEMORY[key]
 
 
 def prepare_source(

@@ -240,12 +240,7 @@ def _nsga2(
     touches every offspring (pymoo's default, 1/n_var per variable) rather than DyNAS-T's 2%:
     with 2% the population of a small space collapses into duplicates, and pymoo retries
     mating up to 100 times per generation to replace them (a minute per round)."""
-    from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.problem import Problem
-    from pymoo.operators.crossover.sbx import SBX
-    from pymoo.operators.mutation.pm import PM
-    from pymoo.operators.repair.rounding import RoundingRepair
-    from pymoo.operators.sampling.rnd import IntegerRandomSampling
     from pymoo.optimize import minimize
 
     highs = np.array([len(v.choices) - 1 for v in space.variables])
@@ -269,14 +264,7 @@ def _nsga2(
                 out["G"] = g[:, None]
 
     size = max(settings.population, 50)
-    algorithm = NSGA2(
-        pop_size=size,
-        sampling=IntegerRandomSampling(),
-        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
-        mutation=PM(prob=1.0, eta=20, vtype=float, repair=RoundingRepair()),
-        eliminate_duplicates=True,
-    )
-    algorithm.mating.n_max_iterations = 5  # a converged population: stop retrying, go on
+    algorithm = nsga2_algorithm(size)
     result = minimize(
         Predicted(),
         algorithm,
@@ -285,3 +273,22 @@ def _nsga2(
         verbose=False,
     )
     return np.clip(np.round(result.pop.get("X")), 0, highs).astype(np.int64)
+
+
+def nsga2_algorithm(pop_size: int) -> Any:
+    """pymoo NSGA-II with the operators of ``_nsga2`` (shared with benchmarks/search.py)."""
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.operators.sampling.rnd import IntegerRandomSampling
+
+    algorithm = NSGA2(
+        pop_size=pop_size,
+        sampling=IntegerRandomSampling(),
+        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+        mutation=PM(prob=1.0, eta=20, vtype=float, repair=RoundingRepair()),
+        eliminate_duplicates=True,
+    )
+    algorithm.mating.n_max_iterations = 5  # a converged population: stop retrying, go on
+    return algorithm
