@@ -78,7 +78,7 @@ class SmoothActivations(Pass):
             x_axis = 1 if node.op == "Conv" else len(graph.values[x].shape) - 1
             if not _absorb(graph, x, 1.0 / s, x_axis):
                 x = _divide(graph, node, x, 1.0 / s, x_axis)
-            graph.set_inputs(node, [x, w_name.name] + node.inputs[2:])
+            graph.set_inputs(node, [x, w_name.name, *node.inputs[2:]])
         graph.prune_unused()
 
 
