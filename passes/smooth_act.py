@@ -17,7 +17,7 @@ import numpy as np
 from cimc.calibration import channel_maxima
 from cimc.cim_ops import cim_kind
 from cimc.ir import Graph, Node, Value
-from cimc.passes_base import Pass, PassContext, register_pass
+from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 
 
 def _weight_axis(node: Node) -> int:
@@ -51,17 +51,19 @@ class SmoothActivations(Pass):
         self.check_range("alpha", 0.0, 1.0)
         self.check_range("outlier", 0.0)
 
-    def run(self, graph: Graph, ctx: PassContext) -> None:
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         layers = [
             n
             for n in graph.nodes()
             if cim_kind(n, graph) and (n.op != "Conv" or n.attrs.get("group", 1) == 1)
         ]
         maxima = channel_maxima(graph, ctx.calibration, [n.name for n in layers])
+        smoothed = 0
         for node in layers:
             xmax = maxima[node.name]
             if xmax.max() <= self.outlier * max(np.median(xmax), 1e-12):
                 continue
+            smoothed += 1
             w = graph.values[node.inputs[1]].data
             axis = _weight_axis(node)
             other = tuple(a for a in range(w.ndim) if a != axis)
@@ -80,6 +82,7 @@ class SmoothActivations(Pass):
                 x = _divide(graph, node, x, 1.0 / s, x_axis)
             graph.set_inputs(node, [x, w_name.name, *node.inputs[2:]])
         graph.prune_unused()
+        return PassResult(changed=smoothed > 0, summary=f"{smoothed} layers smoothed")
 
 
 def _absorb(graph: Graph, x: str, inv: np.ndarray, axis: int) -> bool:

@@ -102,7 +102,7 @@ def ort_outputs(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
 def reference_outputs(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
     """The registered LSTM/GRU op run directly, not unrolled."""
     n = model.graph.node[0]
-    node = Node("rnn", n.op_type, list(n.input), list(n.output), cimc.frontend._attrs(n))
+    node = Node("rnn", n.op_type, list(n.input), list(n.output), cimc.frontend._attrs(n, "rnn"))
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     args = [None if not i else feeds.get(i, consts.get(i)) for i in n.input]
     result = REGISTRY[n.op_type].impl(node, *args)
