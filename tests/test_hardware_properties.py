@@ -22,7 +22,10 @@ import cimc
 from cimc.compiler import default_pipeline, random_calibration
 from cimc.models import export_onnx
 
-MODELS = {"resnet18": 32, "mobilenetv3_large": 32}
+MODELS = {
+    "resnet18": 16,
+    "mobilenetv3_large": 16,
+}  # small images: the hierarchy, not the data, varies
 CONFIGS_PER_PRESET = 20  # x 5 presets x 2 models = 200
 HIERARCHY = ("DRAM_bw", "L2_bw", "L1_bw", "MA_bw", "L1_num_child", "MA_num_child", "MA_mem_size")
 LINKS = ("DRAM_bw", "L2_bw", "L1_bw", "MA_bw")
