@@ -180,12 +180,12 @@ def main() -> None:
             front = cimc.run_passes(graph, FRONT[scheme], calibration=calib, target=sram)
             storage = cimc.storage_report(front)
             log(f"{scheme}: front end {time.perf_counter() - t:.1f} s; backend for both targets")
-            prog = cimc.compile(front, target=sram, pipeline=AREA_BACKEND, calibration=0)
+            prog = cimc.compile(front, target=sram, pipeline=AREA_BACKEND, calibration=[])
             per_array = -(-prog.graph.meta["weight_bytes"] // sram.num_arrays)
             fitted = sram.replace(MA_mem_size=max(256, 1 << (per_array - 1).bit_length()))
-            prog = cimc.compile(front, target=fitted, pipeline=AREA_BACKEND, calibration=0)
+            prog = cimc.compile(front, target=fitted, pipeline=AREA_BACKEND, calibration=[])
             area[scheme] = analyse(prog, storage, f"{FRONT[scheme]},{AREA_BACKEND}")
-            prog = cimc.compile(front, target=dram, pipeline=args.energy_tile, calibration=0)
+            prog = cimc.compile(front, target=dram, pipeline=args.energy_tile, calibration=[])
             energy[scheme] = analyse(prog, storage, f"{FRONT[scheme]},{args.energy_tile}")
     wall = time.perf_counter() - t_start
 
