@@ -11,14 +11,19 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "architecture.md").read_text()
 
 
-def test_hardware_kind_example_runs():
-    section = DOC[DOC.index("## A hardware kind of your own") :]
+def run_example(heading: str) -> subprocess.CompletedProcess:
+    """Run the first python block after ``heading`` from the repository root."""
+    section = DOC[DOC.index(heading) :]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    macro, cycles = proc.stdout.split()
+    return proc
+
+
+def test_hardware_kind_example_runs():
+    macro, cycles = run_example("## A hardware kind of your own").stdout.split()
     assert macro == "int-wide-adder" and int(cycles) > 0
 
 
@@ -39,11 +44,6 @@ def test_layout_tree_names_real_files():
 
 
 def test_search_objective_example_runs():
-    section = DOC[DOC.index("## A search objective of your own") :]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_example("## A search objective of your own")
     count = int(proc.stderr.strip().splitlines()[-1].split()[0])
     assert 8 <= count <= 16  # the initial population, then rounds up to the budget
