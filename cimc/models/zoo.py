@@ -154,7 +154,12 @@ def build(name: str, num_classes: int = 1000, image_size: int = 224, seed: int =
         model = _BUILDERS[name](int(num_classes), int(image_size))
     model = model.to_empty(device="cpu")
     _init_params(model, g)
-    _calibrate_bn(model, g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # sums split between threads round differently: same weights anywhere
+    try:
+        _calibrate_bn(model, g)
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
