@@ -103,25 +103,17 @@ def static_power_w(target) -> float:
     return bits * target.p_leak_pw_per_bit * 1e-12 + lanes * target.p_leak_uw_per_lane * 1e-6
 
 
-def leakage_pj(target, cycles: int) -> float:
-    return static_power_w(target) * cycles / (target.clock_mhz * 1e6) * 1e12
-
-
 def energy_by_layer(
     ins: np.ndarray, target, l2_bytes: np.ndarray, layer_cycles: np.ndarray
-) -> np.ndarray:
-    """[layers, components] pJ, components in ``energy_components(target)`` order; leakage is
-    charged to each layer for its own cycles."""
+) -> tuple[list[str], np.ndarray]:
+    """Component names and [layers, components] pJ; leakage is charged to each layer for its
+    own cycles."""
     parts = instruction_energy(ins, target, l2_bytes)
     n = len(layer_cycles)
     cols = [np.bincount(ins["layer"], weights=v, minlength=n)[:n] for v in parts.values()]
-    power = static_power_w(target)
-    cols.append(power * layer_cycles.astype(np.float64) / (target.clock_mhz * 1e6) * 1e12)
-    return np.stack(cols, axis=1)
-
-
-def energy_components() -> list[str]:
-    return ["dram", "buffer", "links", "arrays", "permutation", "vector", "adc", "leakage"]
+    seconds = layer_cycles.astype(np.float64) / (target.clock_mhz * 1e6)
+    cols.append(static_power_w(target) * seconds * 1e12)
+    return [*parts, "leakage"], np.stack(cols, axis=1)
 
 
 def chip_area(target) -> dict[str, float]:

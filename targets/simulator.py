@@ -37,7 +37,7 @@ from cimc.ir import Node
 from cimc.ops import REGISTRY
 from cimc.program import OP, Program
 
-from .energy import chip_area, energy_by_layer, energy_components, used_area
+from .energy import chip_area, energy_by_layer, used_area
 from .timing import UNIT_KINDS, TimingState, as_columns, busiest_per_kind, unit_kind_index
 
 
@@ -213,8 +213,7 @@ def simulate(
         pool = ins["op"] == OP["MVM_POOL"]
         per_ma = np.ceil(ins["routes"][pool] / target.perm_lanes)
         unit_busy["permutation"] = int(np.bincount(ins["ma"][pool], weights=per_ma).max())
-    energy = energy_by_layer(ins, target, state.l2_bytes, layer_cycles_arr)
-    components = energy_components()
+    components, energy = energy_by_layer(ins, target, state.l2_bytes, layer_cycles_arr)
     layers: list[LayerReport] = []
     for li, entry in enumerate(program.layers):
         if not (ins["layer"] == li).any():
