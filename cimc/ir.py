@@ -125,6 +125,24 @@ def _read_only(data: np.ndarray) -> np.ndarray:
     return view
 
 
+_ATOMS = (str, int, float, bool, type(None), np.generic)
+
+
+def _copy_tree(obj: Any) -> Any:
+    """Deep copy of attrs / meta: containers copied, arrays frozen and shared (``Graph.copy``)."""
+    kind = type(obj)
+    if kind is dict:
+        return {k: _copy_tree(v) for k, v in obj.items()}
+    if kind is list or kind is tuple:
+        return kind(_copy_tree(v) for v in obj)
+    if kind is np.ndarray:
+        obj.flags.writeable = False
+        return obj
+    if isinstance(obj, _ATOMS):
+        return obj
+    return copy.deepcopy(obj)
+
+
 def constant_digest(data: np.ndarray) -> str:
     """Short content hash of a constant, so the text form shows when weights change."""
     h = hashlib.sha256()
@@ -336,24 +354,18 @@ class Graph:
 
     # ---- whole-graph operations -------------------------------------------------------------
     def copy(self) -> Graph:
-        """A deep copy that leaves this graph untouched; constant arrays, read-only in both,
-        are shared to keep copies of big models cheap."""
+        """A deep copy that leaves this graph untouched. Arrays (constants, and those in attrs
+        and meta) are shared, read-only in both graphs, to keep copies of big models cheap: a
+        pass replaces an array, it never writes into one."""
         g = Graph(self.name)
         g.inputs = list(self.inputs)
         g.outputs = list(self.outputs)
-        g.meta = copy.deepcopy(self.meta)
+        g.meta = _copy_tree(self.meta)
         for v in self.values.values():
-            g.add_value(Value(v.name, v.shape, v.dtype, v.data, copy.deepcopy(v.meta)))
+            g.add_value(Value(v.name, v.shape, v.dtype, v.data, _copy_tree(v.meta)))
         for n in self.nodes():
             g.add_node(
-                Node(
-                    n.name,
-                    n.op,
-                    n.inputs,
-                    n.outputs,
-                    copy.deepcopy(n.attrs),
-                    copy.deepcopy(n.meta),
-                )
+                Node(n.name, n.op, n.inputs, n.outputs, _copy_tree(n.attrs), _copy_tree(n.meta))
             )
         return g
 

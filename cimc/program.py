@@ -199,10 +199,17 @@ def _graph_to_json(graph: Graph, arrays: _Arrays) -> dict[str, Any]:
     }
 
 
+def graph_digest(graph: Graph) -> str:
+    """sha256 of the graph's text form: the file's integrity check of its graph section,
+    computed when a program is written (compiling in memory does not pay for it)."""
+    return hashlib.sha256(graph.to_text().encode()).hexdigest()
+
+
 def to_bytes(program: Program) -> bytes:
     arrays = _Arrays()
+    manifest = program.manifest | {"graph_sha256": graph_digest(program.graph)}
     body = {
-        "manifest": arrays.encode(program.manifest),
+        "manifest": arrays.encode(manifest),
         "instructions": arrays.add(program.instructions),
         "layers": arrays.encode(program.layers),
         "graph": _graph_to_json(program.graph, arrays),
@@ -256,7 +263,7 @@ def load_program(path: str | os.PathLike) -> Program:
             f"{path}: malformed manifest ({type(exc).__name__}: {exc}); recompile the model"
         ) from None
     try:
-        return _validated(program)
+        return _validated(program, program.manifest.pop("graph_sha256", None))
     except ProgramError as exc:
         raise ProgramError(f"{path}: {exc}; recompile the model") from None
 
@@ -405,7 +412,7 @@ def _check_blobs(graph: Graph) -> None:
             raise ProgramError(f"node {node.name!r}: act_bits must be in [1, 16]")
 
 
-def _validated(program: Program) -> Program:
+def _validated(program: Program, stored_digest: str | None) -> Program:
     """The checks of this section, then the program."""
     try:
         target = program.target
@@ -416,8 +423,7 @@ def _validated(program: Program) -> Program:
         graph.verify()
     except CimcError as exc:
         raise ProgramError(f"the program's graph is invalid: {exc}") from None
-    expect = program.manifest.get("graph_sha256")
-    if expect != hashlib.sha256(graph.to_text().encode()).hexdigest():
+    if stored_digest != graph_digest(graph):
         raise ProgramError("the program's graph does not match its manifest's graph_sha256")
     for node in graph.nodes():
         _check_node(graph, node)

@@ -7,7 +7,6 @@ candidates with), vector layers as one VEC instruction each. The Program is the 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, fields
 
 from cimc.targets.emit import Emitter, Tiling, emit_cim_layer, emit_vector_layer
@@ -58,7 +57,6 @@ class Lower(Pass):
             "source_sha256": graph.meta.get("source_sha256", ""),
             "pipeline": ",".join(graph.meta.get("pipeline", []) + [self.name]),
             "target": target.to_dict(),
-            "graph_sha256": hashlib.sha256(graph.to_text().encode()).hexdigest(),
         }
         program = Program(em.array(), layers, graph, manifest)
         return PassResult(changed=True, product=program, summary=f"{em.count:,} instructions")

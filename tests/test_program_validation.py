@@ -24,11 +24,11 @@ def program():
 
 def _save_altered(program, tmp_path, ins=None, graph=None):
     """Re-serialise with a fresh checksum and graph digest: only validation stands in the way."""
-    graph = graph or program.graph
-    manifest = dict(program.manifest)
-    manifest["graph_sha256"] = hashlib.sha256(graph.to_text().encode()).hexdigest()
     altered = type(program)(
-        program.instructions if ins is None else ins, program.layers, graph, manifest
+        program.instructions if ins is None else ins,
+        program.layers,
+        graph or program.graph,
+        dict(program.manifest),
     )
     path = tmp_path / "altered.cimx"
     path.write_bytes(to_bytes(altered))
@@ -71,15 +71,24 @@ def test_pool_index_out_of_range_names_the_blob(program, tmp_path):
 
 
 def test_blob_byte_change_is_caught_by_the_graph_digest(program, tmp_path):
-    path = program.save(tmp_path / "p.cimx")
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 0xFF  # inside the last blob
-    payload = bytes(data[56:])
+    import json
+    import struct
+
     from cimc.program import _HEADER, FORMAT_VERSION, MAGIC
 
+    data = bytearray(to_bytes(program))
+    payload_at = _HEADER.size
+    (text_len,) = struct.unpack_from("<Q", data, payload_at)
+    body = json.loads(data[payload_at + 8 : payload_at + 8 + text_len])
+    blobs_at = payload_at + 8 + text_len + (-(8 + text_len)) % 64
+    floats = [e for e in body["arrays"] if e["dtype"] == "<f4"]  # constants (scales, biases)
+    weight = max(floats, key=lambda e: e["nbytes"])
+    data[blobs_at + weight["offset"]] ^= 0x01  # one mantissa bit of the biggest one
+    payload = bytes(data[payload_at:])
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
+    path = tmp_path / "p.cimx"
     path.write_bytes(header + payload)
-    with pytest.raises(ProgramError):
+    with pytest.raises(ProgramError, match="graph_sha256"):
         load_program(path)
 
 
