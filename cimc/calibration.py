@@ -80,9 +80,9 @@ def input_ranges(
         hi[node.name] = max(hi.get(node.name, -np.inf), float(x.max()))
 
     observe_inputs(graph, feeds, nodes, extremes)
-    if method == "max":
+    few = _too_few_values(graph, feeds, lo, method, percentile)
+    if method == "max" or len(few) == len(lo):
         return {n: (lo[n], hi[n]) for n in lo}
-    _enough_values(graph, feeds, lo, method, percentile)
     amax = {n: max(abs(lo[n]), abs(hi[n])) for n in lo}
     hist: dict[str, np.ndarray] = {}
 
@@ -92,8 +92,8 @@ def input_ranges(
         hist[node.name] = hist.get(node.name, 0) + h
 
     observe_inputs(graph, feeds, nodes, histogram)
-    out = {}
-    for n in lo:
+    out = {n: (lo[n], hi[n]) for n in few}
+    for n in set(lo) - few:
         levels = 2**bits - 1 if lo[n] >= 0 else 2 ** (bits - 1) - 1
         edges = np.linspace(0.0, amax[n], _BINS + 1)
         t = _THRESHOLD[method](hist[n].astype(np.float64), edges, levels, percentile)
@@ -101,20 +101,30 @@ def input_ranges(
     return out
 
 
-def _enough_values(graph: Graph, feeds: list, layers: Iterable[str], method: str, pct: float):
-    """Clipping needs data beyond the threshold: a percentile p needs 100 / (100 - p) values to
-    differ from the max, the KL histogram one value per bin."""
-    need = {"percentile": math.ceil(100 / (100 - pct)), "entropy": _BINS}.get(method, 0)
+def _too_few_values(
+    graph: Graph, feeds: list, layers: Iterable[str], method: str, pct: float
+) -> set[str]:
+    """Layers whose calibration inputs hold too few values to clip. A percentile p of fewer
+    than 100 / (100 - p) values is their maximum (nearest rank), so those layers keep the
+    extremes; the KL histogram needs a value per bin, so too few is an error."""
+    top = math.inf if pct >= 100 else math.ceil(100 / (100 - pct))  # the 100th is the max
+    need = {"percentile": top, "entropy": _BINS}.get(method, 0)
+    few = set()
     for name in layers:
         x = graph.node(name).inputs[0]
-        have = graph.values[x].size * len(feeds)
-        if have < need:
-            per_feed = graph.values[x].size
-            raise FeedError(
-                f"quantize-act method={method} at layer {name!r}: {len(feeds)} calibration "
-                f"feeds give {have} values of its input but it needs at least {need}; give at "
-                f"least {math.ceil(need / per_feed)} feeds, or use method=max"
-            )
+        per_feed = graph.values[x].size
+        have = per_feed * len(feeds)
+        if have >= need:
+            continue
+        if method != "entropy":
+            few.add(name)
+            continue
+        raise FeedError(
+            f"quantize-act method={method} at layer {name!r}: {len(feeds)} calibration "
+            f"feeds give {have} values of its input but it needs at least {need}; give at "
+            f"least {math.ceil(need / per_feed)} feeds, or use method=percentile"
+        )
+    return few
 
 
 def _percentile(h: np.ndarray, edges: np.ndarray, levels: int, pct: float) -> float:

@@ -36,7 +36,8 @@ def demo_runs(data: Traversable, targets: list[str]) -> list[dict[str, Any]]:
             "label": "ResNet, fine-tuned (cimc train)",
             "target": "cimpool-sram",
             "pipeline": (
-                f"zpack,weight-pool{{assignment={assignment}}},quantize-act,permute-schedule"
+                f"zpack,weight-pool{{assignment={assignment}}},quantize-act{{method=max}},"
+                "permute-schedule"
             ),
         }
     )

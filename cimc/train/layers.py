@@ -109,7 +109,8 @@ class Scheme:
                 opts["assignment"] = assignment
             stages = [("zpack", {"vector": self.vector}), ("weight-pool", opts)]
         if self.act_bits:
-            stages.append(("quantize-act", {"bits": self.act_bits}))
+            # the training's activation quantisers take the calibration set's extremes
+            stages.append(("quantize-act", {"bits": self.act_bits, "method": "max"}))
         return stages
 
     def passes(self, assignment: str = "") -> Pipeline:
