@@ -137,13 +137,14 @@ class WeightPool(Pass):
         chosen, left = select_layers(graph, self.skip_first, self.skip_depthwise, self.skip_last)
         alone = str(replace(self, keep_sensitive=0))
         sensitive = most_sensitive(graph, ctx, alone, chosen, self.keep_sensitive)
+        pool_from = chosen  # the pool stays that of keep_sensitive=0: kept layers change alone
         left += [n for n in chosen if n.name in sensitive]
         chosen = [n for n in chosen if n.name not in sensitive]
         vector, pool = self.geometry(graph, ctx, chosen)
         if self.assignment:
             install_assignment(graph, self.assignment, (pool, vector), chosen)
         else:
-            self._compress(graph, ctx, chosen, vector, pool)
+            self._compress(graph, ctx, chosen, pool_from, (vector, pool))
         if self.others:
             for n in left:
                 new = to_quant_mvm(graph, n, self.others)
@@ -154,10 +155,17 @@ class WeightPool(Pass):
         return PassResult(changed=bool(chosen), summary=f"{len(chosen)} layers {how}")
 
     def _compress(
-        self, graph: Graph, ctx: PassContext, chosen: list[Node], vector: int, size: int
+        self,
+        graph: Graph,
+        ctx: PassContext,
+        chosen: list[Node],
+        pool_from: list[Node],
+        geometry: tuple[int, int],
     ) -> None:
-        """Build the pool from the chosen layers and assign every layer's vectors to it."""
-        weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in chosen}
+        """Build the pool from the ``pool_from`` layers and assign every chosen layer's vectors
+        to it; ``geometry``: (vector, pool size)."""
+        vector, size = geometry
+        weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in pool_from}
         vecs = {name: pack_vectors(w, vector) for name, w in weights.items()}
         moments = None
         if ctx.calibration:

@@ -30,15 +30,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     title = f"{graph.name} on {target.name}: output fidelity with only one layer compressed"
     out.print(sensitivity_table(rows, title))
     source = "seeded random inputs (no --data)" if data.random else args.data
+    out.print(f"pipeline: {pipeline}")
     out.print(
-        f"pipeline {pipeline}; calibrated on {len(data.calibration)} and measured on "
-        f"{len(data.evaluation)} samples of {source}"
+        f"data: {len(data.calibration)} samples calibrate, {len(data.evaluation)} measure; {source}"
     )
     if rows:
         out.print(
-            f"most sensitive: {rows[0]['layer']} (cosine {rows[0]['cosine']:.5f}); keep the N "
-            "most sensitive at 8 bits with weight-pool{keep_sensitive=N} or "
-            "quantize-weights{keep_sensitive=N}"
+            f"most sensitive: {rows[0]['layer']}; keep the N most sensitive at 8 bits with "
+            "keep_sensitive=N on weight-pool or quantize-weights"
         )
     if args.json:
         report = {
