@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cimc.targets.agreement import EDGE_BITS, from_target, int_weight_bits
 
@@ -11,6 +11,7 @@ from cimc.compress import WEIGHT_BITS, to_quant_mvm
 from cimc.errors import OptionError
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
+from cimc.sensitivity import mark_sensitive, most_sensitive
 
 
 @register_pass
@@ -19,18 +20,23 @@ class QuantizeWeights(Pass):
     """Store every CiM layer's weights as N-bit per-channel symmetric integers. With
     ``keep_edges`` the first and last layers stay at 8 bits, the same policy weight-pool uses,
     so baselines and CIMPool are compared on equal terms. ``bits`` 0 takes an int macro
-    target's ``weight_bits`` (8 without one, or on a macro that also runs pool layers)."""
+    target's ``weight_bits`` (8 without one, or on a macro that also runs pool layers).
+    ``keep_sensitive`` N keeps, besides, the N layers whose N-bit quantisation alone costs the
+    most output fidelity on the calibration data at 8 bits (mixed precision; clamped to the
+    layers there are)."""
 
     name = "quantize-weights"
     bits: int = 0
     keep_edges: bool = True
+    keep_sensitive: int = 0
 
     @classmethod
     def search_space(cls) -> dict[str, tuple]:
-        return {"bits": (4, 8)}
+        return {"bits": (4, 8), "keep_sensitive": (0, 1, 2, 4)}
 
     def validate(self) -> None:
         self.check_choice("bits", (0, *WEIGHT_BITS))
+        self.check_range("keep_sensitive", 0)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         hw = ctx.target if int_weight_bits(ctx.target) else None
@@ -41,8 +47,14 @@ class QuantizeWeights(Pass):
                 f"take {', '.join(map(str, WEIGHT_BITS))} bits; --set weight_bits=4 (or 8)"
             )
         layers = float_cim_layers(graph)
-        for i, node in enumerate(layers):
-            edge = i in (0, len(layers) - 1)
-            to_quant_mvm(graph, node, EDGE_BITS if self.keep_edges and edge else bits)
+        edges = {layers[0].name, layers[-1].name} if self.keep_edges and layers else set()
+        inner = [n for n in layers if n.name not in edges]
+        alone = str(replace(self, keep_sensitive=0))
+        sensitive = most_sensitive(graph, ctx, alone, inner, self.keep_sensitive)
+        for node in layers:
+            high = node.name in edges or node.name in sensitive
+            new = to_quant_mvm(graph, node, EDGE_BITS if high else bits)
+            if node.name in sensitive:
+                mark_sensitive(new)
         graph.prune_unused()
         return PassResult(changed=bool(layers), summary=f"{len(layers)} layers quantised")

@@ -9,7 +9,7 @@ The arithmetic is :mod:`cimc.compress`'s, which ``cimc.train`` shares.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from cimc.targets.agreement import from_target
@@ -34,6 +34,7 @@ from cimc.compress import (
 from cimc.errors import OptionError
 from cimc.ir import Graph, Node
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
+from cimc.sensitivity import mark_sensitive, most_sensitive
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -50,7 +51,12 @@ class WeightPool(Pass):
     :func:`cimc.compress.install_assignment`).
 
     ``vector`` and ``pool`` are the pool array's rows and columns: 0 takes the target's ``rows``
-    and ``pool_cols`` (without a target: zpack's vector, else 128, and 128)."""
+    and ``pool_cols`` (without a target: zpack's vector, else 128, and 128).
+
+    ``keep_sensitive`` N leaves out, besides, the N layers whose pooling alone costs the most
+    output fidelity on the calibration data (ranked by :mod:`cimc.sensitivity` without the error
+    term); like the other layers left out they become ``others``-bit integers (mixed precision;
+    clamped to the layers there are)."""
 
     name = "weight-pool"
     vector: int = 0
@@ -64,6 +70,7 @@ class WeightPool(Pass):
     skip_last: bool = True
     others: int = 8
     assignment: str = ""
+    keep_sensitive: int = 0
 
     @classmethod
     def search_space(cls) -> dict[str, tuple]:
@@ -73,6 +80,7 @@ class WeightPool(Pass):
             "init": INITS,
             "assign": RULES,
             "scale": SCALES,
+            "keep_sensitive": (0, 1, 2, 4),
         }
 
     def validate(self) -> None:
@@ -87,6 +95,12 @@ class WeightPool(Pass):
         self.check_choice("assign", RULES)
         self.check_choice("scale", SCALES)
         self.check_choice("others", (0, *WEIGHT_BITS))
+        self.check_range("keep_sensitive", 0)
+        if self.keep_sensitive and not self.others:
+            raise OptionError(
+                f"weight-pool: keep_sensitive={self.keep_sensitive} keeps layers at others bits, "
+                "but others=0 leaves them float; set others=8 (or 4)"
+            )
         self._check_hadamard(self.vector, self.pool)  # the target's values are checked in run
 
     def _check_hadamard(self, vector: int, pool: int) -> None:
@@ -121,23 +135,37 @@ class WeightPool(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         chosen, left = select_layers(graph, self.skip_first, self.skip_depthwise, self.skip_last)
+        alone = str(replace(self, keep_sensitive=0))
+        sensitive = most_sensitive(graph, ctx, alone, chosen, self.keep_sensitive)
+        pool_from = chosen  # the pool stays that of keep_sensitive=0: kept layers change alone
+        left += [n for n in chosen if n.name in sensitive]
+        chosen = [n for n in chosen if n.name not in sensitive]
         vector, pool = self.geometry(graph, ctx, chosen)
         if self.assignment:
             install_assignment(graph, self.assignment, (pool, vector), chosen)
         else:
-            self._compress(graph, ctx, chosen, vector, pool)
+            self._compress(graph, ctx, chosen, pool_from, (vector, pool))
         if self.others:
             for n in left:
-                to_quant_mvm(graph, n, self.others)
+                new = to_quant_mvm(graph, n, self.others)
+                if n.name in sensitive:
+                    mark_sensitive(new)
         graph.prune_unused()
         how = "installed from the assignment" if self.assignment else "pooled"
         return PassResult(changed=bool(chosen), summary=f"{len(chosen)} layers {how}")
 
     def _compress(
-        self, graph: Graph, ctx: PassContext, chosen: list[Node], vector: int, size: int
+        self,
+        graph: Graph,
+        ctx: PassContext,
+        chosen: list[Node],
+        pool_from: list[Node],
+        geometry: tuple[int, int],
     ) -> None:
-        """Build the pool from the chosen layers and assign every layer's vectors to it."""
-        weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in chosen}
+        """Build the pool from the ``pool_from`` layers and assign every chosen layer's vectors
+        to it; ``geometry``: (vector, pool size)."""
+        vector, size = geometry
+        weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in pool_from}
         vecs = {name: pack_vectors(w, vector) for name, w in weights.items()}
         moments = None
         if ctx.calibration:

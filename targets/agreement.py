@@ -22,7 +22,7 @@ from cimc.ir import Graph
 from .macros import macro_kind
 
 ADC_GEOMETRY = {"array_rows": "rows", "error_rows": "error_rows"}  # ADC layer attr -> parameter
-EDGE_BITS = 8  # quantize-weights{keep_edges} and weight-pool{others} keep these layers at 8 bits
+EDGE_BITS = 8  # bits of the first, last and keep_sensitive layers (quantize-weights, weight-pool)
 
 
 def from_target(pass_name: str, option: str, value: Any, target, param: str, fallback: Any) -> Any:
@@ -67,8 +67,8 @@ def check_layers_agree(graph: Graph, target) -> None:
                 found.append(("error_rows", round(comp.get("error_keep", 1.0) * a["vector"])))
         elif int_bits is not None:
             bits = comp.get("bits", EDGE_BITS)
-            edge = i in (0, len(layers) - 1) and bits == EDGE_BITS
-            found.append(("weight_bits", int_bits if edge else bits))
+            kept = i in (0, len(layers) - 1) or comp.get("sensitive", False)
+            found.append(("weight_bits", int_bits if kept and bits == EDGE_BITS else bits))
         for param, value in found:
             if value != getattr(target, param):
                 raise CimcError(

@@ -1,4 +1,5 @@
-"""Per-layer cycles by unit kind as a chart (``cimc run --plot``); needs matplotlib.
+"""Per-layer charts; need matplotlib. ``cimc sensitivity --plot``: each CiM layer's output error
+when only it is compressed (:func:`plot_sensitivity`). ``cimc run --plot``: cycles by unit kind:
 
 Top panel: over the whole run, each unit kind's busiest unit's busy cycles beside the total.
 Bottom panel: the layers with the most cycles (execution order, the rest summed in one row), each
@@ -103,6 +104,39 @@ def plot_layers(result: SimResult, program: Program, path: str, top: int = TOP_L
         f"{program.graph.name} on {program.manifest['target']['name']}: "
         f"{result.cycles:,} cycles, {result.latency_s * 1e3:.4g} ms"
     )
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI)
+    plt.close(fig)
+
+
+def plot_sensitivity(rows: list[dict], title: str, path: str, top: int = TOP_LAYERS) -> None:
+    """Write the ``top`` least faithful layers of :func:`cimc.sensitivity.layer_sensitivity`'s
+    ``rows`` (least faithful first) as horizontal bars of cosine loss, coloured by scheme, to
+    PNG ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = rows[:top]
+    schemes = sorted({r["scheme"] for r in shown})
+    colours = dict(zip(schemes, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 1.4 + 0.32 * len(shown)), layout="constrained")
+    y = np.arange(len(shown))
+    loss = [1 - r["cosine"] for r in shown]
+    ax.barh(y, loss, color=[colours[r["scheme"]] for r in shown])
+    labels = [
+        f"{_short(r['layer'])} ({r['weights']:,} w, {r['bits_per_weight']:.2f} b/w)" for r in shown
+    ]
+    ax.set_yticks(y, labels, fontsize=7)
+    for i, r in enumerate(shown):
+        ax.text(loss[i], i, f" rel. error {r['rel_error']:.3f}", va="center", fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("1 - cosine of the model's outputs with only this layer compressed")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[s]) for s in schemes]
+    ax.legend(handles, schemes, loc="lower right", fontsize=8)
+    more = f" ({len(shown)} least faithful of {len(rows)})" if len(rows) > len(shown) else ""
+    ax.set_title(f"{title}{more}", fontsize=9)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI)
     plt.close(fig)

@@ -227,3 +227,24 @@ def bits_cell(report: dict[str, Any]) -> str:
     if report["compressed_weights"]:
         text += f" ({report['compressed_bits_per_weight']:.3f})"
     return text
+
+
+def sensitivity_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """``cimc sensitivity``: one row per CiM layer of :func:`cimc.sensitivity.layer_sensitivity`,
+    least faithful first."""
+    table = Table(title=title)
+    names = ("#", "layer", "op", "scheme", "weights", "bits/w", "cosine", "rel. error", "top-1")
+    _columns(table, names, left=("layer", "op", "scheme"))
+    for i, r in enumerate(rows):
+        table.add_row(
+            str(i),
+            r["layer"],
+            r["op"],
+            r["scheme"],
+            f"{r['weights']:,}",
+            f"{r['bits_per_weight']:.3f}",
+            f"{r['cosine']:.5f}",
+            f"{r['rel_error']:.4f}",
+            f"{r['top1_agreement']:.3f}",
+        )
+    return table
