@@ -126,7 +126,9 @@ class VisionTransformer(nn.Module):
         self.image_size = image_size
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
-        self.conv_proj = nn.Conv2d(in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size)
+        self.conv_proj = nn.Conv2d(
+            in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size
+        )
         self.class_token = nn.Parameter(torch.empty(1, 1, hidden_dim))
         self.num_patches = (image_size // patch_size) ** 2
         seq_length = self.num_patches + 1  # patches + class token

@@ -12,8 +12,8 @@ committed under ``cimc/data/elastic/`` when they exist.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ...errors import OptionError
 from ...train.layers import recalibrate_bn
@@ -24,21 +24,13 @@ IMAGENET = Scale(image_size=224, in_channels=3, num_classes=1000)
 CHARS = Scale(image_size=32, in_channels=1, num_classes=36)
 WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "elastic"
 
-_FAMILIES: dict[str, Callable[[int], ElasticFamily]] = {
-    "elastic-resnet": lambda s: resnet.ElasticResNet(
-        "elastic-resnet", resnet.IMAGENET, IMAGENET, s
-    ),
-    "elastic-mbv3": lambda s: mobilenet.ElasticMobileNetV3(
-        "elastic-mbv3", mobilenet.IMAGENET, IMAGENET, s
-    ),
-    "elastic-vit": lambda s: vit.ElasticViT("elastic-vit", vit.IMAGENET, IMAGENET, s),
-    "elastic-resnet-chars": lambda s: resnet.ElasticResNet(
-        "elastic-resnet-chars", resnet.CHARS, CHARS, s
-    ),
-    "elastic-mbv3-chars": lambda s: mobilenet.ElasticMobileNetV3(
-        "elastic-mbv3-chars", mobilenet.CHARS, CHARS, s
-    ),
-    "elastic-vit-chars": lambda s: vit.ElasticViT("elastic-vit-chars", vit.CHARS, CHARS, s),
+_FAMILIES: dict[str, tuple[type[ElasticFamily], Any, Scale]] = {
+    "elastic-resnet": (resnet.ElasticResNet, resnet.IMAGENET, IMAGENET),
+    "elastic-mbv3": (mobilenet.ElasticMobileNetV3, mobilenet.IMAGENET, IMAGENET),
+    "elastic-vit": (vit.ElasticViT, vit.IMAGENET, IMAGENET),
+    "elastic-resnet-chars": (resnet.ElasticResNet, resnet.CHARS, CHARS),
+    "elastic-mbv3-chars": (mobilenet.ElasticMobileNetV3, mobilenet.CHARS, CHARS),
+    "elastic-vit-chars": (vit.ElasticViT, vit.CHARS, CHARS),
 }
 FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
 
@@ -48,7 +40,8 @@ def family(name: str, seed: int = 0, trained: bool = True) -> ElasticFamily:
     ``trained`` and they exist (then ``seed`` only seeds :meth:`ElasticFamily.example`)."""
     if name not in _FAMILIES:
         raise OptionError(f"unknown elastic family {name!r}; choose one of {', '.join(FAMILIES)}")
-    fam = _FAMILIES[name](seed)
+    cls, space, scale = _FAMILIES[name]
+    fam = cls(name, space, scale, seed)
     path = WEIGHTS / f"{name}.pt"
     if trained and path.is_file():
         fam.load(path)

@@ -58,12 +58,9 @@ class Scale:
 class ElasticFamily:
     """A weight-sharing family: subclasses declare ``_variables`` and build a static subnet."""
 
-    name: str
-    scale: Scale
-    description: str
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = int(seed)
+    def __init__(self, name: str, space: Any, scale: Scale, seed: int = 0) -> None:
+        """``space``: the family's frozen dataclass of choices and base widths."""
+        self.name, self.space, self.scale, self.seed = name, space, scale, int(seed)
         self._supernet: nn.Module | None = None
 
     # --- the space ---------------------------------------------------------------------------

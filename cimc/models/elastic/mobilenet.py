@@ -74,9 +74,7 @@ class MobileNetSubnet(nn.Module):
 class ElasticMobileNetV3(ElasticFamily):
     """Elastic MobileNetV3 family; see the module docstring."""
 
-    def __init__(self, name: str, space: MobileNetSpace, scale: Scale, seed: int = 0) -> None:
-        super().__init__(seed)
-        self.name, self.space, self.scale = name, space, scale
+    space: MobileNetSpace
 
     def _variables(self) -> dict[str, tuple[int, ...]]:
         sp = self.space

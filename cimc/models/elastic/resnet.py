@@ -90,9 +90,7 @@ class ResNetSubnet(nn.Module):
 class ElasticResNet(ElasticFamily):
     """Elastic ResNet (bottleneck) family; see the module docstring."""
 
-    def __init__(self, name: str, space: ResNetSpace, scale: Scale, seed: int = 0) -> None:
-        super().__init__(seed)
-        self.name, self.space, self.scale = name, space, scale
+    space: ResNetSpace
 
     def _variables(self) -> dict[str, tuple[int, ...]]:
         sp = self.space

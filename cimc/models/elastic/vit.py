@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..vit import EncoderBlock, VisionTransformer
-from .base import Config, ElasticFamily, Index, Scale, prefix_index
+from .base import Config, ElasticFamily, Index, prefix_index
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,7 @@ class ViTSpace:
 class ElasticViT(ElasticFamily):
     """Elastic ViT family; see the module docstring."""
 
-    def __init__(self, name: str, space: ViTSpace, scale: Scale, seed: int = 0) -> None:
-        super().__init__(seed)
-        self.name, self.space, self.scale = name, space, scale
+    space: ViTSpace
 
     def _variables(self) -> dict[str, tuple[int, ...]]:
         sp = self.space
