@@ -2,7 +2,7 @@
 weight-sharing gap.
 
     python benchmarks/train_elastic.py [--families elastic-resnet-chars,...] [--steps 300]
-        [--seed 0] [--out DIR] [--weights cimc/data/elastic]
+        [--lr 3e-3] [--seed 0] [--out DIR] [--weights cimc/data/elastic]
 
 Per family (one torch thread): sandwich-rule training with in-place distillation
 (cimc.train.elastic, seeded) for --steps steps; then the validation accuracy, after BatchNorm
@@ -95,6 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--steps", type=int, default=ElasticTrainConfig.steps)
+    ap.add_argument("--lr", type=float, default=ElasticTrainConfig.lr)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/elastic")
     ap.add_argument("--weights", default=str(WEIGHTS))
@@ -102,7 +103,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = ElasticTrainConfig(steps=args.steps, seed=args.seed)
+    cfg = ElasticTrainConfig(steps=args.steps, lr=args.lr, seed=args.seed)
     for name in args.families.split(","):
         res = run_family(name, cfg, out, Path(args.weights))
         print(f"{name}: trained {res['train_seconds']} s")

@@ -3,12 +3,16 @@ interpreter, compile and simulate on every preset; weights are shared; bad confi
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 from cimc.targets.params import presets
 from cimc.targets.simulator import simulate
+from test_readme import python_block_after
 
 import cimc
 from cimc.errors import CimcError
@@ -146,3 +150,12 @@ def test_bad_configs_name_variable_and_choices(name, change, words):
 def test_unknown_family():
     with pytest.raises(CimcError, match="elastic-resnet-chars"):
         family("elastic-nope")
+
+
+def test_readme_example_runs(tmp_path):
+    code = python_block_after("## Elastic families")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert cimc.import_onnx(tmp_path / "sub.onnx").outputs
