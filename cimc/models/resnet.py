@@ -65,21 +65,28 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand x4, plus identity (ResNet-50 block)."""
+    """1x1 reduce, 3x3 (strided), 1x1 expand x4, plus identity (ResNet-50 block); ``out``
+    overrides the x4 (elastic ResNets choose the reduced width and the output width apart)."""
 
     expansion = 4
 
     def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        out: int | None = None,
     ) -> None:
         super().__init__()
         width = planes
+        out = planes * self.expansion if out is None else out
         self.conv1 = _conv1x1(inplanes, width)
         self.bn1 = nn.BatchNorm2d(width)
         self.conv2 = _conv3x3(width, width, stride)
         self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = _conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.conv3 = _conv1x1(width, out)
+        self.bn3 = nn.BatchNorm2d(out)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 

@@ -18,22 +18,25 @@ class SelfAttention(nn.Module):
     MatMul/Softmax nodes that downstream passes can see and map. Reshapes use
     the static sequence length (fixed by image_size) and -1 for the batch, so
     the exported graph has constant Reshape shapes instead of Shape/Slice/Concat
-    arithmetic even with a dynamic batch axis.
+    arithmetic even with a dynamic batch axis. ``head_dim`` (default dim / num_heads) lets
+    elastic ViTs vary the number of heads at a fixed head size (inner width heads * head_dim).
     """
 
-    def __init__(self, dim: int, num_heads: int, seq_length: int) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, seq_length: int, head_dim: int | None = None
+    ) -> None:
         super().__init__()
-        if dim % num_heads:
+        if head_dim is None and dim % num_heads:
             raise ValueError(f"dim {dim} not divisible by num_heads {num_heads}")
-        self.dim = dim
         self.seq_length = seq_length
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = dim // num_heads if head_dim is None else head_dim
+        self.dim = num_heads * self.head_dim  # inner width of q, k, v
         self.scale = self.head_dim**-0.5
         # Packed [q; k; v] rows, as in nn.MultiheadAttention.
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
-        self.out_proj = nn.Linear(dim, dim)
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * self.dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * self.dim))
+        self.out_proj = nn.Linear(self.dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, h, hd = self.seq_length, self.num_heads, self.head_dim
@@ -62,11 +65,17 @@ class EncoderBlock(nn.Module):
     """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
     def __init__(
-        self, num_heads: int, dim: int, mlp_dim: int, dropout: float, seq_length: int
+        self,
+        num_heads: int,
+        dim: int,
+        mlp_dim: int,
+        dropout: float,
+        seq_length: int,
+        head_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim, eps=1e-6)
-        self.self_attention = SelfAttention(dim, num_heads, seq_length)
+        self.self_attention = SelfAttention(dim, num_heads, seq_length, head_dim)
         self.dropout = nn.Dropout(dropout)
         self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = MLPBlock(dim, mlp_dim, dropout)
@@ -109,6 +118,7 @@ class VisionTransformer(nn.Module):
         num_heads: int = 12,
         hidden_dim: int = 768,
         mlp_dim: int = 3072,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -116,7 +126,9 @@ class VisionTransformer(nn.Module):
         self.image_size = image_size
         self.patch_size = patch_size
         self.hidden_dim = hidden_dim
-        self.conv_proj = nn.Conv2d(3, hidden_dim, kernel_size=patch_size, stride=patch_size)
+        self.conv_proj = nn.Conv2d(
+            in_channels, hidden_dim, kernel_size=patch_size, stride=patch_size
+        )
         self.class_token = nn.Parameter(torch.empty(1, 1, hidden_dim))
         self.num_patches = (image_size // patch_size) ** 2
         seq_length = self.num_patches + 1  # patches + class token

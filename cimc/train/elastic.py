@@ -1,0 +1,134 @@
+"""Weight-sharing training of an elastic family, and the accuracy of its subnets.
+
+:func:`train_supernet` follows OFA / BigNAS's sandwich rule: every step runs the largest subnet,
+the smallest and ``randoms`` random ones on the same batch; the largest learns from the labels,
+the others from the largest's soft outputs (in-place distillation: KL divergence to its
+detached softmax); the summed gradients update the shared weights once. The same loop with one
+fixed config and no teacher trains an architecture alone (:func:`train_alone`), so the two are
+compared at an equal number of steps. :func:`subnet_accuracy` extracts a subnet, recalibrates its
+BatchNorm statistics on training images (as OFA and DyNAS-T do before every evaluation) and
+scores it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cimc.models.elastic import Config, ElasticFamily, recalibrate_bn
+
+from .data import Splits
+from .finetune import accuracy, random_shift
+
+
+@dataclass(frozen=True)
+class ElasticTrainConfig:
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    shift: int = 2
+    randoms: int = 2  # random subnets per step besides the largest and the smallest
+    bn_images: int = 1024  # training images BatchNorm is recalibrated on before evaluation
+    seed: int = 0
+    log_every: int = 25
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+LogFn = Callable[[dict[str, Any]], None]
+
+
+def _fit(
+    fam: ElasticFamily,
+    data: Splits,
+    cfg: ElasticTrainConfig,
+    configs: Callable[[np.random.Generator], list[Config]],
+    distil: bool,
+    log: LogFn | None,
+    label: str,
+) -> None:
+    """Adam with per-step cosine decay; each step trains ``configs(rng)`` on one batch, the
+    first on the labels and the rest (``distil``) on its soft outputs."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    x_tr, y_tr = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    net = fam.supernet.train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    perm, pos, t0 = torch.randperm(len(x_tr), generator=gen), 0, time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        if pos + cfg.batch_size > len(perm):
+            perm, pos = torch.randperm(len(x_tr), generator=gen), 0
+        idx = perm[pos : pos + cfg.batch_size]
+        pos += cfg.batch_size
+        x, y = random_shift(x_tr[idx], cfg.shift, gen), y_tr[idx]
+        opt.zero_grad(set_to_none=True)
+        losses, teacher = [], None
+        for i, config in enumerate(configs(rng)):
+            logits = fam.runner(config)(x)
+            if i == 0 or not distil:
+                loss = F.cross_entropy(logits, y)
+                teacher = F.softmax(logits.detach(), 1)
+            else:
+                loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
+            loss.backward()
+            losses.append(loss.item())
+        opt.step()
+        sched.step()
+        if log and (step % cfg.log_every == 0 or step == cfg.steps):
+            log(
+                {
+                    "run": label,
+                    "step": step,
+                    "of": cfg.steps,
+                    "losses": [round(v, 4) for v in losses],
+                    "lr": sched.get_last_lr()[0],
+                    "seconds": round(time.perf_counter() - t0, 1),
+                }
+            )
+    net.eval()
+
+
+def train_supernet(
+    fam: ElasticFamily, data: Splits, cfg: ElasticTrainConfig, log: LogFn | None = None
+) -> ElasticFamily:
+    """Sandwich-rule training with in-place distillation, in place; returns ``fam``."""
+
+    def sandwich(rng: np.random.Generator) -> list[Config]:
+        return [fam.largest(), fam.smallest(), *(fam.sample(rng) for _ in range(cfg.randoms))]
+
+    _fit(fam, data, cfg, sandwich, True, log, fam.name)
+    return fam
+
+
+def train_alone(
+    fam: ElasticFamily, config: Config, data: Splits, cfg: ElasticTrainConfig, log: LogFn | None
+) -> nn.Module:
+    """``config`` trained from ``fam``'s (fresh) weights for as many steps, alone; its subnet."""
+    _fit(fam, data, cfg, lambda _rng: [config], False, log, f"{fam.name}/alone")
+    return fam.subnet(config)
+
+
+def calibrated_subnet(fam: ElasticFamily, config: Config, images: np.ndarray) -> nn.Module:
+    """The subnet with BatchNorm statistics re-estimated on ``images`` (eval mode)."""
+    sub = fam.subnet(config)
+    with torch.no_grad():
+        recalibrate_bn(sub, torch.from_numpy(images))
+    return sub.eval()
+
+
+def subnet_accuracy(
+    fam: ElasticFamily, configs: Sequence[Config], data: Splits, bn_images: int = 1024
+) -> list[float]:
+    """Validation accuracy of each config after BatchNorm recalibration."""
+    images = data.x_train[:bn_images]
+    return [accuracy(calibrated_subnet(fam, c, images), data.x_val, data.y_val) for c in configs]
