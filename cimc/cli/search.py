@@ -17,11 +17,21 @@ def add_parsers(sub: Any) -> None:
         description="Predictor-guided NSGA-II over pass options x target parameters. "
         "'cimc search show STUDY' prints a study's Pareto table.",
     )
-    p.add_argument("model", nargs="+", metavar="MODEL.onnx", help="the model, or: show STUDY")
+    p.add_argument("model", nargs="*", metavar="MODEL.onnx", help="the model, or: show STUDY")
+    p.add_argument(
+        "--family",
+        help="search an elastic family's architecture too, instead of a model "
+        "(elastic-resnet-chars, elastic-mbv3-chars, elastic-vit-chars; ImageNet-scale "
+        "elastic-resnet, elastic-mbv3, elastic-vit: hardware objectives only)",
+    )
     p.add_argument("--target", default="cimpool-sram", help="preset or TOML file (the base)")
     p.add_argument("--space", help="TOML file restricting / extending the space")
     p.add_argument("--show-space", action="store_true", help="print the space and exit")
-    p.add_argument("--objectives", default="fidelity,cycles", help="two or three, comma-separated")
+    p.add_argument(
+        "--objectives",
+        help="two or three, comma-separated (default fidelity,cycles; with --family "
+        "accuracy,cycles, or cycles,energy at ImageNet scale)",
+    )
     p.add_argument("--budget", type=int, default=100, help="true evaluations in all")
     p.add_argument("--population", type=int, default=20, help="true evaluations per round")
     p.add_argument("--data", help=".npz of input samples named after the inputs (+ labels)")
@@ -40,16 +50,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ..search.report import print_pareto, write_report
     from ..targets.params import load_target
 
-    if args.model[0] == "show":
+    if args.model[:1] == ["show"]:
         if len(args.model) != 2:
             raise CimcError("usage: cimc search show STUDY")
         study = search.Study(args.model[1])
         print_pareto(study)
         return 0
-    if len(args.model) != 1:
-        raise CimcError(f"cimc search takes one model, got {args.model}")
+    if len(args.model) != (0 if args.family else 1):
+        raise CimcError(f"cimc search takes one model or --family, got {args.model}")
     target = load_target(args.target)
-    space = search.Space.from_target(target, args.space)
+    space = search.Space.from_target(target, args.space, args.family)
     out = console()
     if args.show_space:
         for v in space.variables:
@@ -68,11 +78,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     executor = None if args.workers == 1 else search.process_pool(args.workers or None)
     try:
         study = search.run(
-            args.model[0],
+            args.model[0] if args.model else None,
             target,
+            family=args.family,
             study=args.study,
             space=space,
-            objectives=tuple(o.strip() for o in args.objectives.split(",") if o.strip()),
+            objectives=tuple(o.strip() for o in (args.objectives or "").split(",") if o.strip())
+            or None,
             budget=args.budget,
             population=args.population,
             data=args.data,

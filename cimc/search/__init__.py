@@ -45,12 +45,13 @@ __all__ = [
 
 
 def run(
-    model: str | Path,
+    model: str | Path | None,
     target: Any = "cimpool-sram",
     *,
+    family: str | None = None,
     study: str | Path = "cimc-study",
     space: str | Path | Space | None = None,
-    objectives: tuple[str, ...] = ("fidelity", "cycles"),
+    objectives: tuple[str, ...] | None = None,
     budget: int = 100,
     population: int = 20,
     data: str | Path | None = None,
@@ -61,7 +62,10 @@ def run(
     executor: Executor | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Study:
-    """Search (or resume the search in ``study``) and return the study."""
+    """Search (or resume the search in ``study``) and return the study. With an elastic
+    ``family`` (and ``model`` None) the family's architecture is searched too. Objectives
+    default to fidelity and cycles; for a family, accuracy and cycles (CiMNet's), or cycles
+    and energy where its weights are random."""
     import hashlib
 
     from ..targets.params import Target, load_target
@@ -72,31 +76,42 @@ def run(
             f"--budget {budget} is smaller than --population {population} (or the population is "
             "below 2); the initial population alone needs that many true evaluations"
         )
-    if not Path(model).is_file():
+    if (model is None) == (family is None):
+        raise OptionError("give a model or --family (one of them)")
+    if model is not None and not Path(model).is_file():
         raise OptionError(f"model {model} does not exist; give an .onnx file")
     tgt = target if isinstance(target, Target) else load_target(target)
-    sp = space if isinstance(space, Space) else Space.from_target(tgt, space)
-    from ..frontend import import_onnx
+    sp = space if isinstance(space, Space) else Space.from_target(tgt, space, family)
+    if family is not None:
+        from . import architecture
 
-    graph = import_onnx(str(model), input_shapes)
-    has_labels = load_data(graph, data).labels is not None
+        if data is not None:
+            raise OptionError(f"--family {family} brings its own data; drop --data")
+        objectives = objectives or architecture.default_objectives(family)
+        architecture.check_objectives(family, objectives)
+        has_labels = architecture.has_labels(family)
+        identity = {"family": family, "weights": architecture.weights_digest(family)}
+    else:
+        from ..frontend import import_onnx
+
+        graph = import_onnx(str(model), input_shapes)
+        has_labels = load_data(graph, data).labels is not None
+        identity = {"model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest()}
+    objectives = objectives or ("fidelity", "cycles")
     objs = parse_objectives(list(objectives), has_labels)
     settings = Settings(tuple(objs), budget, population, seed, Constraints(max_area, min_fidelity))
-    identity = {
-        "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest(),
-        "space": sp.describe(),
-    }
-    st = Study(study, identity)
+    st = Study(study, identity | {"space": sp.describe()})
     st.set_meta(
         "settings",
         {
-            "model": str(model),
+            "model": None if model is None else str(model),
+            "family": family,
             "objectives": list(objectives),
             "budget": budget,
             "population": population,
             "seed": seed,
             "data": None if data is None else str(data),
-            "random_inputs": data is None,
+            "random_inputs": data is None and not has_labels,
             "input_shapes": input_shapes,
             "max_area": max_area,
             "min_fidelity": min_fidelity,
@@ -104,7 +119,11 @@ def run(
         },
     )
     evaluator = Evaluator(
-        str(model), sp, input_shapes, None if data is None else str(data), str(st.folder / "cache")
+        "" if model is None else str(model),
+        sp,
+        input_shapes,
+        None if data is None else str(data),
+        str(st.folder / "cache"),
     )
     run_loop(sp, evaluator, st, settings, executor, progress)
     return st

@@ -68,8 +68,14 @@ class Data:
     digest: str = field(default="")
 
 
+CALIBRATION, EVALUATION = 16, 32  # samples that calibrate and that measure, by default
+
+
 def load_data(
-    graph: Any, path: str | Path | None, calibration: int = 16, evaluation: int = 32
+    graph: Any,
+    path: str | Path | None,
+    calibration: int = CALIBRATION,
+    evaluation: int = EVALUATION,
 ) -> Data:
     """Feeds from an .npz named after the model's inputs (optional ``labels`` or ``label``), or
     seeded random inputs; the first ``calibration`` samples calibrate, the next ``evaluation``
@@ -171,14 +177,44 @@ class Evaluator:
             **stage["numerics"],
         )
 
+    def model_for(self, config: dict[str, Any]) -> str:
+        """The ONNX file ``config`` evaluates: the model, or its architecture's subnet."""
+        if self.space.family is None:
+            return self.model
+        from .architecture import subnet_model
+
+        return str(subnet_model(self.space.family, config, self._folder()))
+
+    def _folder(self) -> Path:
+        """Where exported subnets and data files go: the study's cache, or a temporary folder."""
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        if "folder" not in _MEMORY:
+            import tempfile
+
+            _MEMORY["folder"] = Path(tempfile.mkdtemp(prefix="cimc-search-"))
+        return _MEMORY["folder"]
+
+    def data_for(self) -> tuple[str | None, int]:
+        """The data file and how many of its samples measure (a labelled family's validation
+        split, else ``data_path``)."""
+        if self.space.family is None:
+            return self.data_path, EVALUATION
+        from .architecture import EVALUATION as FAMILY_EVALUATION
+        from .architecture import data_file
+
+        path = data_file(self.space.family, self._folder())
+        return (None if path is None else str(path)), FAMILY_EVALUATION
+
     def compressed(self, config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """The compression stage of ``config`` and whether it came from a cache."""
         from ..frontend import import_onnx
 
+        model = self.model_for(config)
         pipeline = self.space.pipeline_for(config)
         kept = [p for p in pipeline.split(",") if p.split("{")[0] not in HARDWARE_PASSES]
         numerics = self.space.target_for(config, numerics_only=True)
-        source = self._source()
+        source = self._source(model)
         key_text = json.dumps(
             [source["model_sha256"], ",".join(kept), source["data"].digest, numerics.to_dict()],
             sort_keys=True,
@@ -193,7 +229,7 @@ class Evaluator:
             return _MEMORY[key], True
         from ..pass_manager import run_passes
 
-        graph = import_onnx(self.model, self.input_shapes)
+        graph = import_onnx(model, self.input_shapes)
         graph = run_passes(
             graph, ",".join(kept), calibration=source["data"].calibration, target=numerics
         )
@@ -210,11 +246,12 @@ class Evaluator:
         _MEMORY[key] = stage
         return stage, False
 
-    def _source(self) -> dict[str, Any]:
+    def _source(self, model: str) -> dict[str, Any]:
         """The model's digest, data and onnxruntime reference outputs (once per process)."""
-        key = f"source:{self.model}:{self.input_shapes}:{self.data_path}"
+        data_path, evaluation = self.data_for()
+        key = f"source:{model}:{self.input_shapes}:{data_path}"
         if key not in _MEMORY:
-            _MEMORY[key] = prepare_source(self.model, self.input_shapes, self.data_path)
+            _MEMORY[key] = prepare_source(model, self.input_shapes, data_path, evaluation)
         return _MEMORY[key]
 
     def _numerics(self, graph: Any, source: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +290,10 @@ def _scheduled(stage: dict[str, Any], target: Any) -> Any:
 
 
 def prepare_source(
-    model: str, input_shapes: dict[str, tuple[int, ...]] | None, data_path: str | None
+    model: str,
+    input_shapes: dict[str, tuple[int, ...]] | None,
+    data_path: str | None,
+    evaluation: int = EVALUATION,
 ) -> dict[str, Any]:
     """Model digest, calibration / evaluation data and fp32 onnxruntime outputs of the model."""
     import onnxruntime as ort
@@ -261,7 +301,7 @@ def prepare_source(
     from ..frontend import import_onnx
 
     graph = import_onnx(model, input_shapes)
-    data = load_data(graph, data_path)
+    data = load_data(graph, data_path, evaluation=evaluation)
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     name = graph.outputs[0]
     ref = np.concatenate([sess.run([name], dict(feed))[0] for feed in data.evaluation])

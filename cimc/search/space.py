@@ -74,26 +74,39 @@ class Variable:
 
 @dataclass(frozen=True)
 class Space:
-    """Variables over a base target (a preset): encodes configs as indices and one-hot vectors."""
+    """Variables over a base target (a preset): encodes configs as indices and one-hot vectors.
+    With an elastic ``family`` (its name), its architecture variables come first."""
 
     target: Any
     variables: tuple[Variable, ...]
+    family: str | None = None
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
-    def from_target(cls, target: Any, space_file: str | Path | None = None) -> Space:
-        """The default space of ``target``, edited by ``space_file``::
+    def from_target(
+        cls, target: Any, space_file: str | Path | None = None, family: str | None = None
+    ) -> Space:
+        """The default space of ``target`` (and of ``family``'s architecture), edited by
+        ``space_file``::
 
         drop = ["vector_width"]            # variables left at the preset's value
         [choices]
         L1_num_child = [2, 4, 8]           # restrict (or extend: any value in range)
         "weight-pool.init" = ["kmeans", "random"]   # add a declared pass option
+        "arch.depth0" = [1, 2]             # restrict an architecture variable
         """
         declared = declared_variables(target)
+        arch = {}
+        if family is not None:
+            from .architecture import arch_variables
+
+            arch = {n: Variable(n, c, m) for n, (c, m) in arch_variables(family).items()}
+        declared = arch | declared
         chosen = {n: declared[n] for n in ("scheme", *LINKS, *DEFAULT_HARDWARE) if n in declared}
+        chosen = arch | chosen
         if space_file is not None:
             chosen = _apply_file(chosen, declared, Path(space_file), target)
-        return cls(target, tuple(v for v in chosen.values() if v.choices))
+        return cls(target, tuple(v for v in chosen.values() if v.choices), family)
 
     @property
     def names(self) -> list[str]:
@@ -107,6 +120,7 @@ class Space:
         """JSON-able description; equal descriptions mean the same space."""
         return {
             "target": self.target.name,
+            "family": self.family,
             "variables": [
                 {"name": v.name, "choices": list(v.choices), "members": list(v.members)}
                 for v in self.variables
@@ -149,6 +163,10 @@ class Space:
     def base_config(self) -> dict[str, Any]:
         """Each variable's value in the preset and its default pipeline (None if not a choice)."""
         pipe = {p.name: p.options() for p in parse_pipeline(_default_pipeline(self.target))}
+        if self.family is not None:  # the architecture's base is the largest subnet
+            from .architecture import PREFIX, load_family
+
+            pipe["arch"] = {PREFIX + k: v for k, v in load_family(self.family).largest().items()}
         out = {}
         for v in self.variables:
             # a pass option left at 0 means "the target's": the target member is the truth
@@ -181,7 +199,7 @@ class Space:
         for v in self.variables:
             for member in v.members:
                 kind, _, key = member.partition(".")
-                if kind not in ("target", "scheme"):
+                if kind not in ("target", "scheme", "arch"):
                     options.setdefault(kind, {})[key.replace("-", "_")] = config[v.name]
         pipe = parse_pipeline(_default_pipeline(self.target_for(config, numerics_only=True)))
         passes = [
@@ -201,6 +219,8 @@ def _member_value(member: str, target: Any, pipe: dict[str, dict[str, Any]]) -> 
     kind, _, key = member.partition(".")
     if kind == "target":
         return getattr(target, key)
+    if kind == "arch":
+        return pipe["arch"][member]
     if kind == "scheme":
         return next(
             (n for n, s in SCHEMES.items() if all(getattr(target, k) == x for k, x in s.items())),
@@ -271,6 +291,10 @@ def _check_value(var: Variable, value: Any, target: Any, path: Path) -> None:
     if var.name == "scheme":
         if value not in SCHEMES:
             raise OptionError(f"{where} is not a weight scheme; choose from {list(SCHEMES)}")
+        return
+    if var.members[0].startswith("arch."):
+        if value not in var.choices:
+            raise OptionError(f"{where} is not in the family's space; choose from {var.choices}")
         return
     for member in var.members:
         kind, _, key = member.partition(".")

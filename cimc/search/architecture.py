@@ -1,0 +1,139 @@
+"""The architecture axis of the search: an elastic family's variables beside the pass options
+and hardware parameters (CiMNet's joint space).
+
+A config's ``arch.<name>`` values pick a subnet of the family; the evaluator exports it (its
+BatchNorm statistics re-estimated on training images, as OFA and DyNAS-T do) to an ONNX file
+cached by the architecture's digest, and from there on it is a model like any other: the same
+compression, backend and timing, so the accuracy the search sees is the compiled graph's.
+The rendered-characters families (``-chars``) are scored on their validation split (the
+accuracy objective); ImageNet-scale families have random weights, so only hardware objectives
+mean anything there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import OptionError
+from .evaluate import CALIBRATION
+
+PREFIX = "arch."
+HARDWARE_ONLY = ("cycles", "latency", "energy", "area", "bits")
+"""Objectives that mean something for a family with random weights."""
+BN_IMAGES = 1024  # training images that re-estimate a subnet's BatchNorm statistics
+EVALUATION = 360  # validation images scored per architecture (10 per class)
+
+
+@cache
+def load_family(name: str) -> Any:
+    """The family ``name`` with its committed weights (once per process)."""
+    from ..models.elastic import family
+
+    return family(name)
+
+
+def has_labels(name: str) -> bool:
+    """Whether the family is scored on labelled data (the small, trained scale)."""
+    return name.endswith("-chars")
+
+
+def arch_variables(name: str) -> dict[str, tuple[tuple, tuple[str, ...]]]:
+    """``{arch.<var>: (choices, members)}`` of the family."""
+    return {
+        PREFIX + var: (tuple(choices), (PREFIX + var,))
+        for var, choices in load_family(name).variables().items()
+    }
+
+
+def arch_config(config: dict[str, Any]) -> dict[str, int]:
+    """The family config inside a search config."""
+    return {k.removeprefix(PREFIX): v for k, v in config.items() if k.startswith(PREFIX)}
+
+
+def default_objectives(name: str) -> tuple[str, ...]:
+    return ("accuracy", "cycles") if has_labels(name) else ("cycles", "energy")
+
+
+def check_objectives(name: str, objectives: list[str] | tuple[str, ...]) -> None:
+    """ImageNet-scale families have random weights: refuse objectives that read numerics."""
+    if has_labels(name):
+        return
+    numeric = [o for o in objectives if o not in HARDWARE_ONLY]
+    if numeric:
+        raise OptionError(
+            f"--family {name} has random weights (no ImageNet offline): objectives {numeric} "
+            f"mean nothing there; choose from {', '.join(HARDWARE_ONLY)} "
+            "(or use the -chars family for accuracy)"
+        )
+
+
+@cache
+def _splits() -> Any:
+    from ..train.data import load
+
+    return load("chars")
+
+
+def data_file(name: str, folder: Path) -> Path | None:
+    """The .npz the evaluator reads for a labelled family: calibration images (training split),
+    then validation images with their labels; None for random-weight families."""
+    return _split_file("val", folder, EVALUATION) if has_labels(name) else None
+
+
+def test_file(folder: Path) -> Path:
+    """The same for the test split, which scores the final Pareto points."""
+    return _split_file("test", folder, None)
+
+
+def _split_file(split: str, folder: Path, count: int | None) -> Path:
+    from ..atomic import atomic_path
+
+    path = folder / f"chars-{split}.npz"
+    if not path.is_file():
+        s = _splits()
+        x = np.concatenate([s.x_train[:CALIBRATION], getattr(s, f"x_{split}")[:count]])
+        y = np.concatenate([s.y_train[:CALIBRATION], getattr(s, f"y_{split}")[:count]])
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, input=x.astype(np.float32), labels=y.astype(np.int64))
+    return path
+
+
+def subnet_model(name: str, config: dict[str, Any], folder: Path) -> Path:
+    """The ONNX file of the config's subnet (BatchNorm re-estimated for a labelled family),
+    exported once per architecture into ``folder``."""
+    arch = load_family(name).validate(arch_config(config))
+    digest = hashlib.sha256(json.dumps([name, arch], sort_keys=True).encode()).hexdigest()
+    path = folder / f"{name}-{digest[:16]}.onnx"
+    if not path.is_file():
+        import torch
+
+        fam, module = load_family(name), None
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # BatchNorm sums split between threads round differently
+        try:
+            if has_labels(name):
+                from ..train.elastic import calibrated_subnet
+
+                module = calibrated_subnet(fam, arch, _splits().x_train[:BN_IMAGES])
+            folder.mkdir(parents=True, exist_ok=True)
+            fam.export(arch, path, module=module)
+        finally:
+            torch.set_num_threads(threads)
+    return path
+
+
+def weights_digest(name: str) -> str:
+    """What identifies a family's weights in a study (the committed file, or the seed)."""
+    from ..models.elastic import WEIGHTS
+
+    path = WEIGHTS / f"{name}.pt"
+    if has_labels(name) and path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"seed-{load_family(name).seed}"
