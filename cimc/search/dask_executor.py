@@ -12,8 +12,8 @@ Faults: a worker that dies mid-task has the task rescheduled by the scheduler, a
 ``distributed.scheduler.allowed-failures`` times (Dask's setting, 3 by default); after that, a
 task that raised, or one that ran past ``timeout`` seconds, is given up on with
 :class:`EvaluationFailed`, and the loop records a failed row. A Python thread stuck in a Numba
-kernel cannot be interrupted, so a timed-out task is cancelled and its worker restarted through
-its nanny, which frees the worker's slot for the rest of the search.
+kernel cannot be interrupted, so a timed-out task is cancelled and its worker process killed and
+restarted by its nanny, which frees the worker's slot for the rest of the search.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import os
 import pickle
+import signal
 import tempfile
 import threading
 import time
@@ -175,11 +177,18 @@ class DaskExecutor(Executor):
                 )
 
     def _restart(self, worker: str) -> str:
+        """SIGKILL the worker process through its nanny, which starts a fresh one. (A graceful
+        ``Client.restart_workers`` waits for the stuck thread, then races the nanny's own
+        restart and can leave the nanny closed.)"""
         try:
-            self.client.restart_workers([worker], timeout=60)
+            self.client.run(_kill_worker_process, workers=[worker], nanny=True)
         except Exception as exc:  # a worker without a nanny stays busy until the task returns
             return f"not restarted ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         return "restarted"
+
+
+def _kill_worker_process(dask_worker: distributed.Nanny) -> None:
+    os.kill(dask_worker.pid, signal.SIGKILL)
 
 
 class _Installed(WorkerPlugin):
