@@ -203,8 +203,12 @@ class _Installed(WorkerPlugin):
 
 
 def _run_installed(name: str, args: tuple, kwargs: dict) -> Any:
+    """Tell the driver this task started, then run it. The event is sent by the worker's client
+    and acknowledged before the task runs: a kernel that then holds the GIL would keep the
+    worker's own (batched) event stream from sending it."""
     worker = distributed.get_worker()
-    worker.log_event(_STARTED, {"key": worker.get_current_task(), "worker": worker.address})
+    message = {"key": worker.get_current_task(), "worker": worker.address}
+    distributed.get_client().log_event(_STARTED, message)
     return worker.plugins[name].fn(*args, **kwargs)
 
 
