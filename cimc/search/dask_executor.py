@@ -104,7 +104,8 @@ class DaskExecutor(Executor):
 
     def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
         name = self._install(fn)
-        task = self.client.submit(_run_installed, name, args, kwargs, pure=False)
+        timed = self.timeout is not None
+        task = self.client.submit(_run_installed, name, args, kwargs, timed, pure=False)
         out: Future = Future()
         out.set_running_or_notify_cancel()
         with self._lock:
@@ -202,13 +203,14 @@ class _Installed(WorkerPlugin):
         self.fn = pickle.loads(self.blob)
 
 
-def _run_installed(name: str, args: tuple, kwargs: dict) -> Any:
-    """Tell the driver this task started, then run it. The event is sent by the worker's client
-    and acknowledged before the task runs: a kernel that then holds the GIL would keep the
-    worker's own (batched) event stream from sending it."""
+def _run_installed(name: str, args: tuple, kwargs: dict, timed: bool) -> Any:
+    """Run the installed function; if ``timed``, first tell the driver the task started. That
+    event goes through the worker's client and is acknowledged before the task runs (~10 ms): a
+    kernel that then holds the GIL would keep the worker's batched event stream from sending it."""
     worker = distributed.get_worker()
-    message = {"key": worker.get_current_task(), "worker": worker.address}
-    distributed.get_client().log_event(_STARTED, message)
+    if timed:
+        message = {"key": worker.get_current_task(), "worker": worker.address}
+        distributed.get_client().log_event(_STARTED, message)
     return worker.plugins[name].fn(*args, **kwargs)
 
 
