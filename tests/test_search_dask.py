@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 import pytest
 from cimc.targets.params import load_target
+from test_search import HW_SPACE, MODEL  # the hardware-only digits space of the local tests
 
 import cimc
 from cimc.cli import main
@@ -27,14 +28,7 @@ from cimc.search.loop import Settings, run_loop
 from cimc.search.objectives import parse_objectives
 from cimc.search.study import config_hash
 
-DATA = Path(__file__).resolve().parents[1] / "cimc" / "data"
-MODEL = str(DATA / "digits_cnn.onnx")
 SHAPES = {"input": (1, 1, 16, 16)}
-# hardware-only int8 space: one compression per worker process, then only the backend
-HW_SPACE = """drop = ["vector", "pool", "keep", "act_bits", "perm_lanes", "vector_width"]
-[choices]
-scheme = ["int8"]
-"""
 
 
 @pytest.fixture(scope="module")
