@@ -4,9 +4,10 @@ NSGA-II), stored in a SQLite study; ``cimc search show STUDY`` prints its Pareto
 from __future__ import annotations
 
 import argparse
+from concurrent.futures import Executor
 from typing import Any
 
-from ..errors import CimcError
+from ..errors import CimcError, OptionError
 from .args import parse_input_shapes
 
 
@@ -36,7 +37,20 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--population", type=int, default=20, help="true evaluations per round")
     p.add_argument("--data", help=".npz of input samples named after the inputs (+ labels)")
     p.add_argument("--input-shape", action="append", help="NAME=D0,D1,... (repeatable)")
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default: cores)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=0, help="worker processes (default: cores)")
+    where.add_argument(
+        "--scheduler", metavar="tcp://HOST:PORT", help="evaluate on this Dask scheduler's workers"
+    )
+    where.add_argument(
+        "--dask-local", type=int, metavar="N", help="evaluate on a local Dask cluster of N workers"
+    )
+    p.add_argument(
+        "--eval-timeout",
+        type=float,
+        metavar="S",
+        help="with Dask: an evaluation running longer is cancelled and recorded as failed",
+    )
     p.add_argument("--study", default="cimc-study", help="study folder (resumed if it exists)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-area", type=float, help="constraint: chip area in mm^2")
@@ -75,8 +89,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"({info['feasible']} feasible), hypervolume {info['hypervolume']:.4g}, best: {best}"
         )
 
-    executor = None if args.workers == 1 else search.process_pool(args.workers or None)
+    executor = None
     try:
+        executor = _executor(args, out)
         study = search.run(
             args.model[0] if args.model else None,
             target,
@@ -100,7 +115,26 @@ def cmd_search(args: argparse.Namespace) -> int:
             executor.shutdown(cancel_futures=True)
     if study.meta()["settings"]["random_inputs"]:
         out.print("no --data: fidelity is measured on seeded random inputs")
+    failed = sum((r.metrics["error"] or "").startswith("failed: ") for r in study.rows())
+    if failed:
+        out.print(f"{failed} evaluations failed (worker died, raised, timed out); see study.db")
     write_report(study)
     print_pareto(study)
     out.print(f"study, report.json and plots in {study.folder}")
     return 0
+
+
+def _executor(args: argparse.Namespace, out: Any) -> Executor | None:
+    """Where true evaluations run: a Dask cluster, this process (--workers 1) or a local pool."""
+    from .. import search
+
+    if args.scheduler or args.dask_local is not None:
+        executor = search.cluster_executor(args.scheduler, args.dask_local or 0, args.eval_timeout)
+        out.print(executor.describe())
+        return executor
+    if args.eval_timeout is not None:
+        raise OptionError(
+            "--eval-timeout needs --scheduler or --dask-local: a local process pool cannot "
+            "cancel a running evaluation"
+        )
+    return None if args.workers == 1 else search.process_pool(args.workers or None)

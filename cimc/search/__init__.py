@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import OptionError
 from .evaluate import Evaluator, Metrics, evaluate
-from .executor import process_pool
+from .executor import EvaluationFailed, cluster_executor, process_pool
 from .loop import Settings, hypervolume, pareto_mask, run_loop
 from .objectives import OBJECTIVES, Constraints, Objective, parse_objectives, register_objective
 from .predictors import Predictor, rank_metrics
@@ -28,6 +28,7 @@ __all__ = [
     "Objective",
     "register_objective",
     "Constraints",
+    "EvaluationFailed",
     "Evaluator",
     "Metrics",
     "Predictor",
@@ -35,6 +36,7 @@ __all__ = [
     "Space",
     "Study",
     "StudyError",
+    "cluster_executor",
     "evaluate",
     "hypervolume",
     "pareto_mask",

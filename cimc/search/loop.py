@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .executor import run_all
+from .evaluate import Metrics
+from .executor import EvaluationFailed, run_all
 from .objectives import Constraints, Objective, minimised
 from .predictors import Predictor, rank_metrics
 from .space import Space
@@ -94,6 +95,8 @@ def run_loop(
             configs, predicted, fitted = _propose(space, earlier, settings, rng, n)
         todo = [(c, p) for c, p in zip(configs, predicted) if config_hash(c) not in stored]
         for (config, pred), metrics in run_all(executor, _Job(evaluate), todo):
+            if isinstance(metrics, EvaluationFailed):  # stored, so a rerun does not repeat it
+                metrics = Metrics(error=f"failed: {metrics}", seconds=metrics.seconds)
             row = Row(config_hash(config), number, config, metrics.to_dict(), pred, metrics.seconds)
             study.add(row)
             stored[row.hash] = row
