@@ -1,0 +1,88 @@
+"""The search's architecture axis: an elastic family's variables in the space, subnets
+evaluated through the compiled graph."""
+
+from __future__ import annotations
+
+import pytest
+from cimc.targets.params import load_target
+
+from cimc.cli import main
+from cimc.errors import OptionError
+from cimc.models.elastic import family
+from cimc.search import Evaluator, Space
+from cimc.search.architecture import EVALUATION, arch_config, check_objectives
+
+FAMILY = "elastic-resnet-chars"
+
+
+@pytest.fixture(scope="module")
+def space():
+    return Space.from_target(load_target("cimpool-sram"), None, FAMILY)
+
+
+def test_family_variables_come_first_and_the_base_is_the_largest(space):
+    fam = family(FAMILY)
+    arch = [v.name for v in space.variables if v.name.startswith("arch.")]
+    assert arch == [f"arch.{n}" for n in fam.variables()]
+    assert space.names[: len(arch)] == arch
+    assert arch_config(space.base_config()) == fam.largest()
+    assert space.describe()["family"] == FAMILY
+    # the architecture never leaks into the pipeline or the target
+    assert "arch" not in space.pipeline_for(space.base_config())
+
+
+def test_space_file_restricts_an_architecture_variable(tmp_path):
+    name = next(iter(family(FAMILY).variables()))
+    choices = family(FAMILY).variables()[name]
+    good = tmp_path / "good.toml"
+    good.write_text(f'[choices]\n"arch.{name}" = [{choices[0]}]\n')
+    sp = Space.from_target(load_target("cimpool-sram"), good, FAMILY)
+    assert sp.variables[0].choices == (choices[0],)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[choices]\n"arch.{name}" = [{max(choices) + 97}]\n')
+    with pytest.raises(OptionError, match=rf"arch.{name}.*not in the family's space"):
+        Space.from_target(load_target("cimpool-sram"), bad, FAMILY)
+
+
+def test_a_subnet_is_scored_on_validation_labels_through_the_compiled_graph(space, tmp_path):
+    """The smallest subnet's accuracy is measured on the family's validation images after
+    compression (int8 here, the quickest scheme); its ONNX is exported once per architecture."""
+    fam = family(FAMILY)
+    config = space.base_config() | {f"arch.{k}": v for k, v in fam.smallest().items()}
+    config["scheme"] = "int8"
+    ev = Evaluator("", space, None, None, str(tmp_path))
+    m = ev(config)
+    assert m.error is None, m.error
+    assert m.accuracy is not None and 0.0 <= m.accuracy <= 1.0
+    assert m.accuracy * EVALUATION == pytest.approx(round(m.accuracy * EVALUATION))
+    assert m.cycles > 0 and m.cosine is not None
+    exported = sorted(tmp_path.glob(f"{FAMILY}-*.onnx"))
+    assert len(exported) == 1
+    again = ev(
+        config | {"L1_num_child": space.variables[space.names.index("L1_num_child")].choices[0]}
+    )
+    assert again.compress_cached and again.accuracy == m.accuracy
+    assert sorted(tmp_path.glob(f"{FAMILY}-*.onnx")) == exported
+
+
+def test_random_weight_families_take_hardware_objectives_only():
+    check_objectives("elastic-mbv3", ("cycles", "energy"))
+    with pytest.raises(OptionError, match="random weights"):
+        check_objectives("elastic-mbv3", ("accuracy", "cycles"))
+
+
+def test_cli_refuses_accuracy_on_an_imagenet_family(tmp_path, capsys):
+    args = ["search", "--family", "elastic-resnet", "--objectives", "fidelity,cycles"]
+    assert main([*args, "--study", str(tmp_path / "s")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "random weights" in lines[0]
+
+
+def test_cli_show_space_lists_the_family(capsys):
+    assert main(["search", "--family", FAMILY, "--show-space"]) == 0
+    out = capsys.readouterr().out
+    n_arch = len(family(FAMILY).variables())
+    assert sum(line.startswith("arch.") for line in out.splitlines()) == n_arch
+    size = int(out.strip().splitlines()[-1].split()[2].replace(",", ""))
+    assert size == Space.from_target(load_target("cimpool-sram"), None, FAMILY).size
+    assert size >= 2**n_arch * Space.from_target(load_target("cimpool-sram")).size
