@@ -1,0 +1,349 @@
+"""CiMNet reproduced on cimc: predictors and searches over an elastic family x the CiM hierarchy.
+
+    python benchmarks/cimnet.py --quick        # elastic-resnet-chars, predictors only (< 10 min)
+    python benchmarks/cimnet.py                # the three -chars families, predictors + fronts
+    python benchmarks/cimnet.py --families elastic-resnet --archs 12   # ImageNet scale: cycles
+
+Space: the family's architecture variables x the eight CiMNet hierarchy parameters (1/8..1 x
+the preset's value), on ``--target`` (default int8-sram: the weights' numerics do not depend on
+the hierarchy, and int8 keeps the under-trained supernets' accuracy; CiMNet does not compress).
+Everything else stays at the preset's value.
+
+**Predictors** (CiMNet's table): ``--archs`` architectures (the largest and smallest among
+them) are each evaluated on ``--hw`` hierarchy configs (the first the preset's), plus
+``--static-hw`` hierarchy configs of the largest architecture. Three space kinds, as CiMNet:
+elastic arch + static config (the preset's hierarchy rows), static arch + elastic config (the
+largest architecture's rows), both elastic (all rows). In each, a seeded two-thirds of the rows
+train cimc's predictors (Ridge / RBF-SVR by CV on one-hot encodings, ``cimc.search.Predictor``),
+the other third scores Kendall tau and MAPE. Accuracy is the compiled graph's on 360 validation
+images (``-chars`` families; none at ImageNet scale, whose weights are random); it cannot vary
+with the hierarchy, so its static-arch cell is empty.
+
+**Fronts** (not with --quick): the predictor-guided loop (``cimc.search``) over arch-only,
+hardware-only and joint spaces, ``--budget`` true evaluations each (population ``--population``);
+reported: each front's hypervolume (common reference) and the speed-up at the largest subnet's
+accuracy (CiMNet: 1.7x from architecture, 3.1x from both, for ViT-B): the preset hierarchy
+running the largest subnet gives the baseline cycles; the fastest front point whose accuracy is
+at least the baseline's gives the speed-up (the best reached is printed when none is).
+Then the chosen-configuration table (the hierarchy multiples the joint front uses).
+
+True evaluations are rows of ``cimc.search.Study`` databases in ``--workdir``, so a rerun reads
+them back. Ends with one line ``joint_tau=<value>`` (the mean of the joint-space taus).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cimc.targets.params import load_target
+
+from cimc.search import Evaluator, Predictor, Space, Study, rank_metrics
+from cimc.search.architecture import PREFIX, default_objectives, has_labels, load_family
+from cimc.search.executor import process_pool, run_all
+from cimc.search.loop import Settings, feasible_points, pareto_mask, reference_point, run_loop
+from cimc.search.objectives import OBJECTIVES
+from cimc.search.space import HIERARCHY, declared_variables
+from cimc.search.study import Row, config_hash
+
+CIMNET_TAU = {  # published Kendall tau (arch / config / both), cycles predictor [CiMNet slides]
+    "mbv3": (0.97, 0.97, 0.83),
+    "resnet": (0.95, 0.90, 0.81),
+    "vit": (1.00, 0.90, 0.78),
+}
+KINDS = ("arch", "config", "joint")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def space_file(target: Any, folder: Path, keep_arch: bool, keep_hw: bool) -> Path:
+    """A TOML restricting the space to (arch and/or) the eight hierarchy parameters."""
+    declared = declared_variables(target)
+    drop = [n for n in declared if not (keep_hw and n in HIERARCHY)]
+    path = folder / f"space-{int(keep_arch)}{int(keep_hw)}.toml"
+    path.write_text(f"drop = {json.dumps(sorted(drop))}\n")
+    return path
+
+
+def make_space(target: Any, family: str, folder: Path, arch: bool, hw: bool) -> Space:
+    space = Space.from_target(target, space_file(target, folder, arch, hw), family)
+    if arch:
+        return space
+    largest = space.base_config()  # the architecture pinned at the largest subnet
+    keep = [v for v in space.variables if not v.name.startswith(PREFIX)]
+    pinned = [
+        type(v)(v.name, (largest[v.name],), v.members)
+        for v in space.variables
+        if v.name.startswith(PREFIX)
+    ]
+    return Space(space.target, tuple(pinned + keep), family)
+
+
+def evaluate_all(
+    configs: list[dict], evaluator: Evaluator, study: Study, workers: int
+) -> dict[str, dict]:
+    done = {r.hash for r in study.rows()}
+    todo = [c for c in configs if config_hash(c) not in done]
+    todo.sort(key=lambda c: json.dumps({k: v for k, v in c.items() if k.startswith(PREFIX)}))
+    log(f"  {len(done):,} stored, {len(todo):,} to evaluate")
+    executor = process_pool(workers) if workers > 1 and todo else None
+    start = time.perf_counter()
+    try:
+        for k, (config, m) in enumerate(run_all(executor, evaluator, todo), 1):
+            study.add(Row(config_hash(config), 0, config, m.to_dict(), None, m.seconds))
+            if k % 20 == 0 or k == len(todo):
+                log(f"  {k}/{len(todo)} ({time.perf_counter() - start:.0f} s)")
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    return {r.hash: r.metrics for r in study.rows()}
+
+
+def sample_configs(space: Space, args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Configs of the three space kinds (sharing rows where they coincide)."""
+    fam = load_family(space.family)
+    rng = np.random.default_rng(args.seed)
+    base = space.base_config()
+    hw_vars = [v for v in space.variables if not v.name.startswith(PREFIX)]
+    arch_names = [f"{PREFIX}{n}" for n in fam.variables()]
+
+    def arch(a: dict[str, int]) -> dict[str, Any]:
+        return {f"{PREFIX}{k}": v for k, v in a.items()}
+
+    archs = [fam.largest(), fam.smallest()]
+    seen = {json.dumps(a, sort_keys=True) for a in archs}
+    while len(archs) < args.archs:
+        a = fam.sample(rng)
+        if json.dumps(a, sort_keys=True) not in seen:
+            seen.add(json.dumps(a, sort_keys=True))
+            archs.append(a)
+
+    def hw(n: int) -> list[dict[str, Any]]:
+        out = [{v.name: base[v.name] for v in hw_vars}]
+        while len(out) < n:
+            out.append({v.name: v.choices[int(rng.integers(len(v.choices)))] for v in hw_vars})
+        return out
+
+    preset = hw(1)[0]
+    kinds = {
+        "arch": [base | arch(a) | preset for a in archs],
+        "config": [base | arch(archs[0]) | h for h in hw(args.static_hw)],
+        "joint": [base | arch(a) | h for a in archs for h in hw(args.hw)],
+    }
+    assert all(set(c) == set(space.names) for k in kinds.values() for c in k)
+    assert all(n in space.names for n in arch_names)
+    return kinds
+
+
+def predictor_scores(
+    space: Space, rows: list[dict], table: dict[str, dict], objective: str, seed: int
+) -> dict[str, Any] | None:
+    """Tau and MAPE of a predictor trained on a seeded 2/3 of the architectures in ``rows``
+    (of the rows, when they share one architecture), scored on the rest: a test architecture
+    is never seen in training, or accuracy would be looked up rather than predicted."""
+    obj = OBJECTIVES[objective]
+    ok = [c for c in rows if table[config_hash(c)]["error"] is None]
+    y = np.array([obj.value(table[config_hash(c)]) for c in ok])
+    if len(ok) < 6 or np.ptp(y) == 0:
+        return None
+    x = space.one_hot(np.array([space.to_indices(c) for c in ok]))
+    arch = [json.dumps({k: v for k, v in c.items() if k.startswith(PREFIX)}) for c in ok]
+    groups = sorted(set(arch)) if len(set(arch)) > 1 else [str(i) for i in range(len(ok))]
+    key = arch if len(set(arch)) > 1 else groups
+    order = np.random.default_rng(seed).permutation(len(groups))
+    train_groups = {groups[i] for i in order[: 2 * len(groups) // 3]}
+    train = np.array([k in train_groups for k in key])
+    model = Predictor(log=obj.log).fit(x[train], y[train])
+    scores = rank_metrics(y[~train], model.predict(x[~train]))
+    return {"train": int(train.sum()), "test": int((~train).sum()), "model": model.chosen, **scores}
+
+
+def fronts(
+    target: Any, family: str, folder: Path, args: argparse.Namespace, table: dict[str, dict]
+) -> dict[str, Any]:
+    """The guided loop on arch-only, hardware-only and joint spaces at equal budgets."""
+    objectives = tuple(OBJECTIVES[o] for o in default_objectives(family))
+    out: dict[str, Any] = {}
+    kinds = {"arch": (True, False), "hardware": (False, True), "joint": (True, True)}
+    for kind, (a, h) in kinds.items():
+        space = make_space(target, family, folder, a, h)
+        study = Study(folder / f"loop-{kind}", {"space": space.describe(), "seed": args.seed})
+        ev = Evaluator("", space, None, None, str(folder / "cache"))
+        settings = Settings(objectives, args.budget, args.population, args.seed)
+        log(f"  {kind}-only search ({args.budget} true evaluations)")
+        executor = process_pool(args.workers) if args.workers > 1 else None
+        try:
+            run_loop(space, ev, study, settings, executor)
+        finally:
+            if executor is not None:
+                executor.shutdown()
+        rows = study.rows()
+        pts = feasible_points(rows, settings)
+        out[kind] = {
+            "points": pts.tolist(),
+            "configs": [r.config for r in rows if r.feasible],
+            "rounds": study.rounds(),
+        }
+    return out
+
+
+def speedups(res: dict[str, Any], baseline: dict[str, Any], objectives: list[str]) -> None:
+    """Fastest point at least as accurate as the largest subnet on the preset hierarchy."""
+    acc0, cyc0 = baseline.get("accuracy"), baseline["cycles"]
+    all_pts = np.concatenate([np.array(f["points"]) for f in res.values() if f["points"]])
+    ref = reference_point(all_pts)
+    from cimc.search.loop import hypervolume
+
+    for f in res.values():
+        pts = np.array(f["points"]).reshape(-1, len(objectives))
+        f["hypervolume"] = hypervolume(pts, ref)
+        if acc0 is None or "accuracy" not in objectives:
+            continue
+        ia, ic = objectives.index("accuracy"), objectives.index("cycles")
+        good = pts[-pts[:, ia] >= acc0]  # accuracy is stored negated
+        f["speedup"] = float(cyc0 / good[:, ic].min()) if len(good) else None
+        best = pts[np.argmax(-pts[:, ia])] if len(pts) else None
+        f["best_accuracy"] = None if best is None else float(-best[ia])
+
+
+def chosen_table(space: Space, configs: list[dict], points: np.ndarray) -> dict[str, dict]:
+    """How often each hierarchy multiple appears on the joint front (CiMNet's table)."""
+    base = space.target
+    front = [c for c, keep in zip(configs, pareto_mask(points)) if keep]
+    out: dict[str, dict] = {}
+    for name in HIERARCHY:
+        if name not in space.names:
+            continue
+        counts: dict[str, int] = {}
+        for c in front:
+            key = f"{c[name] / getattr(base, name):g}x"
+            counts[key] = counts.get(key, 0) + 1
+        out[name] = dict(sorted(counts.items()))
+    return out
+
+
+def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
+    target = load_target(args.target)
+    folder = Path(args.workdir) / f"{family}-{args.target}"
+    folder.mkdir(parents=True, exist_ok=True)
+    space = make_space(target, family, folder, True, True)
+    study = Study(folder / "table", {"space": space.describe(), "seed": args.seed})
+    evaluator = Evaluator("", space, None, None, str(folder / "cache"))
+    kinds = sample_configs(space, args)
+    unique = {config_hash(c): c for k in kinds.values() for c in k}
+    log(f"{family}: {len(unique)} configs ({args.archs} architectures)")
+    table = evaluate_all(list(unique.values()), evaluator, study, args.workers)
+    objectives = ["cycles"] + (["accuracy"] if has_labels(family) else [])
+    res: dict[str, Any] = {"family": family, "predictors": {}}
+    for kind in KINDS:
+        for objective in objectives:
+            res["predictors"][f"{kind}/{objective}"] = predictor_scores(
+                space, kinds[kind], table, objective, args.seed
+            )
+    res["baseline"] = table[config_hash(kinds["arch"][0])]
+    res["seconds"] = [m["seconds"] for m in table.values()]
+    if not args.quick:
+        res["fronts"] = fronts(target, family, folder, args, table)
+        names = list(default_objectives(family))
+        speedups(res["fronts"], res["baseline"], names)
+        joint = res["fronts"]["joint"]
+        res["chosen"] = chosen_table(space, joint["configs"], np.array(joint["points"]))
+    return res
+
+
+def print_family(res: dict[str, Any]) -> None:
+    fam = res["family"]
+    short = fam.removeprefix("elastic-").removesuffix("-chars")
+    print(f"\n{fam}: Kendall tau / MAPE on held-out true evaluations (train rows in brackets)")
+    print("| objective | elastic arch, static config | static arch, elastic config | both |")
+    print("|---|---:|---:|---:|")
+    for objective in ("cycles", "accuracy"):
+        cells = []
+        for kind in KINDS:
+            s = res["predictors"].get(f"{kind}/{objective}")
+            cells.append(
+                "–" if s is None else f"{s['kendall_tau']:.2f} / {s['mape']:.1f}% ({s['train']})"
+            )
+        if any(c != "–" for c in cells):
+            print(f"| {objective} | " + " | ".join(cells) + " |")
+    if short in CIMNET_TAU:
+        print("| CiMNet cycles tau | " + " | ".join(f"{t:.2f}" for t in CIMNET_TAU[short]) + " |")
+    secs = np.array(res["seconds"])
+    print(f"true evaluations: median {np.median(secs):.2f} s (first of an architecture: export,")
+    print(f"compression, validation; max {secs.max():.1f} s)")
+    if "fronts" in res:
+        base = res["baseline"]
+        print(f"baseline (largest subnet, preset hierarchy): {base['cycles']:,} cycles", end="")
+        print(f", accuracy {base['accuracy']:.4f}" if base.get("accuracy") is not None else "")
+        print("| search | feasible points | hypervolume | speed-up at baseline accuracy |")
+        print("|---|---:|---:|---:|")
+        for kind, f in res["fronts"].items():
+            sp = f.get("speedup")
+            cell = f"{sp:.2f}x" if sp else f"none (best accuracy {f.get('best_accuracy')})"
+            print(f"| {kind} | {len(f['points'])} | {f['hypervolume']:.4g} | {cell} |")
+        print("chosen hierarchy multiples on the joint front:", json.dumps(res["chosen"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--families", default=None, help="comma-separated (default: the -chars ones)")
+    ap.add_argument("--target", default="int8-sram")
+    ap.add_argument("--archs", type=int, default=None, help="architectures (40; --quick 30)")
+    ap.add_argument("--hw", type=int, default=None, help="hierarchy configs per arch (6; 4)")
+    ap.add_argument("--static-hw", type=int, default=60, help="configs of the largest arch")
+    ap.add_argument("--budget", type=int, default=48, help="true evaluations per search")
+    ap.add_argument("--population", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workdir", default=".cimc-bench/cimnet")
+    ap.add_argument("--quick", action="store_true", help="elastic-resnet-chars, predictors only")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    default = "elastic-resnet-chars" if args.quick else "elastic-resnet-chars,elastic-mbv3-chars"
+    args.families = (args.families or default + ("" if args.quick else ",elastic-vit-chars")).split(
+        ","
+    )
+    args.archs = args.archs or (30 if args.quick else 40)
+    args.hw = args.hw or (4 if args.quick else 6)
+
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(1)
+    threadpool_limits(1)
+    torch.set_num_threads(1)
+    load = os.getloadavg()
+    start = time.perf_counter()
+    results = [bench_family(args, f) for f in args.families]
+    print(
+        f"\nCiMNet benchmark on {args.target}: {args.archs} architectures x {args.hw} hierarchy "
+        f"configs (+{args.static_hw} of the largest), seed {args.seed}; load average "
+        f"{load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; "
+        f"{time.perf_counter() - start:.0f} s"
+    )
+    for res in results:
+        print_family(res)
+    if args.json:
+        from cimc.atomic import write_text_atomic
+
+        write_text_atomic(Path(args.json), json.dumps(results, indent=1, default=float))
+    taus = [
+        s["kendall_tau"]
+        for r in results
+        for k, s in r["predictors"].items()
+        if k.startswith("joint/") and s is not None
+    ]
+    print(f"joint_tau={np.mean(taus):.3f}")
+
+
+if __name__ == "__main__":
+    main()
