@@ -100,12 +100,15 @@ _UNARY: dict[str, Callable[[Node, torch.Tensor], torch.Tensor]] = {
     "Softsign": lambda n, x: x / (1 + torch.abs(x)),
     "LeakyRelu": lambda n, x: F.leaky_relu(x, _a(n, "alpha", 0.01)),
     "Elu": lambda n, x: F.elu(x, _a(n, "alpha", 1.0)),
-    "Selu": lambda n, x: _a(n, "gamma", 1.0507009873554805)
-    * torch.where(x > 0, x, _a(n, "alpha", 1.6732632423543772) * torch.expm1(x)),
+    "Selu": lambda n, x: (
+        _a(n, "gamma", 1.0507009873554805)
+        * torch.where(x > 0, x, _a(n, "alpha", 1.6732632423543772) * torch.expm1(x))
+    ),
     "HardSigmoid": lambda n, x: _hard_sigmoid(x, _a(n, "alpha", 0.2), _a(n, "beta", 0.5)),
     "HardSwish": lambda n, x: x * _hard_sigmoid(x, 1 / 6, 0.5),
-    "Gelu": lambda n, x: F.gelu(x, approximate="none" if _a(n, "approximate", "none") == "none"
-                               else "tanh"),
+    "Gelu": lambda n, x: F.gelu(
+        x, approximate="none" if _a(n, "approximate", "none") == "none" else "tanh"
+    ),
 }
 for _op, _fn in _UNARY.items():
     register_torch_op(_op)(lambda node, x, _f=_fn: _f(node, x))
@@ -344,9 +347,25 @@ def _avgpool(node: Node, shape: tuple[int, ...], x: torch.Tensor) -> torch.Tenso
 # ---- data movement: the reference implementation on element numbers ---------------------------
 _MOVES = {  # op -> positions of the inputs whose elements are moved (others must be constant)
     **dict.fromkeys(
-        ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Split", "Slice", "Gather",
-         "GatherElements", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Identity",
-         "Dropout", "Pad", "Resize"),
+        (
+            "Reshape",
+            "Flatten",
+            "Transpose",
+            "Squeeze",
+            "Unsqueeze",
+            "Split",
+            "Slice",
+            "Gather",
+            "GatherElements",
+            "Expand",
+            "Tile",
+            "DepthToSpace",
+            "SpaceToDepth",
+            "Identity",
+            "Dropout",
+            "Pad",
+            "Resize",
+        ),
         (0,),
     ),
     "Concat": None,  # every input
@@ -433,8 +452,9 @@ class GraphModule(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env = dict(zip(self.graph.inputs, inputs))
         for node in self.order:
-            args = [None if not i else env[i] if i in env else self.constant(i)
-                    for i in node.inputs]
+            args = [
+                None if not i else env[i] if i in env else self.constant(i) for i in node.inputs
+            ]
             results = self.run_node(node, args)
             for name, data in zip(node.outputs, results):
                 if name:
@@ -473,13 +493,13 @@ class GraphModule(nn.Module):
         outs = []
         for name, m in zip(node.outputs, self._moves[node.name]):
             shape = tuple(self.graph.values[name].shape)
-            outs.append(flat[1:].reshape(shape) if m is None else flat[m.reshape(-1)].reshape(shape))
+            outs.append(
+                flat[1:].reshape(shape) if m is None else flat[m.reshape(-1)].reshape(shape)
+            )
         return outs
 
 
-def run_batched(
-    module: nn.Module, feeds: Mapping[str, torch.Tensor], inputs: list[str]
-) -> Any:
+def run_batched(module: nn.Module, feeds: Mapping[str, torch.Tensor], inputs: list[str]) -> Any:
     """``module`` on a batch: ``feeds[name]`` is [N, *graph input shape]; outputs gain the
     leading N (vmap, so the graph's own shapes, batch-1 or not, stay as imported)."""
     return torch.func.vmap(module)(*(feeds[i] for i in inputs))
