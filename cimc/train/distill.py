@@ -111,12 +111,24 @@ def _onnx_weight(node: Node, w: torch.Tensor) -> torch.Tensor:
     return w.T
 
 
+def affine_constants(graph: Graph) -> dict[str, Node]:
+    """The scale and shift of every BatchNormalization (constant name -> node): trained with
+    the weights, they give each channel the free scale the pool's per-layer alpha lacks."""
+    found = {}
+    for n in graph.nodes():
+        if n.op == "BatchNormalization":
+            for name in n.inputs[1:3]:
+                if graph.values[name].is_constant:
+                    found[name] = n
+    return found
+
+
 class CompressedGraph(GraphModule):
     """The graph with every CiM layer compressed as the compiler compresses it under
     ``scheme`` (latent float weights trained through a straight-through estimator)."""
 
     def __init__(self, graph: Graph, scheme: Scheme) -> None:
-        super().__init__(graph)
+        super().__init__(graph, trainable=set(affine_constants(graph)))
         self.scheme = scheme
         self.roles = _roles(graph, scheme)
         self.layer_nodes = [n for n in float_cim_layers(graph)]
@@ -287,7 +299,7 @@ def distill(
     n = len(next(iter(data.values())))
     with torch.no_grad():
         kinds = output_kinds(run_batched(teacher, calib, graph.inputs), cfg.loss)
-    params = [p for p in student.cim.parameters() if p.requires_grad]
+    params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -389,6 +401,11 @@ def export(
             onnx_node.input[2] = _initializer(proto, f"{node.inputs[2]}.finetuned", b)
         if m.role == "pool":
             layers[name] = assignment_fields(m)
+    for name, node in affine_constants(graph).items():
+        onnx_node = by_name[node.name]
+        pos = list(node.inputs).index(name)
+        tuned = model.constant(name).detach().numpy()
+        onnx_node.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
     used = {i for n in proto.graph.node for i in n.input}
     kept = [t for t in proto.graph.initializer if t.name in used]
     del proto.graph.initializer[:]
