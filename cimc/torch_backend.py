@@ -24,11 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import UnsupportedOpError
+from .errors import CimcError
 from .ir import Graph, Node
 from .ops import REGISTRY, _conv_params
 
 TorchImpl = Callable[..., Any]
+
+
+class TorchOpError(CimcError):
+    """A node the torch conversion cannot run differentiably (named, with its op)."""
+
+
 TORCH_OPS: dict[str, TorchImpl] = {}
 
 
@@ -327,7 +333,9 @@ def _maxpool(node: Node, shape: tuple[int, ...], x: torch.Tensor) -> torch.Tenso
 def _avgpool(node: Node, shape: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
     k = list(node.attrs["kernel_shape"])
     if any(d != 1 for d in _a(node, "dilations", [1] * len(k))):
-        raise UnsupportedOpError(f"AveragePool node {node.name!r}: dilations in torch")
+        raise TorchOpError(
+            f"AveragePool node {node.name!r} has dilations; torch's average pooling has none"
+        )
     one_d = len(k) == 1
     x2 = x[..., None] if one_d else x
     ones = torch.ones((1, 1, *x2.shape[2:]), dtype=x.dtype)
@@ -408,7 +416,7 @@ def _check_supported(graph: Graph) -> None:
         or (n.op == "Resize" and _a(n, "mode", "nearest") != "nearest")
     ]
     if bad:
-        raise UnsupportedOpError(
+        raise TorchOpError(
             f"graph {graph.name!r}: no differentiable torch function for {', '.join(bad)}; "
             "register one with cimc.torch_backend.register_torch_op"
         )
@@ -474,7 +482,7 @@ class GraphModule(nn.Module):
         data = range(len(args)) if _MOVES[node.op] is None else _MOVES[node.op]
         for i, (a, name) in enumerate(zip(args, node.inputs)):
             if i not in data and a is not None and not self.graph.values[name].is_constant:
-                raise UnsupportedOpError(
+                raise TorchOpError(
                     f"{node.op} node {node.name!r}: input {i} ({name!r}) is computed, not a "
                     "constant; the torch conversion moves elements by a fixed map"
                 )

@@ -42,8 +42,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--scheme", choices=POOL_SCHEMES, default="cimpool-keep0.5",
-                   help="CIMPool variant (pool targets)")
+    p.add_argument(
+        "--scheme",
+        choices=POOL_SCHEMES,
+        default="cimpool-keep0.5",
+        help="CIMPool variant (pool targets)",
+    )
     p.add_argument("--loss", choices=("auto", "kl", "mse"), default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
@@ -80,8 +84,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise CimcError(f"--steps {args.steps} --batch-size {args.batch_size}: give at least 1")
     scheme = scheme_for(args.target, args.scheme)
     cfg = replace(
-        DistillConfig(), steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        loss=args.loss, seed=args.seed,
+        DistillConfig(),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        loss=args.loss,
+        seed=args.seed,
     )
     graph = import_onnx(args.model, parse_input_shapes(args.input_shape))
     data = load_samples(args.data, graph, cfg.min_samples)
@@ -89,21 +97,31 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with Progress(
-        TextColumn("{task.description}"), BarColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
         TextColumn("{task.completed}/{task.total} steps, loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(), console=Console(stderr=True),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
     ) as bar:
         task = bar.add_task(f"finetune {scheme.label}", total=cfg.steps, loss=float("nan"))
         model = distill(
-            graph, scheme, data, cfg, log_path=out / "finetune.log.jsonl",
+            graph,
+            scheme,
+            data,
+            cfg,
+            log_path=out / "finetune.log.jsonl",
             checkpoint=out / "checkpoint.pt",
             progress=lambda done, total, loss: bar.update(task, completed=done, loss=loss),
         )
     pipeline = export(model, args.model, out / "model.onnx", out / "model.npz")
     summary = {
-        "model": args.model, "target": args.target, "scheme": scheme.to_dict(),
-        "config": cfg.to_dict(), "samples": len(next(iter(data.values()))),
-        "pipeline": pipeline, "seconds": round(time.perf_counter() - t0, 1),
+        "model": args.model,
+        "target": args.target,
+        "scheme": scheme.to_dict(),
+        "config": cfg.to_dict(),
+        "samples": len(next(iter(data.values()))),
+        "pipeline": pipeline,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(f"pipeline: {pipeline}")

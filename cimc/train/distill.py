@@ -318,7 +318,7 @@ def distill(
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         start = state["step"]
-    if scheme.act_bits:
+    if scheme.act_bits and not start:  # a checkpoint holds the ranges it trained with
         calibrate(student, calib)
     student.train()
     t0 = time.perf_counter()
