@@ -108,7 +108,7 @@ def main() -> None:
     r = score(folder / "tuned.onnx", "cimpool-sram", pipe, calib, args.keep)
     rows.append(
         {
-            "row": "CIMPool keep 1/2, fine-tuned without labels",
+            "row": f"CIMPool keep {args.keep:g}, fine-tuned without labels",
             **r,
             "seconds": time.perf_counter() - t0,
         }
