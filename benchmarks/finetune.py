@@ -1,7 +1,7 @@
 """Label-free fine-tuning of the bundled digits CNN: fp32, int8, post-training CIMPool and
 CIMPool fine-tuned by distillation from the fp32 model (no labels), each compiled and scored.
 
-    python benchmarks/finetune.py [--steps 1500] [--threads 1] [--json out.json]
+    python benchmarks/finetune.py [--steps 4000] [--keep 0.25] [--threads 1] [--json out.json]
 
 The unlabelled data are the images of the model's own training split (scikit-learn digits,
 the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -81,7 +81,7 @@ def post_training(keep: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--keep", type=float, default=0.25, help="error-term fraction kept")
     ap.add_argument("--threads", type=int, default=1)

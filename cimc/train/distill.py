@@ -166,7 +166,8 @@ class CompressedGraph(GraphModule):
         else:
             x = m.act.quantize(x)
         w = _onnx_weight(node, m.effective_weight())
-        return [TORCH_OPS[node.op](node, x, w, m.layer.bias)]
+        bias = [] if m.layer.bias is None else [m.layer.bias]  # MatMul takes none
+        return [TORCH_OPS[node.op](node, x, w, *bias)]
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -369,6 +370,10 @@ def _initializer(model: onnx.ModelProto, name: str, data: np.ndarray) -> str:
             t.CopyFrom(numpy_helper.from_array(data, name))
             return name
     model.graph.initializer.append(numpy_helper.from_array(data, name))
+    if model.ir_version < 4:  # before IR 4 every initializer is also a graph input
+        model.graph.input.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, data.shape)
+        )
     return name
 
 
@@ -407,9 +412,12 @@ def export(
         tuned = model.constant(name).detach().numpy()
         onnx_node.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
     used = {i for n in proto.graph.node for i in n.input}
-    kept = [t for t in proto.graph.initializer if t.name in used]
-    del proto.graph.initializer[:]
+    dropped = {t.name for t in proto.graph.initializer if t.name not in used}
+    kept = [t for t in proto.graph.initializer if t.name not in dropped]
+    inputs = [i for i in proto.graph.input if i.name not in dropped]
+    del proto.graph.initializer[:], proto.graph.input[:]
     proto.graph.initializer.extend(kept)
+    proto.graph.input.extend(inputs)
     with atomic_path(onnx_path) as tmp:
         onnx.save(proto, str(tmp))
     if not layers:
