@@ -244,6 +244,12 @@ def test_cli_finetunes_and_refuses_a_foreign_checkpoint(tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"model.onnx", "model.npz", "checkpoint.pt"}
     code, err = _cli(capsys, *args, "--scheme", "cimpool-keep1", "-o", str(out))
     assert code == 2 and "belongs to another model, pipeline or recipe" in err, err
+    # an int target: quantisation-aware distillation, no assignment file
+    code, err = _cli(capsys, *args, "--target", "int8-sram", "-o", str(tmp_path / "int8"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "int8" / "summary.json").read_text())
+    assert "quantize-weights{bits=8}" in summary["pipeline"]
+    assert not (tmp_path / "int8" / "model.npz").exists()
 
 
 def test_load_samples_is_a_feed_error_for_a_missing_file(tmp_path):

@@ -6,11 +6,12 @@
 for calibration; other arrays, such as labels, are ignored). Writes into -o: ``model.onnx``
 (the model with the fine-tuned weights), ``model.npz`` (the learned assignment, CIMPool
 targets), ``finetune.log.jsonl``, ``checkpoint.pt`` (a rerun resumes from it) and
+``calibration.npz`` (the samples the activation ranges were calibrated on) and
 ``summary.json`` (the pipeline that compiles the result to the fine-tuned numbers). Compile
-with that pipeline and the same --data as calibration:
+with that pipeline and that calibration:
 
     cimc compile runs/ft/model.onnx --pipeline "$(jq -r .pipeline runs/ft/summary.json)" \\
-        --calibration unlabeled.npz
+        --calibration runs/ft/calibration.npz
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_path, write_text_atomic
 from ..errors import CimcError
 from .args import parse_input_shapes
 
@@ -73,6 +74,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         import torch
     except ImportError:
         raise CimcError("cimc finetune needs torch: pip install 'cimc[train]'") from None
+    import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -114,6 +116,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             progress=lambda done, total, loss: bar.update(task, completed=done, loss=loss),
         )
     pipeline = export(model, args.model, out / "model.onnx", out / "model.npz")
+    calib = {k: v[: cfg.calib].numpy() for k, v in data.items()}  # what the ranges came from
+    with atomic_path(out / "calibration.npz") as tmp:
+        np.savez(tmp, **{k: v.reshape(-1, *v.shape[2:]) for k, v in calib.items()})
     summary = {
         "model": args.model,
         "target": args.target,
@@ -125,5 +130,5 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(f"pipeline: {pipeline}")
-    print(f"wrote {out}/: model.onnx, model.npz, finetune.log.jsonl, checkpoint.pt, summary.json")
+    print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return 0
