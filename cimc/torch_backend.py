@@ -26,7 +26,7 @@ from torch import nn
 
 from .errors import CimcError
 from .ir import Graph, Node
-from .ops import REGISTRY, _conv_params
+from .ops import REGISTRY, _a, _conv_params
 
 TorchImpl = Callable[..., Any]
 
@@ -47,10 +47,6 @@ def register_torch_op(*ops: str) -> Callable[[TorchImpl], TorchImpl]:
         return fn
 
     return deco
-
-
-def _a(node: Node, key: str, default: Any = None) -> Any:
-    return node.attrs.get(key, default)
 
 
 # ---- element-wise ------------------------------------------------------------------------------

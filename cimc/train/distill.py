@@ -37,6 +37,7 @@ from torch import nn
 from cimc.atomic import atomic_path
 from cimc.cim_ops import bias_vector, float_cim_layers, weight_matrix
 from cimc.compress import build_pool, select_layers, write_assignment
+from cimc.control_flow import subgraph_nodes
 from cimc.errors import CimcError, FeedError
 from cimc.ir import Graph, Node
 from cimc.pass_manager import load_calibration
@@ -387,31 +388,37 @@ def export(
     by_name = {n.name: n for n in proto.graph.node if n.name}
     graph = model.graph
     layers: dict[str, dict[str, np.ndarray]] = {}
-    for node in model.layer_nodes:
-        onnx_node = by_name.get(node.name)
-        if onnx_node is None:
+
+    def onnx_node(node: Node) -> onnx.NodeProto:
+        if node.name not in by_name:
             raise CimcError(
-                f"export: CiM layer {node.name!r} has no node of that name in {source} (the "
-                "importer made it, e.g. by unrolling a recurrence); compile the tuned graph "
-                "from Python instead: cimc.compile(model.tuned_graph(), ...)"
+                f"export: layer {node.name!r} has no node of that name in {source}: the "
+                "importer made it (e.g. by unrolling a recurrence), so the ONNX file cannot "
+                "carry its fine-tuned weights; such models cannot be exported yet"
             )
+        return by_name[node.name]
+
+    for node in model.layer_nodes:
+        target = onnx_node(node)
         m = model.layer(node.name)
         with torch.no_grad():
             w = _onnx_weight(node, m.effective_weight()).detach().numpy()
         value = graph.values[node.inputs[1]]
         name = f"{node.inputs[1]}.finetuned"
-        onnx_node.input[1] = _initializer(proto, name, w.reshape(value.shape).astype(np.float32))
+        target.input[1] = _initializer(proto, name, w.reshape(value.shape).astype(np.float32))
         if m.layer.bias is not None:
-            b = m.layer.bias.detach().numpy().reshape(graph.values[node.inputs[2]].shape)
-            onnx_node.input[2] = _initializer(proto, f"{node.inputs[2]}.finetuned", b)
+            b = m.layer.bias.detach().numpy()  # [O]; Gemm's C may have been one broadcast value
+            shape = graph.values[node.inputs[2]].shape
+            b = b.reshape(shape) if math.prod(shape) == b.size else b
+            target.input[2] = _initializer(proto, f"{node.inputs[2]}.finetuned", b)
         if m.role == "pool":
             layers[name] = assignment_fields(m)
     for name, node in affine_constants(graph).items():
-        onnx_node = by_name[node.name]
+        target = onnx_node(node)
         pos = list(node.inputs).index(name)
         tuned = model.constant(name).detach().numpy()
-        onnx_node.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
-    used = {i for n in proto.graph.node for i in n.input}
+        target.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
+    used = {i for n in subgraph_nodes(proto.graph) for i in n.input}  # branches read them too
     dropped = {t.name for t in proto.graph.initializer if t.name not in used}
     kept = [t for t in proto.graph.initializer if t.name not in dropped]
     inputs = [i for i in proto.graph.input if i.name not in dropped]
