@@ -206,7 +206,7 @@ def test_train_schemes_build_their_pipelines_through_the_registry():
     keep = layers.get_scheme("cimpool-keep0.5")
     assert keep.pipeline("m.npz") == (
         "zpack{vector=128},weight-pool{vector=128,pool=128,others=8,assignment=m.npz},"
-        "quantize-act{bits=8}"
+        "quantize-act{bits=8,method=max}"
     )
     assert layers.get_scheme("fp32").pipeline() == ""
 

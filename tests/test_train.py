@@ -198,7 +198,7 @@ def test_compiled_export_matches_torch_8bit_activations(pretrained, splits, tmp_
     argmax on at least 95% of the test images (measured: max diff ~0.3%, argmax 100%)."""
     model = tuned(pretrained, splits, name)
     out = export_model(model, tmp_path / "m.onnx", torch.from_numpy(splits.x_train[:1]))
-    assert "quantize-act{bits=8}" in out.pipeline
+    assert "quantize-act{bits=8,method=max}" in out.pipeline
     graph = compile_export(out, splits.x_train[:64], batch=32)
     cim = [n for n in graph.nodes() if n.op in (POOL_OP, QUANT_OP)]
     torch_scales = sorted(m.act.params()[0] for _, m in cim_layers(model))

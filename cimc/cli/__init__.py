@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from ..errors import CimcError
-from . import compare, compile, demo, inspect, run, search, sensitivity, targets, train
+from . import compare, compile, demo, finetune, inspect, run, search, sensitivity, targets, train
 
-FAMILIES = (inspect, targets, compile, run, compare, demo, train, search, sensitivity)
+FAMILIES = (inspect, targets, compile, run, compare, demo, train, finetune, search, sensitivity)
 
 
 class _Parser(argparse.ArgumentParser):

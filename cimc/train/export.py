@@ -25,7 +25,7 @@ from cimc.compress import write_assignment
 from cimc.errors import CimcError
 from cimc.models import export_module
 
-from .layers import Scheme, _set_module, cim_layers
+from .layers import CimLayer, Scheme, _set_module, cim_layers
 
 
 @dataclass(frozen=True)
@@ -90,27 +90,30 @@ def export_model(
     path = Path(assignment_path) if assignment_path else onnx_path.with_suffix(".npz")
     weights = {n: plain.get_submodule(n).weight.detach().numpy() for n in pooled}
     names = _initializer_names(onnx_path, weights)
-    layers: dict[str, dict[str, np.ndarray]] = {}
-    for module, m in pooled.items():
-        m.compressed_weight()  # the assignment of the current weights
-        st = m.assignment
-        fields = {
-            "idx": st["idx"].astype(np.int32),
-            "alpha": np.asarray(st["alpha"], dtype=np.float64),
-        }
-        if "err" in st:
-            fields.update(
-                err=st["err"].astype(np.int8),
-                beta=np.asarray(st["beta"], dtype=np.float64),
-                keep=np.array(float(st["keep"])),
-            )
-            if st.get("mask") is not None:
-                fields.update(
-                    mask=st["mask"].astype(bool),
-                    group=np.array(scheme.group),
-                    chunk=np.array(scheme.chunk),
-                )
-        layers[names[module]] = fields
+    layers = {names[module]: assignment_fields(m) for module, m in pooled.items()}
     pool = next(iter(pooled.values())).pool.numpy()  # one pool, shared by every layer
     write_assignment(path, pool, layers, json.dumps(scheme.to_dict()))
     return Exported(onnx_path, path, scheme.pipeline(str(path)))
+
+
+def assignment_fields(m: CimLayer) -> dict[str, np.ndarray]:
+    """A pooled layer's fields in the assignment file, for its current weights."""
+    m.compressed_weight()  # the assignment of the current weights
+    st = m.assignment
+    fields = {
+        "idx": st["idx"].astype(np.int32),
+        "alpha": np.asarray(st["alpha"], dtype=np.float64),
+    }
+    if "err" in st:
+        fields.update(
+            err=st["err"].astype(np.int8),
+            beta=np.asarray(st["beta"], dtype=np.float64),
+            keep=np.array(float(st["keep"])),
+        )
+        if st.get("mask") is not None:
+            fields.update(
+                mask=st["mask"].astype(bool),
+                group=np.array(m.scheme.group),
+                chunk=np.array(m.scheme.chunk),
+            )
+    return fields

@@ -242,6 +242,13 @@ class ActQuant(nn.Module):
             return x
         if self.training:
             self._observe(x, ema=True)
+        return self.quantize(x)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """x through the current range, without observing it (safe under ``torch.func.vmap``):
+        straight-through rounding while training, the compiler's float64 rounding in eval."""
+        if not self.bits:
+            return x
         scale, qmin, qmax, _ = self.params()
         if self.training:
             xq = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
@@ -301,12 +308,18 @@ class CimLayer(nn.Module):
         self._cache = (key, hat)
         return hat
 
+    def effective_weight(self) -> torch.Tensor:
+        """The weight the forward pass uses: compressed, with straight-through gradients to the
+        latent weight while training."""
+        w = self.layer.weight
+        if self.role == "float":
+            return w
+        hat = self.compressed_weight()
+        return w + (hat - w).detach() if (self.training and torch.is_grad_enabled()) else hat
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(x)
-        w = self.layer.weight
-        if self.role != "float":
-            hat = self.compressed_weight()
-            w = w + (hat - w).detach() if (self.training and torch.is_grad_enabled()) else hat
+        w = self.effective_weight()
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, w, self.layer.bias)
         return self.layer._conv_forward(x, w, self.layer.bias)

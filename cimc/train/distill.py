@@ -1,0 +1,437 @@
+"""Label-free fine-tuning of an imported ONNX model: distillation from its own fp32 outputs.
+
+The imported graph runs in torch (:mod:`cimc.torch_backend`); :class:`CompressedGraph` puts
+each CiM layer (Conv/Gemm/MatMul with a constant weight) through a
+:class:`~cimc.train.layers.CimLayer` in the role the compiler gives it (weight-pool: first,
+last and depthwise layers at ``others`` bits, the rest on the pool; quantize-weights: first
+and last at 8 bits), and quantises its input with an :class:`~cimc.train.layers.ActQuant`
+whose range is calibrated as ``quantize-act{method=max}`` calibrates it (the training keeps
+the extremes). The student learns to match the fp32 graph's outputs on unlabelled inputs
+(KL divergence of the softmax for class scores, MSE scaled by the teacher's variance
+otherwise), with random shifts and noise; Adam, cosine decay, seeded.
+
+:func:`export` writes the model with the fine-tuned weights (the compressed ones, as in
+:mod:`cimc.train.export`) and the assignment file, so
+``zpack,weight-pool{assignment=FILE},quantize-act{method=max}`` compiles the same numbers.
+Like ``cimc train``, BatchNorm is not folded: its per-channel scale stays free for the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+from torch import nn
+
+from cimc.atomic import atomic_path
+from cimc.cim_ops import bias_vector, float_cim_layers, weight_matrix
+from cimc.compress import build_pool, select_layers, write_assignment
+from cimc.control_flow import subgraph_nodes
+from cimc.errors import CimcError, FeedError
+from cimc.ir import Graph, Node
+from cimc.pass_manager import load_calibration
+from cimc.program import graph_digest
+from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
+
+from .export import assignment_fields
+from .finetune import random_shift
+from .layers import CimLayer, Scheme
+
+ProgressFn = Callable[[int, int, float], None]  # (done steps, total steps, loss)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 1e-3
+    shift: int = 2  # pixels, for inputs of rank 4 (N C H W)
+    noise: float = 0.02  # gaussian noise, as a fraction of the data's standard deviation
+    calib: int = 256  # samples that calibrate activation ranges (the compiler's calibration)
+    recalibrate: int = 50  # steps between activation-range calibrations
+    min_samples: int = 16
+    loss: str = "auto"  # auto, kl, mse
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DistillError(CimcError):
+    """Bad input to label-free fine-tuning (data, checkpoint)."""
+
+
+def _roles(graph: Graph, scheme: Scheme) -> dict[str, tuple[str, int]]:
+    """node name -> (CimLayer role, bits), as weight-pool / quantize-weights choose them."""
+    layers = float_cim_layers(graph)
+    if scheme.kind == "fp32":
+        return {n.name: ("float", 0) for n in layers}
+    if scheme.kind == "int":
+        edges = {layers[0].name, layers[-1].name} if layers else set()
+        return {n.name: ("int", 8 if n.name in edges else scheme.bits) for n in layers}
+    chosen, left = select_layers(graph, True, True, True)
+    roles = {n.name: ("pool", 0) for n in chosen}
+    kept = ("int", scheme.others) if scheme.others else ("float", 0)
+    roles.update({n.name: kept for n in left})
+    return roles
+
+
+def _torch_layer(node: Node, graph: Graph) -> nn.Module:
+    """The Conv2d / Linear holding a CiM layer's weight (W[O, K] for Gemm/MatMul) and bias."""
+    w = graph.values[node.inputs[1]].data
+    if node.op == "Conv":
+        o, cg, kh, kw = w.shape
+        group = int(node.attrs.get("group", 1))
+        layer: nn.Module = nn.Conv2d(cg * group, o, (kh, kw), groups=group, bias=False)
+        layer.weight.data = torch.from_numpy(np.array(w, dtype=np.float32))
+    else:
+        wm = weight_matrix(node, graph)
+        layer = nn.Linear(wm.shape[1], wm.shape[0], bias=False)
+        layer.weight.data = torch.from_numpy(np.array(wm, dtype=np.float32))
+    b = bias_vector(node, graph, w.shape[0] if node.op == "Conv" else layer.weight.shape[0])
+    if b is not None:
+        layer.bias = nn.Parameter(torch.from_numpy(np.array(b, dtype=np.float32)))
+    return layer
+
+
+def _onnx_weight(node: Node, w: torch.Tensor) -> torch.Tensor:
+    """A CimLayer weight in the layout of the node's weight input."""
+    if node.op == "Conv" or (node.op == "Gemm" and node.attrs.get("transB", 0)):
+        return w
+    return w.T
+
+
+def affine_constants(graph: Graph) -> dict[str, Node]:
+    """The scale and shift of every BatchNormalization (constant name -> node): trained with
+    the weights, they give each channel the free scale the pool's per-layer alpha lacks."""
+    found = {}
+    for n in graph.nodes():
+        if n.op == "BatchNormalization":
+            for name in n.inputs[1:3]:
+                if graph.values[name].is_constant:
+                    found[name] = n
+    return found
+
+
+class CompressedGraph(GraphModule):
+    """The graph with every CiM layer compressed as the compiler compresses it under
+    ``scheme`` (latent float weights trained through a straight-through estimator)."""
+
+    def __init__(self, graph: Graph, scheme: Scheme) -> None:
+        super().__init__(graph, trainable=set(affine_constants(graph)))
+        self.scheme = scheme
+        self.roles = _roles(graph, scheme)
+        self.layer_nodes = [n for n in float_cim_layers(graph)]
+        self.cim = nn.ModuleDict()
+        self._key = {}
+        for i, n in enumerate(self.layer_nodes):
+            role, bits = self.roles[n.name]
+            self._key[n.name] = f"l{i}"
+            self.cim[f"l{i}"] = CimLayer(_torch_layer(n, graph), role, bits, scheme)
+        pooled = [n for n in self.layer_nodes if self.roles[n.name][0] == "pool"]
+        if pooled:
+            weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in pooled}
+            pool = build_pool(weights, scheme.pool, scheme.vector, scheme.init, scheme.seed)
+            for n in pooled:
+                self.layer(n.name).pool = torch.from_numpy(pool.copy())
+        self.capturing = False
+
+    def layer(self, name: str) -> CimLayer:
+        return self.cim[self._key[name]]
+
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        self._captured: dict[str, torch.Tensor] = {}
+        outs = super().forward(*inputs)
+        if self.capturing:
+            return outs, tuple(self._captured[n.name] for n in self.layer_nodes)
+        return outs
+
+    def run_node(self, node: Node, args: list[Any]) -> list[torch.Tensor]:
+        if node.name not in self._key:
+            return super().run_node(node, args)
+        m = self.layer(node.name)
+        x = args[0]
+        if self.capturing:  # calibration: float activations, as quantize-act sees them
+            self._captured[node.name] = x
+        else:
+            x = m.act.quantize(x)
+        w = _onnx_weight(node, m.effective_weight())
+        bias = [] if m.layer.bias is None else [m.layer.bias]  # MatMul takes none
+        return [TORCH_OPS[node.op](node, x, w, *bias)]
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def load_samples(path: str | Path, graph: Graph, minimum: int) -> dict[str, torch.Tensor]:
+    """The graph inputs from an .npz (one array per input name, samples stacked along the
+    first axis, as for calibration), as tensors [N, *graph input shape]."""
+    feeds = load_calibration(str(path), graph)
+    for name in graph.inputs:
+        want = tuple(graph.values[name].shape)
+        got = tuple(feeds[0][name].shape)
+        if got != want:
+            raise FeedError(
+                f"data {path}: a sample of input {name!r} has shape {got}, the model takes "
+                f"{want}; stack samples of that shape along the first axis (or import with "
+                "--input-shape to match the data)"
+            )
+    if len(feeds) < minimum:
+        raise FeedError(
+            f"data {path} holds {len(feeds)} samples; label-free fine-tuning needs at least "
+            f"{minimum} (hundreds are better): give more unlabelled inputs"
+        )
+    out = {}
+    for name in graph.inputs:
+        dtype = torch_dtype(graph.values[name].dtype)
+        out[name] = torch.from_numpy(np.stack([f[name] for f in feeds])).to(dtype)
+    return out
+
+
+def augment(x: torch.Tensor, cfg: DistillConfig, std: float, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts (images: rank-4 samples) and gaussian noise (float inputs)."""
+    if not x.is_floating_point():
+        return x
+    shape = x.shape
+    if len(shape) == 5 and cfg.shift:  # [N, 1, C, H, W]: one image per sample
+        x = random_shift(x.reshape(-1, *shape[2:]), cfg.shift, gen).reshape(shape)
+    if cfg.noise:
+        x = x + cfg.noise * std * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return x
+
+
+# ---- loss ---------------------------------------------------------------------------------------
+def output_kinds(outputs: tuple[torch.Tensor, ...], loss: str) -> list[str]:
+    """Per output: ``probs`` (already a distribution), ``logits`` (class scores) or ``values``."""
+    kinds = []
+    for t in outputs:
+        if loss == "mse" or t.shape[-1] < 2 or not t.is_floating_point():
+            kinds.append("values")
+        elif bool((t >= 0).all()) and torch.allclose(t.sum(-1), torch.ones(()), atol=1e-4):
+            kinds.append("probs")
+        else:
+            kinds.append("logits")
+    return kinds
+
+
+def distill_loss(
+    student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], kinds: list[str]
+) -> torch.Tensor:
+    total = torch.zeros(())
+    for s, t, kind in zip(student, teacher, kinds):
+        if kind == "values":
+            total = total + F.mse_loss(s, t) / (t.var() + 1e-8)
+            continue
+        s2, t2 = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
+        if kind == "probs":
+            logq, p = torch.log(s2.clamp_min(1e-12)), t2
+        else:
+            logq, p = torch.log_softmax(s2, -1), torch.softmax(t2, -1)
+        total = total + F.kl_div(logq, p, reduction="batchmean")
+    return total
+
+
+# ---- calibration --------------------------------------------------------------------------------
+@torch.no_grad()
+def calibrate(model: CompressedGraph, x: dict[str, torch.Tensor], batch: int = 64) -> None:
+    """Each CiM layer's activation range: min and max of its float input over ``x`` with the
+    compressed weights, as quantize-act{method=max} measures it on the compiled graph."""
+    was = model.training
+    model.eval()
+    model.capturing = True
+    lo = [math.inf] * len(model.layer_nodes)
+    hi = [-math.inf] * len(model.layer_nodes)
+    try:
+        n = len(next(iter(x.values())))
+        for start in range(0, n, batch):
+            part = {k: v[start : start + batch] for k, v in x.items()}
+            _, captured = run_batched(model, part, model.graph.inputs)
+            for i, c in enumerate(captured):
+                lo[i] = min(lo[i], float(c.min()))
+                hi[i] = max(hi[i], float(c.max()))
+    finally:
+        model.capturing = False
+        model.train(was)
+    for i, n in enumerate(model.layer_nodes):
+        act = model.layer(n.name).act
+        act.lo.fill_(lo[i])
+        act.hi.fill_(hi[i])
+        act.seen.fill_(True)
+
+
+# ---- the loop -----------------------------------------------------------------------------------
+def fingerprint(graph: Graph, scheme: Scheme, cfg: DistillConfig) -> str:
+    """What a checkpoint belongs to: the graph, the scheme (pipeline) and the recipe."""
+    text = json.dumps([graph_digest(graph), scheme.to_dict(), cfg.to_dict()], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def distill(
+    graph: Graph,
+    scheme: Scheme,
+    data: dict[str, torch.Tensor],
+    cfg: DistillConfig,
+    *,
+    log_path: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 100,
+    progress: ProgressFn | None = None,
+) -> CompressedGraph:
+    """Fine-tune ``graph`` compressed with ``scheme`` to match its fp32 outputs on ``data``
+    (no labels); resumes from ``checkpoint`` when it exists (same graph, scheme and recipe)."""
+    torch.manual_seed(cfg.seed)
+    teacher = GraphModule(graph).eval()
+    student = CompressedGraph(graph, scheme)
+    calib = {k: v[: cfg.calib] for k, v in data.items()}
+    stds = {k: float(v.double().std()) if v.is_floating_point() else 0.0 for k, v in data.items()}
+    n = len(next(iter(data.values())))
+    with torch.no_grad():
+        kinds = output_kinds(run_batched(teacher, calib, graph.inputs), cfg.loss)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mark = fingerprint(graph, scheme, cfg)
+    start = 0
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        if state.get("fingerprint") != mark:
+            raise DistillError(
+                f"checkpoint {ckpt} belongs to another model, pipeline or recipe (written for "
+                f"{state.get('what', 'something else')}); delete it or give another -o folder"
+            )
+        student.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        gen.set_state(state["gen"])
+        start = state["step"]
+    if scheme.act_bits and not start:  # a checkpoint holds the ranges it trained with
+        calibrate(student, calib)
+    student.train()
+    t0 = time.perf_counter()
+    for step in range(start + 1, cfg.steps + 1):
+        pick = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        batch = {k: augment(v[pick], cfg, stds[k], gen) for k, v in data.items()}
+        with torch.no_grad():
+            target = run_batched(teacher, batch, graph.inputs)
+        loss = distill_loss(run_batched(student, batch, graph.inputs), target, kinds)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if scheme.act_bits and (step % cfg.recalibrate == 0 or step == cfg.steps):
+            calibrate(student, calib)
+        if progress:
+            progress(step, cfg.steps, loss.item())
+        if log_path and (step % 10 == 0 or step == cfg.steps):
+            rec = {
+                "step": step,
+                "loss": loss.item(),
+                "lr": sched.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if ckpt is not None and (step % checkpoint_every == 0 or step == cfg.steps):
+            _save(
+                ckpt,
+                {
+                    "fingerprint": mark,
+                    "what": f"{graph.name} / {scheme.label}",
+                    "step": step,
+                    "model": student.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "gen": gen.get_state(),
+                },
+            )
+    return student.eval()
+
+
+# ---- export -------------------------------------------------------------------------------------
+def _initializer(model: onnx.ModelProto, name: str, data: np.ndarray) -> str:
+    """Add (or replace) initializer ``name`` holding ``data``; returns the name."""
+    for t in model.graph.initializer:
+        if t.name == name:
+            t.CopyFrom(numpy_helper.from_array(data, name))
+            return name
+    model.graph.initializer.append(numpy_helper.from_array(data, name))
+    if model.ir_version < 4:  # before IR 4 every initializer is also a graph input
+        model.graph.input.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, data.shape)
+        )
+    return name
+
+
+def export(
+    model: CompressedGraph, source: str | Path, onnx_path: str | Path, npz_path: str | Path
+) -> str:
+    """Write ``source`` with the fine-tuned CiM weights at ``onnx_path`` and, for CIMPool, the
+    assignment at ``npz_path``; returns the pipeline that compiles them to these numbers."""
+    model.eval()
+    proto = onnx.load(str(source))
+    by_name = {n.name: n for n in proto.graph.node if n.name}
+    graph = model.graph
+    layers: dict[str, dict[str, np.ndarray]] = {}
+
+    def onnx_node(node: Node) -> onnx.NodeProto:
+        if node.name not in by_name:
+            raise CimcError(
+                f"export: layer {node.name!r} has no node of that name in {source}: the "
+                "importer made it (e.g. by unrolling a recurrence), so the ONNX file cannot "
+                "carry its fine-tuned weights; such models cannot be exported yet"
+            )
+        return by_name[node.name]
+
+    for node in model.layer_nodes:
+        target = onnx_node(node)
+        m = model.layer(node.name)
+        with torch.no_grad():
+            w = _onnx_weight(node, m.effective_weight()).detach().numpy()
+        value = graph.values[node.inputs[1]]
+        name = f"{node.inputs[1]}.finetuned"
+        target.input[1] = _initializer(proto, name, w.reshape(value.shape).astype(np.float32))
+        if m.layer.bias is not None:
+            b = m.layer.bias.detach().numpy()  # [O]; Gemm's C may have been one broadcast value
+            shape = graph.values[node.inputs[2]].shape
+            b = b.reshape(shape) if math.prod(shape) == b.size else b
+            target.input[2] = _initializer(proto, f"{node.inputs[2]}.finetuned", b)
+        if m.role == "pool":
+            layers[name] = assignment_fields(m)
+    for name, node in affine_constants(graph).items():
+        target = onnx_node(node)
+        pos = list(node.inputs).index(name)
+        tuned = model.constant(name).detach().numpy()
+        target.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
+    used = {i for n in subgraph_nodes(proto.graph) for i in n.input}  # branches read them too
+    dropped = {t.name for t in proto.graph.initializer if t.name not in used}
+    kept = [t for t in proto.graph.initializer if t.name not in dropped]
+    inputs = [i for i in proto.graph.input if i.name not in dropped]
+    del proto.graph.initializer[:], proto.graph.input[:]
+    proto.graph.initializer.extend(kept)
+    proto.graph.input.extend(inputs)
+    with atomic_path(onnx_path) as tmp:
+        onnx.save(proto, str(tmp))
+    if not layers:
+        return model.scheme.pipeline()
+    pool = next(m.pool for _, m in model.cim.items() if m.role == "pool").numpy()
+    write_assignment(npz_path, pool, layers, json.dumps(model.scheme.to_dict()))
+    return model.scheme.pipeline(str(npz_path))
+
+
+__all__ = ["CompressedGraph", "DistillConfig", "calibrate", "distill", "export", "load_samples"]
