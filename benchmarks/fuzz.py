@@ -376,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=20.0)
+    ap.add_argument("--only", help="comma-separated case ids to run again (same --cases, --seed)")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -383,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.perf_counter()
     cases = make_cases(args.cases, args.seed)
+    if args.only:
+        wanted = {int(i) for i in args.only.split(",")}
+        cases = [c for c in cases if c["id"] in wanted]
     results = run(cases, args.workers, args.timeout)
     counts = summarise(results)
     by_kind = collections.Counter((c["kind"], results[c["id"]].split(":")[0]) for c in cases)
@@ -391,9 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {outcome:<11} {counts.get(outcome, 0):>6}")
     for (kind, outcome), n in sorted(by_kind.items()):
         print(f"    {kind:<12} {outcome:<11} {n:>6}")
-    bad = sorted({r for r in results.values() if r.split(":")[0] in BAD})
-    for r in bad[:30]:
-        print("  BAD", r)
+    bad = [c for c in cases if results[c["id"]].split(":")[0] in BAD]
+    for c in bad[:30]:
+        print(f"  BAD case {c['id']} ({c['kind']}): {results[c['id']]}")
+    if bad:
+        ids = ",".join(str(c["id"]) for c in bad[:30])
+        again = f"--cases {args.cases} --seed {args.seed} --only {ids}"
+        print(f"  rerun: python benchmarks/fuzz.py {again}")
     return 1 if bad else 0
 
 

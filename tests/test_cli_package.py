@@ -27,6 +27,8 @@ COMMANDS = {
     "demo",
     "train",
     "search",
+    "sensitivity",
+    "finetune",
 }
 CLI_MODULES = sorted(
     f"cimc.cli.{m.name}" for m in pkgutil.iter_modules(cimc.cli.__path__) if m.name != "__main__"
