@@ -307,6 +307,7 @@ class Worker:
             text=True,
             bufsize=1,
         )
+        self.partial = b""
         self.pending: collections.deque = collections.deque()
         self.ready = False
         self.since = time.monotonic()
@@ -316,6 +317,14 @@ class Worker:
         for c in cases:
             self.proc.stdin.write(json.dumps(c) + "\n")
         self.proc.stdin.flush()
+
+    def read_lines(self) -> list[str]:
+        """The complete lines that have arrived (call when select says the pipe is readable).
+        Raw reads, not readline: a buffered readline can swallow two lines and leave the second
+        where select never sees it (a finished last case then looks like a hang)."""
+        chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+        *lines, self.partial = (self.partial + chunk).split(b"\n")
+        return [line.decode() for line in lines]
 
     def kill(self) -> None:
         self.proc.kill()
@@ -340,20 +349,18 @@ def run(
             ready, _, _ = select.select([w.proc.stdout for w in pool], [], [], 0.5)
             for w in pool:
                 if w.proc.stdout in ready:
-                    line = w.proc.stdout.readline()
-                    if line:
+                    for line in w.read_lines():
                         msg = json.loads(line)
                         w.since = time.monotonic()
                         if "ready" in msg:
                             w.ready = True
-                        else:
-                            results[msg["id"]] = msg["outcome"]
-                            w.pending.popleft()
-                            if not w.pending and todo:
-                                w.send([todo.popleft() for _ in range(min(batch, len(todo)))])
-                            elif not w.pending:
-                                w.proc.stdin.close()
-                        continue
+                            continue
+                        results[msg["id"]] = msg["outcome"]
+                        w.pending.popleft()
+                        if not w.pending and todo:
+                            w.send([todo.popleft() for _ in range(min(batch, len(todo)))])
+                        elif not w.pending:
+                            w.proc.stdin.close()
                 limit = timeout if w.ready else timeout + 60  # startup compiles numba
                 dead = w.proc.poll() is not None
                 if w.pending and (dead or time.monotonic() - w.since > limit):
