@@ -95,11 +95,17 @@ def all_configs(space: Space) -> list[dict[str, Any]]:
     return [space.from_indices(idx) for idx in np.stack([g.ravel() for g in grids], axis=1)]
 
 
-def exhaustive(space: Space, evaluator: Evaluator, study: Study, workers: int) -> dict[str, dict]:
-    """Evaluate every config not yet in the study; the table hash -> metrics of all."""
+def exhaustive(
+    space: Space, evaluator: Evaluator, study: Study, workers: int
+) -> tuple[dict[str, dict], dict[str, float]]:
+    """Evaluate every config not yet in the study; the table hash -> metrics of all, and the
+    rate: the first config runs alone (compression, Numba), the rest on ``workers`` are timed."""
     done = {r.hash for r in study.rows()}
     todo = [c for c in all_configs(space) if config_hash(c) not in done]
     log(f"exhaustive: {len(done):,} stored, {len(todo):,} to evaluate")
+    if todo:
+        study.add(_row(todo[0], evaluator(todo[0])))
+        todo = todo[1:]
     executor = process_pool(workers) if workers > 1 and todo else None
     start = time.perf_counter()
     try:
@@ -111,7 +117,9 @@ def exhaustive(space: Space, evaluator: Evaluator, study: Study, workers: int) -
     finally:
         if executor is not None:
             executor.shutdown()
-    return {r.hash: r.metrics for r in study.rows()}
+    wall = time.perf_counter() - start
+    rate = {"timed": len(todo), "wall_s": wall, "per_s": len(todo) / wall if todo else 0.0}
+    return {r.hash: r.metrics for r in study.rows()}, rate
 
 
 def _row(config: dict[str, Any], metrics: Metrics) -> Any:
@@ -294,7 +302,7 @@ def bench_model(args: argparse.Namespace, name: str, objectives: list[Objective]
     evaluator = Evaluator(str(model), space, None, None, str(folder / "cache"))
     log(f"{name}: space of {space.size:,} configs ({space_file}), study {folder}")
     start = time.perf_counter()
-    table = exhaustive(space, evaluator, study, args.workers)
+    table, rate = exhaustive(space, evaluator, study, args.workers)
     res: dict[str, Any] = {
         "model": name,
         "size": args.size,
@@ -302,6 +310,7 @@ def bench_model(args: argparse.Namespace, name: str, objectives: list[Objective]
         "space_toml": space_file.read_text(),
         "study": str(folder),
         "exhaustive_wall_s": time.perf_counter() - start,
+        "exhaustive_rate": rate | {"workers": args.workers},
         "stored_eval_s_total": float(sum(m["seconds"] for m in table.values())),
     }
     feasible = points(table, list(table), objectives)
@@ -366,6 +375,12 @@ def print_model(res: dict[str, Any], objectives: list[Objective]) -> None:
         f"{[f'{v:.4g}' for v in res['reference_point']]}); {res['stored_eval_s_total']:.0f} s "
         f"of stored evaluation time ({res['exhaustive_wall_s']:.0f} s this run)"
     )
+    rate = res["exhaustive_rate"]
+    if rate["timed"]:
+        print(
+            f"exhaustive pass: {rate['timed']:,} evaluations in {rate['wall_s']:.1f} s on "
+            f"{rate['workers']} worker(s) = {rate['per_s']:.1f} evaluations per second"
+        )
     full = ""
     if "full_compile_s" in sp:
         one = sp["full_compile_s"] + sp["full_simulate_s"]
