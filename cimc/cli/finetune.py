@@ -131,4 +131,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     print(f"pipeline: {pipeline}")
     print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
+    shapes = " ".join(
+        f"--input-shape {i}={','.join(map(str, graph.values[i].shape))}" for i in graph.inputs
+    )
+    print(
+        f"compile it: cimc compile {out}/model.onnx --target {args.target} {shapes} "
+        f"--pipeline '{pipeline}' --calibration {out}/calibration.npz -o model.cimx"
+    )
     return 0
