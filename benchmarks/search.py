@@ -440,7 +440,13 @@ def main() -> None:
     ap.add_argument("--workdir", default=".cimc-bench/search", help="models, spaces, studies")
     ap.add_argument("--quick", action="store_true", help="resnet18, 1,024 configs, 3 seeds")
     ap.add_argument("--json", default=None, help="write the measurements to this file")
+    ap.add_argument("--plot", default=None, help="PNG: hypervolume vs budget per model")
+    ap.add_argument("--from-json", default=None, help="plot a saved --json run, run nothing")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())["models"]
+        plot_results(saved, Path(args.plot or Path(args.from_json).with_suffix(".png")))
+        return
     quick = args.quick
     args.models = (args.models or ("resnet18" if quick else "resnet18,mobilenetv3_large")).split(
         ","
@@ -478,6 +484,45 @@ def main() -> None:
             json.dumps({"args": vars(args), "models": results}, indent=1, default=float),
         )
         log(f"wrote {args.json}")
+    if args.plot:
+        plot_results(results, Path(args.plot))
+
+
+METHODS = {"random": "random", "nsga2": "NSGA-II (true evals)", "guided": "predictor-guided"}
+
+
+def plot_results(results: list[dict[str, Any]], path: Path) -> None:
+    """Hypervolume fraction (mean, std over seeds; worst seed dotted) vs budget, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cimc.atomic import atomic_path
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        budgets = [b["budget"] for b in res["budgets"]]
+        for key, label in METHODS.items():
+            mean = np.array([b[key]["mean"] for b in res["budgets"]])
+            std = np.array([b[key]["std"] for b in res["budgets"]])
+            (line,) = ax.plot(budgets, mean, marker="o", label=label)
+            ax.fill_between(budgets, mean - std, np.minimum(mean + std, 1), alpha=0.15)
+            worst = [b[key]["min"] for b in res["budgets"]]
+            ax.plot(budgets, worst, ls=":", color=line.get_color())
+        ax.axhline(0.98, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.set_xlabel(f"true evaluations (of {res['space_size']:,} configs)")
+        ax.set_ylabel("hypervolume / exhaustive front's")
+        ax.set_title(f"{res['model']} at {res['size']} px")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    log(f"wrote {path}")
 
 
 if __name__ == "__main__":
