@@ -36,21 +36,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cimc.targets.params import load_target
+from search import evaluate_missing, log  # benchmarks/search.py: the same evaluation table
 
 from cimc.search import Evaluator, Predictor, Space, Study, rank_metrics
 from cimc.search.architecture import PREFIX, default_objectives, has_labels, load_family
-from cimc.search.executor import process_pool, run_all
-from cimc.search.loop import Settings, feasible_points, pareto_mask, reference_point, run_loop
+from cimc.search.executor import process_pool
+from cimc.search.loop import (
+    Settings,
+    feasible_points,
+    hypervolume,
+    pareto_mask,
+    reference_point,
+    run_loop,
+)
 from cimc.search.objectives import OBJECTIVES
 from cimc.search.space import HIERARCHY, declared_variables
-from cimc.search.study import Row, config_hash
+from cimc.search.study import config_hash
 
 CIMNET_TAU = {  # published Kendall tau (arch / config / both), cycles predictor [CiMNet slides]
     "mbv3": (0.97, 0.97, 0.83),
@@ -58,10 +65,6 @@ CIMNET_TAU = {  # published Kendall tau (arch / config / both), cycles predictor
     "vit": (1.00, 0.90, 0.78),
 }
 KINDS = ("arch", "config", "joint")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def space_file(target: Any, folder: Path, keep_arch: bool, keep_hw: bool) -> Path:
@@ -87,33 +90,12 @@ def make_space(target: Any, family: str, folder: Path, arch: bool, hw: bool) -> 
     return Space(space.target, tuple(pinned + keep), family)
 
 
-def evaluate_all(
-    configs: list[dict], evaluator: Evaluator, study: Study, workers: int
-) -> dict[str, dict]:
-    done = {r.hash for r in study.rows()}
-    todo = [c for c in configs if config_hash(c) not in done]
-    todo.sort(key=lambda c: json.dumps({k: v for k, v in c.items() if k.startswith(PREFIX)}))
-    log(f"  {len(done):,} stored, {len(todo):,} to evaluate")
-    executor = process_pool(workers) if workers > 1 and todo else None
-    start = time.perf_counter()
-    try:
-        for k, (config, m) in enumerate(run_all(executor, evaluator, todo), 1):
-            study.add(Row(config_hash(config), 0, config, m.to_dict(), None, m.seconds))
-            if k % 20 == 0 or k == len(todo):
-                log(f"  {k}/{len(todo)} ({time.perf_counter() - start:.0f} s)")
-    finally:
-        if executor is not None:
-            executor.shutdown()
-    return {r.hash: r.metrics for r in study.rows()}
-
-
 def sample_configs(space: Space, args: argparse.Namespace) -> dict[str, list[dict]]:
     """Configs of the three space kinds (sharing rows where they coincide)."""
     fam = load_family(space.family)
     rng = np.random.default_rng(args.seed)
     base = space.base_config()
     hw_vars = [v for v in space.variables if not v.name.startswith(PREFIX)]
-    arch_names = [f"{PREFIX}{n}" for n in fam.variables()]
 
     def arch(a: dict[str, int]) -> dict[str, Any]:
         return {f"{PREFIX}{k}": v for k, v in a.items()}
@@ -138,8 +120,6 @@ def sample_configs(space: Space, args: argparse.Namespace) -> dict[str, list[dic
         "config": [base | arch(archs[0]) | h for h in hw(args.static_hw)],
         "joint": [base | arch(a) | h for a in archs for h in hw(args.hw)],
     }
-    assert all(set(c) == set(space.names) for k in kinds.values() for c in k)
-    assert all(n in space.names for n in arch_names)
     return kinds
 
 
@@ -200,8 +180,6 @@ def speedups(res: dict[str, Any], baseline: dict[str, Any], objectives: list[str
     acc0, cyc0 = baseline.get("accuracy"), baseline["cycles"]
     all_pts = np.concatenate([np.array(f["points"]) for f in res.values() if f["points"]])
     ref = reference_point(all_pts)
-    from cimc.search.loop import hypervolume
-
     for f in res.values():
         pts = np.array(f["points"]).reshape(-1, len(objectives))
         f["hypervolume"] = hypervolume(pts, ref)
@@ -240,7 +218,7 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     kinds = sample_configs(space, args)
     unique = {config_hash(c): c for k in kinds.values() for c in k}
     log(f"{family}: {len(unique)} configs ({args.archs} architectures)")
-    table = evaluate_all(list(unique.values()), evaluator, study, args.workers)
+    table, _ = evaluate_missing(list(unique.values()), evaluator, study, args.workers)
     objectives = ["cycles"] + (["accuracy"] if has_labels(family) else [])
     res: dict[str, Any] = {"family": family, "predictors": {}}
     for kind in KINDS:

@@ -98,11 +98,19 @@ def all_configs(space: Space) -> list[dict[str, Any]]:
 def exhaustive(
     space: Space, evaluator: Evaluator, study: Study, workers: int
 ) -> tuple[dict[str, dict], dict[str, float]]:
-    """Evaluate every config not yet in the study; the table hash -> metrics of all, and the
-    rate: the first config runs alone (compression, Numba), the rest on ``workers`` are timed."""
+    """Every config of the space evaluated (see :func:`evaluate_missing`)."""
+    return evaluate_missing(all_configs(space), evaluator, study, workers)
+
+
+def evaluate_missing(
+    configs: list[dict[str, Any]], evaluator: Evaluator, study: Study, workers: int
+) -> tuple[dict[str, dict], dict[str, float]]:
+    """Evaluate the configs not yet in the study; the table hash -> metrics of all rows, and
+    the rate: the first config runs alone (compression, Numba), the rest on ``workers`` are
+    timed."""
     done = {r.hash for r in study.rows()}
-    todo = [c for c in all_configs(space) if config_hash(c) not in done]
-    log(f"exhaustive: {len(done):,} stored, {len(todo):,} to evaluate")
+    todo = [c for c in configs if config_hash(c) not in done]
+    log(f"  {len(done):,} stored, {len(todo):,} to evaluate")
     if todo:
         study.add(_row(todo[0], evaluator(todo[0])))
         todo = todo[1:]
