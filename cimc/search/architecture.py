@@ -83,22 +83,15 @@ def _splits() -> Any:
 def data_file(name: str, folder: Path) -> Path | None:
     """The .npz the evaluator reads for a labelled family: calibration images (training split),
     then validation images with their labels; None for random-weight families."""
-    return _split_file("val", folder, EVALUATION) if has_labels(name) else None
-
-
-def test_file(folder: Path) -> Path:
-    """The same for the test split, which scores the final Pareto points."""
-    return _split_file("test", folder, None)
-
-
-def _split_file(split: str, folder: Path, count: int | None) -> Path:
+    if not has_labels(name):
+        return None
     from ..atomic import atomic_path
 
-    path = folder / f"chars-{split}.npz"
+    path = folder / "chars-val.npz"
     if not path.is_file():
         s = _splits()
-        x = np.concatenate([s.x_train[:CALIBRATION], getattr(s, f"x_{split}")[:count]])
-        y = np.concatenate([s.y_train[:CALIBRATION], getattr(s, f"y_{split}")[:count]])
+        x = np.concatenate([s.x_train[:CALIBRATION], s.x_val[:EVALUATION]])
+        y = np.concatenate([s.y_train[:CALIBRATION], s.y_val[:EVALUATION]])
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             np.savez(tmp, input=x.astype(np.float32), labels=y.astype(np.int64))
