@@ -86,3 +86,32 @@ def test_cli_show_space_lists_the_family(capsys):
     size = int(out.strip().splitlines()[-1].split()[2].replace(",", ""))
     assert size == Space.from_target(load_target("cimpool-sram"), None, FAMILY).size
     assert size >= 2**n_arch * Space.from_target(load_target("cimpool-sram")).size
+
+
+def test_final_pareto_points_are_scored_on_the_test_split(tmp_path, monkeypatch):
+    """Every point of the final front carries its accuracy on test images the search never
+    saw. The test subset is cut to 216 images for time (6 per class); validation and test
+    accuracy estimate the same quantity, so they differ by sampling noise only (a binomial
+    standard deviation of about 2.4 points at 216 images and 90 %): 0.15 is 5+ deviations of
+    both together, while scoring against the wrong labels would land near chance (2.8 %)."""
+    import json
+
+    from cimc import search
+    from cimc.search import architecture
+    from cimc.search.report import pareto_rows, write_report
+
+    monkeypatch.setattr(architecture, "TEST", 216)
+    space_file = tmp_path / "space.toml"
+    space_file.write_text('[choices]\nscheme = ["int8"]\n')
+    study = search.run(
+        None, family=FAMILY, study=tmp_path / "s", space=space_file, budget=4, population=2
+    )
+    front = pareto_rows(study)
+    scores = study.meta()["test_accuracy"]
+    assert front and set(scores) == {r.hash for r in front}
+    for row in front:
+        test = scores[row.hash]
+        assert test * 216 == pytest.approx(round(test * 216))
+        assert abs(test - row.metrics["accuracy"]) < 0.15
+    report = json.loads(write_report(study).read_text())
+    assert [p["test_accuracy"] for p in report["pareto"]] == [scores[r.hash] for r in front]

@@ -120,6 +120,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         out.print(f"{failed} evaluations failed (worker died, raised, timed out); see study.db")
     write_report(study)
     print_pareto(study)
+    if "test_accuracy" in study.meta():
+        out.print(
+            "test_accuracy: each Pareto point's compiled graph on the family's test split, "
+            "which the search never saw (it chose on validation accuracy)"
+        )
     out.print(f"study, report.json and plots in {study.folder}")
     return 0
 

@@ -128,7 +128,22 @@ def run(
         str(st.folder / "cache"),
     )
     run_loop(sp, evaluator, st, settings, executor, progress)
+    if family is not None and has_labels:
+        _score_front_on_test(st, evaluator)
     return st
+
+
+def _score_front_on_test(study: Study, evaluator: Evaluator) -> None:
+    """Test-split accuracy of every final Pareto point, kept in the study (``test_accuracy``,
+    by config hash): the search chose them on validation accuracy, so that number is biased."""
+    from .architecture import test_accuracy
+    from .report import pareto_rows
+
+    scores = study.meta().get("test_accuracy", {})
+    for row in pareto_rows(study):
+        if row.hash not in scores:
+            scores[row.hash] = test_accuracy(evaluator, row.config)
+    study.set_meta("test_accuracy", scores)
 
 
 class _CallableModule(types.ModuleType):

@@ -7,7 +7,8 @@ cached by the architecture's digest, and from there on it is a model like any ot
 compression, backend and timing, so the accuracy the search sees is the compiled graph's.
 The rendered-characters families (``-chars``) are scored on their validation split (the
 accuracy objective); ImageNet-scale families have random weights, so only hardware objectives
-mean anything there.
+mean anything there. The final Pareto points are scored once more on the test split, which
+the search never saw (``test_accuracy``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ HARDWARE_ONLY = ("cycles", "latency", "energy", "area", "bits")
 """Objectives that mean something for a family with random weights."""
 BN_IMAGES = 1024  # training images that re-estimate a subnet's BatchNorm statistics
 EVALUATION = 360  # validation images scored per architecture (10 per class)
+TEST = 2160  # test images that score the final Pareto points (the whole test split, 60 per class)
 
 
 @cache
@@ -130,3 +132,16 @@ def weights_digest(name: str) -> str:
     if has_labels(name) and path.is_file():
         return hashlib.sha256(path.read_bytes()).hexdigest()
     return f"seed-{load_family(name).seed}"
+
+
+def test_accuracy(evaluator: Any, config: dict[str, Any]) -> float:
+    """Top-1 accuracy of ``config``'s compiled graph (the evaluator's cached compression stage:
+    what the search scored, so what the chip computes) on the family's test split."""
+    from ..interpreter import interpret
+
+    graph = evaluator.compressed(config)[0]["graph"]
+    s = _splits()
+    x = s.x_test[:TEST].astype(np.float32)
+    name, feed = graph.outputs[0], graph.inputs[0]
+    pred = [int(interpret(graph, {feed: x[k : k + 1]})[name].argmax()) for k in range(len(x))]
+    return float(np.mean(np.array(pred) == s.y_test[: len(x)]))

@@ -41,12 +41,15 @@ def difference(config: dict[str, Any], base: dict[str, Any]) -> str:
 
 
 def pareto_table(study: Study) -> list[dict[str, Any]]:
-    settings = study.meta()["settings"]
+    """The front's rows; a labelled family's also carry their test-split accuracy."""
+    meta = study.meta()
+    settings, tested = meta["settings"], meta.get("test_accuracy")
     base = settings["base_config"]
     return [
         {
             "round": r.round,
             **{n: OBJECTIVES[n].value(r.metrics) for n in settings["objectives"]},
+            **({} if tested is None else {"test_accuracy": tested.get(r.hash)}),
             "area_mm2": r.metrics["area_mm2"],
             "change": difference(r.config, base),
         }
