@@ -4,10 +4,12 @@
     python benchmarks/cimnet.py                # the three -chars families, predictors + fronts
     python benchmarks/cimnet.py --families elastic-resnet --archs 12   # ImageNet scale: cycles
 
-Space: the family's architecture variables x the eight CiMNet hierarchy parameters (1/8..1 x
-the preset's value), on ``--target`` (default int8-sram: the weights' numerics do not depend on
-the hierarchy, and int8 keeps the under-trained supernets' accuracy; CiMNet does not compress).
-Everything else stays at the preset's value.
+Space: the family's architecture variables x the eight CiMNet hierarchy parameters, each at
+``--multiples`` of the preset's value (default 1/4, 1/2, 1 and 2: CiMNet searched 1/8..1 of a
+baseline whose values are unpublished; here the baseline, the preset, sits inside the space so a
+search can be faster than it in both directions), on ``--target`` (default int8-sram: the
+weights' numerics do not depend on the hierarchy, and int8 keeps the supernets' accuracy; CiMNet
+does not compress). Everything else stays at the preset's value.
 
 **Predictors** (CiMNet's table): ``--archs`` architectures (the largest and smallest among
 them) are each evaluated on ``--hw`` hierarchy configs (the first the preset's), plus
@@ -15,9 +17,9 @@ them) are each evaluated on ``--hw`` hierarchy configs (the first the preset's),
 elastic arch + static config (the preset's hierarchy rows), static arch + elastic config (the
 largest architecture's rows), both elastic (all rows). In each, a seeded two-thirds of the rows
 train cimc's predictors (Ridge / RBF-SVR by CV on one-hot encodings, ``cimc.search.Predictor``),
-the other third scores Kendall tau and MAPE. Accuracy is the compiled graph's on 360 validation
-images (``-chars`` families; none at ImageNet scale, whose weights are random); it cannot vary
-with the hierarchy, so its static-arch cell is empty.
+the other third scores Kendall tau and MAPE. Accuracy is the compiled graph's on ``--val``
+validation images (default the whole split, 1,440; ``-chars`` families only: ImageNet-scale
+weights are random); it cannot vary with the hierarchy, so its static-arch cell is empty.
 
 **Fronts** (not with --quick): the predictor-guided loop (``cimc.search``) over arch-only,
 hardware-only and joint spaces, ``--budget`` true evaluations each (population ``--population``);
@@ -67,17 +69,28 @@ CIMNET_TAU = {  # published Kendall tau (arch / config / both), cycles predictor
 KINDS = ("arch", "config", "joint")
 
 
-def space_file(target: Any, folder: Path, keep_arch: bool, keep_hw: bool) -> Path:
-    """A TOML restricting the space to (arch and/or) the eight hierarchy parameters."""
+def space_file(
+    target: Any, folder: Path, keep_arch: bool, keep_hw: bool, multiples: tuple[float, ...]
+) -> Path:
+    """A TOML restricting the space to (arch and/or) the eight hierarchy parameters, each at
+    ``multiples`` of the preset's value."""
     declared = declared_variables(target)
     drop = [n for n in declared if not (keep_hw and n in HIERARCHY)]
     path = folder / f"space-{int(keep_arch)}{int(keep_hw)}.toml"
-    path.write_text(f"drop = {json.dumps(sorted(drop))}\n")
+    lines = [f"drop = {json.dumps(sorted(drop))}", "[choices]"]
+    if keep_hw:
+        for name in HIERARCHY:
+            base = getattr(target, name)
+            values = sorted({type(base)(max(1, base * m)) for m in multiples})
+            lines.append(f"{name} = {json.dumps(values)}")
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def make_space(target: Any, family: str, folder: Path, arch: bool, hw: bool) -> Space:
-    space = Space.from_target(target, space_file(target, folder, arch, hw), family)
+def make_space(
+    target: Any, family: str, folder: Path, arch: bool, hw: bool, multiples: tuple[float, ...]
+) -> Space:
+    space = Space.from_target(target, space_file(target, folder, arch, hw, multiples), family)
     if arch:
         return space
     largest = space.base_config()  # the architecture pinned at the largest subnet
@@ -154,9 +167,9 @@ def fronts(
     out: dict[str, Any] = {}
     kinds = {"arch": (True, False), "hardware": (False, True), "joint": (True, True)}
     for kind, (a, h) in kinds.items():
-        space = make_space(target, family, folder, a, h)
+        space = make_space(target, family, folder, a, h, args.multiples)
         study = Study(folder / f"loop-{kind}", {"space": space.describe(), "seed": args.seed})
-        ev = Evaluator("", space, None, None, str(folder / "cache"))
+        ev = Evaluator("", space, None, None, str(folder / "cache"), args.val)
         settings = Settings(objectives, args.budget, args.population, args.seed)
         log(f"  {kind}-only search ({args.budget} true evaluations)")
         executor = process_pool(args.workers) if args.workers > 1 else None
@@ -170,6 +183,7 @@ def fronts(
         out[kind] = {
             "points": pts.tolist(),
             "configs": [r.config for r in rows if r.feasible],
+            "areas": [r.metrics["area_mm2"] for r in rows if r.feasible],
             "rounds": study.rounds(),
         }
     return out
@@ -186,8 +200,10 @@ def speedups(res: dict[str, Any], baseline: dict[str, Any], objectives: list[str
         if acc0 is None or "accuracy" not in objectives:
             continue
         ia, ic = objectives.index("accuracy"), objectives.index("cycles")
-        good = pts[-pts[:, ia] >= acc0]  # accuracy is stored negated
-        f["speedup"] = float(cyc0 / good[:, ic].min()) if len(good) else None
+        good = np.flatnonzero(-pts[:, ia] >= acc0)  # accuracy is stored negated
+        fastest = good[np.argmin(pts[good, ic])] if len(good) else None
+        f["speedup"] = None if fastest is None else float(cyc0 / pts[fastest, ic])
+        f["speedup_area"] = None if fastest is None else f["areas"][fastest]
         best = pts[np.argmax(-pts[:, ia])] if len(pts) else None
         f["best_accuracy"] = None if best is None else float(-best[ia])
 
@@ -212,9 +228,9 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     target = load_target(args.target)
     folder = Path(args.workdir) / f"{family}-{args.target}"
     folder.mkdir(parents=True, exist_ok=True)
-    space = make_space(target, family, folder, True, True)
+    space = make_space(target, family, folder, True, True, args.multiples)
     study = Study(folder / "table", {"space": space.describe(), "seed": args.seed})
-    evaluator = Evaluator("", space, None, None, str(folder / "cache"))
+    evaluator = Evaluator("", space, None, None, str(folder / "cache"), args.val)
     kinds = sample_configs(space, args)
     unique = {config_hash(c): c for k in kinds.values() for c in k}
     log(f"{family}: {len(unique)} configs ({args.archs} architectures)")
@@ -259,15 +275,88 @@ def print_family(res: dict[str, Any]) -> None:
     print(f"compression, validation; max {secs.max():.1f} s)")
     if "fronts" in res:
         base = res["baseline"]
-        print(f"baseline (largest subnet, preset hierarchy): {base['cycles']:,} cycles", end="")
+        print(
+            f"baseline (largest subnet, preset hierarchy): {base['cycles']:,} cycles, "
+            f"{base['area_mm2']:.1f} mm2",
+            end="",
+        )
         print(f", accuracy {base['accuracy']:.4f}" if base.get("accuracy") is not None else "")
         print("| search | feasible points | hypervolume | speed-up at baseline accuracy |")
         print("|---|---:|---:|---:|")
         for kind, f in res["fronts"].items():
             sp = f.get("speedup")
             cell = f"{sp:.2f}x" if sp else f"none (best accuracy {f.get('best_accuracy')})"
+            if sp:
+                cell += f" at {f['speedup_area']:.1f} mm2"
             print(f"| {kind} | {len(f['points'])} | {f['hypervolume']:.4g} | {cell} |")
         print("chosen hierarchy multiples on the joint front:", json.dumps(res["chosen"]))
+
+
+def plot(results: list[dict[str, Any]], path: str) -> None:
+    """Per family: accuracy vs cycles of every true evaluation of the three searches with their
+    fronts and the baseline; beside it, the predictors' held-out tau against CiMNet's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cimc.atomic import atomic_path
+
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.2 * len(results)), squeeze=False)
+    for (front_ax, tau_ax), res in zip(axes, results):
+        fam = res["family"]
+        for kind, colour in zip(res.get("fronts", {}), ("tab:blue", "tab:orange", "tab:green")):
+            pts = np.array(res["fronts"][kind]["points"]).reshape(-1, 2)
+            if not len(pts):
+                continue
+            acc, cyc = -pts[:, 0], pts[:, 1]  # objectives (accuracy negated, cycles)
+            front_ax.scatter(cyc, 100 * acc, s=8, alpha=0.35, color=colour)
+            keep = pareto_mask(pts)
+            order = np.argsort(cyc[keep])
+            front_ax.step(
+                cyc[keep][order],
+                100 * acc[keep][order],
+                where="post",
+                marker="o",
+                ms=4,
+                color=colour,
+                label=kind,
+            )
+        base = res["baseline"]
+        if base.get("accuracy") is not None and "fronts" in res:
+            front_ax.scatter(
+                [base["cycles"]],
+                [100 * base["accuracy"]],
+                marker="*",
+                s=160,
+                color="k",
+                label="largest subnet, preset hierarchy",
+            )
+        front_ax.set_xscale("log")
+        front_ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        front_ax.set_xlabel("cycles"), front_ax.set_ylabel("validation accuracy %")
+        front_ax.set_title(f"{fam}: searches at equal true evaluations", fontsize=9)
+        front_ax.legend(fontsize=7)
+        short = fam.removeprefix("elastic-").removesuffix("-chars")
+        width = 0.27
+        for j, objective in enumerate(("cycles", "accuracy")):
+            taus = [(res["predictors"].get(f"{k}/{objective}") or {}) for k in KINDS]
+            tau_ax.bar(
+                np.arange(3) + (j - 1) * width,
+                [t.get("kendall_tau", np.nan) for t in taus],
+                width,
+                label=f"cimc {objective}",
+            )
+        if short in CIMNET_TAU:
+            tau_ax.bar(np.arange(3) + width, CIMNET_TAU[short], width, label="CiMNet cycles")
+        tau_ax.set_xticks(range(3), ["elastic arch", "elastic config", "both"])
+        tau_ax.set_ylabel("Kendall tau (held-out)"), tau_ax.set_ylim(-0.2, 1)
+        tau_ax.axhline(0.9, color="grey", lw=0.8, ls="--")
+        tau_ax.legend(fontsize=7)
+    with atomic_path(Path(path)) as tmp:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
 
 def main() -> None:
@@ -280,6 +369,16 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=48, help="true evaluations per search")
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--multiples",
+        default="0.25,0.5,1,2",
+        help="hierarchy values searched, as multiples of the preset's (1 must be one: the "
+        "baseline runs the preset)",
+    )
+    ap.add_argument(
+        "--val", type=int, default=1440, help="validation images per architecture (max 1440)"
+    )
+    ap.add_argument("--plot", default=None, help="PNG of the fronts and predictor scatter")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--workdir", default=".cimc-bench/cimnet")
     ap.add_argument("--quick", action="store_true", help="elastic-resnet-chars, predictors only")
@@ -291,6 +390,9 @@ def main() -> None:
     )
     args.archs = args.archs or (30 if args.quick else 40)
     args.hw = args.hw or (4 if args.quick else 6)
+    args.multiples = tuple(float(m) for m in args.multiples.split(","))
+    if 1.0 not in args.multiples:
+        ap.error("--multiples must include 1 (the baseline is the preset's hierarchy)")
 
     import numba
     import torch
@@ -314,6 +416,8 @@ def main() -> None:
         from cimc.atomic import write_text_atomic
 
         write_text_atomic(Path(args.json), json.dumps(results, indent=1, default=float))
+    if args.plot:
+        plot(results, args.plot)
     taus = [
         s["kendall_tau"]
         for r in results

@@ -82,18 +82,20 @@ def _splits() -> Any:
     return load("chars")
 
 
-def data_file(name: str, folder: Path) -> Path | None:
+def data_file(name: str, folder: Path, evaluation: int = EVALUATION) -> Path | None:
     """The .npz the evaluator reads for a labelled family: calibration images (training split),
-    then validation images with their labels; None for random-weight families."""
+    then ``evaluation`` validation images with their labels; None for random-weight families."""
     if not has_labels(name):
         return None
     from ..atomic import atomic_path
 
-    path = folder / "chars-val.npz"
+    s = _splits()
+    if not 0 < evaluation <= len(s.y_val):
+        raise OptionError(f"{evaluation} validation images asked for; the split has {len(s.y_val)}")
+    path = folder / f"chars-val-{CALIBRATION}-{evaluation}.npz"
     if not path.is_file():
-        s = _splits()
-        x = np.concatenate([s.x_train[:CALIBRATION], s.x_val[:EVALUATION]])
-        y = np.concatenate([s.y_train[:CALIBRATION], s.y_val[:EVALUATION]])
+        x = np.concatenate([s.x_train[:CALIBRATION], s.x_val[:evaluation]])
+        y = np.concatenate([s.y_train[:CALIBRATION], s.y_val[:evaluation]])
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             np.savez(tmp, input=x.astype(np.float32), labels=y.astype(np.int64))

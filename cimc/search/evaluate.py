@@ -142,6 +142,7 @@ class Evaluator:
     input_shapes: dict[str, tuple[int, ...]] | None
     data_path: str | None
     cache_dir: str | None = None
+    evaluation: int | None = None  # samples that measure (None: the data kind's default)
 
     def __call__(self, config: dict[str, Any]) -> Metrics:
         start = time.perf_counter()
@@ -199,12 +200,13 @@ class Evaluator:
         """The data file and how many of its samples measure (a labelled family's validation
         split, else ``data_path``)."""
         if self.space.family is None:
-            return self.data_path, EVALUATION
+            return self.data_path, self.evaluation or EVALUATION
         from .architecture import EVALUATION as FAMILY_EVALUATION
         from .architecture import data_file
 
-        path = data_file(self.space.family, self._folder())
-        return (None if path is None else str(path)), FAMILY_EVALUATION
+        n = self.evaluation or FAMILY_EVALUATION
+        path = data_file(self.space.family, self._folder(), n)
+        return (None if path is None else str(path)), n
 
     def compressed(self, config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """The compression stage of ``config`` and whether it came from a cache."""
