@@ -63,3 +63,20 @@ def _same_value(graph: Graph, x: str, y: str) -> bool:
     if not (vx.is_constant and vy.is_constant):
         return False
     return vx.data.dtype == vy.data.dtype and np.array_equal(vx.data, vy.data)
+
+
+def tie_moments(graph: Graph, moments: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Calibration moments per layer, each replaced by the mean over the layers that read the
+    same weight source. One stored weight serves all those layers, so its compression should
+    minimise their summed output error, tr(dW (sum_t C_t) dW^T); and the same weight with the
+    same moments compresses to the same constants, which the arrays then hold once."""
+    groups: dict[str, list[str]] = {}
+    for name in moments:
+        source = graph.node(name).meta.get(SOURCE_KEY)
+        if source is not None:
+            groups.setdefault(source, []).append(name)
+    tied = dict(moments)
+    for names in groups.values():
+        mean = np.mean([moments[n] for n in names], axis=0)
+        tied.update(dict.fromkeys(names, mean))
+    return tied
