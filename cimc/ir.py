@@ -26,6 +26,8 @@ Documented ``Node.meta`` keys (set by passes, read by later passes and reports):
   ``schedule``     permutation-unit schedule of a pool layer (passes/permute_schedule.py)
   ``mapping``      tiling and dataflow of a CiM layer, with ``modelled_cycles``
                    (passes/tile.py; read by lower and the CLI)
+  ``weight_source`` the constant a recurrent step's MatMul shares with the other steps
+                   (cimc/recurrent.py; read by cimc/weight_sharing.py)
 Activation quantisation (passes/quantize_act.py) is not meta: it sets the node attributes
 ``act_bits``, ``act_scale`` and ``act_signed``, which the interpreter and simulator execute.
 

@@ -12,7 +12,9 @@ node with :func:`unroll_recurrent` into primitive ops, so the backend needs noth
 
 Each step's matrix-vector product reads the previous step's hidden state, so a program waits
 for it exactly as the hardware would. Every per-step ``MatMul`` of a direction reads the same
-constant ``R^T`` value; the compression passes and the tiler see one CiM layer per step.
+constant ``R^T`` value and names it in its meta (``cimc.weight_sharing.SOURCE_KEY``): the
+compression passes see one CiM layer per step, and ``tile`` places the steps whose compressed
+weights are identical once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from .errors import UnsupportedOpError
 from .ir import Graph, Node
 from .ops import REGISTRY, register_op
+from .weight_sharing import SOURCE_KEY
 
 # activation name (lower case) -> (op type, the attributes activation_alpha/beta supply, in order)
 _ACTIVATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -218,6 +221,13 @@ class _Emitter:
         self.graph.add_node(Node(name, op, inputs, outs, attrs))
         return outs[0] if n_out == 1 else outs
 
+    def step_matmul(self, x: str, weight: str, tag: str) -> str:
+        """One step's ``x @ weight`` with a recurrent weight every step reads: the node names the
+        constant in its meta, so the arrays hold it once (``cimc.weight_sharing``)."""
+        out = self.op("MatMul", [x, weight], tag)
+        self.graph.node(out).meta[SOURCE_KEY] = weight
+        return out
+
     def act(self, op_attrs: tuple[str, dict], x: str, tag: str) -> str:
         op, attrs = op_attrs
         return self.op(op, [x], tag, **attrs)
@@ -348,7 +358,7 @@ class _LstmDirection(_Direction):
         h, c = self.initial(h0), self.initial(c0)
         ys: list[str] = [""] * n
         for t in self.steps(n):
-            gates = e.op("Add", [self.step_input(xw, t), e.op("MatMul", [h, rt], "hr")], "gates")
+            gates = e.op("Add", [self.step_input(xw, t), e.step_matmul(h, rt, "hr")], "gates")
             gi, go, gf, gc = e.op("Split", [gates], "split", n_out=4, axis=-1)
             if peep is not None:
                 gi = e.op("Add", [gi, e.op("Mul", [peep[0], c], "pc")], "gi")
@@ -398,20 +408,18 @@ class _GruDirection(_Direction):
             xz, xr, xh = e.op("Split", [self.step_input(xw, t)], "split_x", n_out=3, axis=-1)
             if lbr:
                 hz, hr, hh = e.op(
-                    "Split", [e.op("MatMul", [h, r_all], "hr")], "split_h", n_out=3, axis=-1
+                    "Split", [e.step_matmul(h, r_all, "hr")], "split_h", n_out=3, axis=-1
                 )
                 if rb_h is not None:
                     hh = e.op("Add", [hh, rb_h], "hh_b")
             else:
-                hz, hr = e.op(
-                    "Split", [e.op("MatMul", [h, r_zr], "hr")], "split_h", n_out=2, axis=-1
-                )
+                hz, hr = e.op("Split", [e.step_matmul(h, r_zr, "hr")], "split_h", n_out=2, axis=-1)
             z = e.act(f, e.op("Add", [xz, hz], "gz"), "z")
             reset = e.act(f, e.op("Add", [xr, hr], "gr"), "r")
             if lbr:
                 cand_in = e.op("Add", [xh, e.op("Mul", [reset, hh], "rh")], "gh")
             else:
-                rh = e.op("MatMul", [e.op("Mul", [reset, h], "rh"), r_h], "rhR")
+                rh = e.step_matmul(e.op("Mul", [reset, h], "rh"), r_h, "rhR")
                 cand_in = e.op("Add", [xh, rh], "gh")
             cand = e.act(g, cand_in, "cand")
             keep = e.op("Mul", [e.op("Sub", [one, z], "1-z"), cand], "keep")

@@ -1,7 +1,8 @@
 """lower: emit the instruction stream of a tiled graph as a ``cimc.Program``.
 
 CiM layers are emitted by ``cimc.targets.emit.emit_cim_layer`` (the function ``tile`` timed its
-candidates with), vector layers as one VEC instruction each. The Program is the pass's product
+candidates with, told the share group the mapping names, so reused weights are not reloaded),
+vector layers as one VEC instruction each. The Program is the pass's product
 (``PassResult.product``).
 """
 
@@ -41,6 +42,7 @@ class Lower(Pass):
         _drop_float_weights(graph)
         em = Emitter(target)
         layers = program_layers(graph)
+        index = {entry["node"]: li for li, entry in enumerate(layers)}
         for li, entry in enumerate(layers):
             node = graph.node(entry["node"])
             if entry["kind"] == "cim":
@@ -49,7 +51,8 @@ class Lower(Pass):
                 geo = macro_kind(target).geometry(work, target)
                 tiling = Tiling(**{f.name: getattr(mapping, f.name) for f in fields(Tiling)})
                 ready = em.count - 1
-                emit_cim_layer(em, work, geo, tiling, mapping.first_array, li, ready)
+                weights = index[mapping.shares] if mapping.shares else li
+                emit_cim_layer(em, work, geo, tiling, mapping.first_array, li, ready, None, weights)
             else:
                 emit_vector_layer(em, graph, node, li)
         manifest = {

@@ -9,11 +9,17 @@ the layer. On-chip (``weights = "sram"``) targets must hold every layer's tiles 
 model that does not fit is an error that says how many bytes are missing; replicas only use
 capacity left over. The mapping goes to ``node.meta['mapping']``
 (a ``cimc.targets.mapping.LayerMapping``).
+
+Layers that hold the same weights (``cimc.weight_sharing``: the steps of an unrolled LSTM or GRU)
+are placed once: the first of a share group is mapped as above, and the later ones reuse its
+arrays and tiling (``first_array``, ``rep``, ``order``; ``shares`` names the first), so their
+weights count once in the capacity check, the bytes placed and the arrays used. They are still
+timed one by one; whether they reload weights is ``cimc.targets.emit``'s rule.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 
 from cimc.targets.cost import base_tiling, best_tiling, candidates
@@ -23,6 +29,7 @@ from cimc.targets.mapping import LayerMapping, Placement, check_lowerable, layer
 from cimc.errors import CimcError
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
+from cimc.weight_sharing import share_leaders
 
 
 @register_pass
@@ -45,7 +52,8 @@ class Tile(Pass):
                     f"(error-prune{{keep=...}}) or --set error_rows={works[n.name].error_rows}"
                 )
         base = {n.name: base_tiling(works[n.name], target) for n in layers}
-        need = sum(t.tiles * t.tile_bytes for _, t in base.values())
+        leaders = share_leaders(graph)
+        need = sum(t.tiles * t.tile_bytes for name, (_, t) in base.items() if name not in leaders)
         if target.weights == "sram" and need > target.capacity_bytes:
             raise CimcError(
                 f"model does not fit on target {target.name}: its weights need {need:,} bytes "
@@ -56,6 +64,7 @@ class Tile(Pass):
         spare = target.capacity_bytes - need if target.weights == "sram" else None
         ma_offset = 0
         mappings: list[LayerMapping] = []
+        placed: dict[str, tuple[int, LayerMapping]] = {}  # first layer of a group: (li, mapping)
         stream = TimedStream(target)
         for li, n in enumerate(graph.nodes()):
             if n.name not in works:
@@ -65,36 +74,48 @@ class Tile(Pass):
                 continue
             work = works[n.name]
             geo, chosen = base[n.name]
-            options = [chosen]
-            if self.replicate:
-                budget = None if spare is None else spare + chosen.tiles * chosen.tile_bytes
-                options = [
-                    t
-                    for t in candidates(chosen, work, target)
-                    if t.rep == 1 or budget is None or t.tiles * t.rep * t.tile_bytes <= budget
-                ]
-            chosen, trial = best_tiling(stream, work, geo, options, ma_offset, li)
+            lead = leaders.get(n.name, "")
+            first = ma_offset
+            if lead:  # the arrays and tiling of its group's first layer
+                weights, shared = placed[lead]
+                first = shared.first_array
+                options = [replace(chosen, rep=shared.rep, order=shared.order)]
+                chosen, trial = best_tiling(stream, work, geo, options, first, li, weights)
+            else:
+                options = [chosen]
+                if self.replicate:
+                    budget = None if spare is None else spare + chosen.tiles * chosen.tile_bytes
+                    options = [
+                        t
+                        for t in candidates(chosen, work, target)
+                        if t.rep == 1 or budget is None or t.tiles * t.rep * t.tile_bytes <= budget
+                    ]
+                chosen, trial = best_tiling(stream, work, geo, options, first, li)
             stream.commit(trial)
-            if spare is not None:
-                spare -= (chosen.rep - 1) * chosen.tiles * chosen.tile_bytes
             mapping = LayerMapping(
                 **asdict(chosen),
                 modelled_cycles=trial.cycles,
                 **{f"modelled_{k}": v for k, v in trial.per_kind.items()},
                 modelled_waves=weight_waves(chosen, target),
                 rows=work.rows,
-                first_array=ma_offset,
+                first_array=first,
+                shares=lead,
             )
             n.meta["mapping"] = mapping.to_meta()
             mappings.append(mapping)
-            ma_offset = (ma_offset + chosen.tiles * chosen.rep) % target.num_arrays
+            if not lead:
+                placed[n.name] = (li, mapping)
+                if spare is not None:
+                    spare -= (chosen.rep - 1) * chosen.tiles * chosen.tile_bytes
+                ma_offset = (ma_offset + chosen.tiles * chosen.rep) % target.num_arrays
+        own = [m for m in mappings if not m.shares]
         placement = Placement(
             target=target.name,
             modelled_cim_cycles=int(sum(m.modelled_cycles for m in mappings)),
             weight_bytes=int(need),
-            weight_bytes_placed=int(sum(m.tiles * m.rep * m.tile_bytes for m in mappings)),
+            weight_bytes_placed=int(sum(m.tiles * m.rep * m.tile_bytes for m in own)),
             # layers are placed one after another, wrapping round the arrays
-            arrays_used=int(min(target.num_arrays, sum(m.tiles * m.rep for m in mappings))),
+            arrays_used=int(min(target.num_arrays, sum(m.tiles * m.rep for m in own))),
         )
         graph.meta.update(placement.to_meta())
         return PassResult(

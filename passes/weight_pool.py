@@ -35,6 +35,7 @@ from cimc.errors import OptionError
 from cimc.ir import Graph, Node
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 from cimc.sensitivity import mark_sensitive, most_sensitive
+from cimc.weight_sharing import tie_moments
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -170,7 +171,7 @@ class WeightPool(Pass):
         moments = None
         if ctx.calibration:
             attrs = {n.name: unfold_attrs(n, graph) for n in chosen}
-            moments = slot_moments(graph, ctx.calibration, attrs, vector)
+            moments = tie_moments(graph, slot_moments(graph, ctx.calibration, attrs, vector))
             ctx.slot_moments = SlotMoments(moments)
         pool = build_pool(weights, size, vector, self.init, self.seed, vecs)
         pool_value = add_pool(graph, pool)

@@ -51,13 +51,16 @@ def best_tiling(
     options: list[Tiling],
     first: int,
     layer: int,
+    weights: int = -1,
 ):
     """The option with the fewest cycles after the stream so far (ties: fewer copies, then
-    rows-outer) and its trial, ready to commit."""
+    rows-outer) and its trial, ready to commit; ``weights`` as in ``emit_cim_layer``."""
     best = None
     for t in options:
         trial = stream.try_layer(
-            lambda em, t=t: emit_cim_layer(em, work, geo, t, first, layer, em.count - 1)
+            lambda em, t=t: emit_cim_layer(
+                em, work, geo, t, first, layer, em.count - 1, weights=weights
+            )
         )
         key = (trial.cycles, t.rep, t.order != "rows-outer")
         if best is None or key < best[0]:

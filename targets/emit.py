@@ -10,6 +10,13 @@ are neighbours (one multicast LOAD_W) and one copy's tiles share an input multic
 stride rep). Rows are issued in blocks of ``ROW_BLOCK``. Weight loads (DRAM targets) are
 double-buffered: a load waits only for the MVMs that used the buffer it overwrites.
 
+Layers that hold the same weights (``cimc.weight_sharing``: the steps of a recurrent layer) sit
+on the same arrays. On chip (``weights = "sram"``) no layer loads weights: they are resident.
+From DRAM, a layer whose weights are all still on its arrays loads nothing: each array
+remembers whose weights it last received, and a later layer of the same share group skips its
+loads when none of its arrays has been loaded with other weights since and the layer fits in
+one wave; otherwise it reloads them as any layer would (no partial reuse: a conservative rule).
+
 A vector layer occupies the vector unit for its real work (``cimc.ops.vector_work``): element
 operations at ``vector_width`` per cycle, MACs at ``vector_macs_per_cycle``. With ``attention =
 "cim"`` an activation x activation MatMul runs on the arrays instead: its second operand is
@@ -48,13 +55,15 @@ ROW_BLOCK = 256  # input rows per instruction: the unit of pipelining and of wei
 
 class Emitter:
     """Appends instructions (in NumPy chunks) and remembers, per array, the last MVM that used
-    each of its two weight buffers (for double-buffered weight loads)."""
+    each of its two weight buffers (for double-buffered weight loads) and whose weights it last
+    received (the layer index of their share group's first layer; -1: none)."""
 
     def __init__(self, target: Target):
         self.target = target
         self.chunks: list[np.ndarray] = []
         self.count = 0
         self.buffers = np.full((target.num_arrays, 2), -1, np.int64)
+        self.holds = np.full(target.num_arrays, -1, np.int64)
 
     def emit(
         self,
@@ -83,13 +92,20 @@ class Emitter:
         self.count += cols.shape[1]
         return first
 
-    def load_weights(self, layer: int, ma: int, span: int, nbytes: int) -> int:
+    def load_weights(self, layer: int, ma: int, span: int, nbytes: int, weights: int) -> int:
+        """Load the weights of share group ``weights`` into ``span`` arrays from ``ma``."""
         arrays = (ma + np.arange(span)) % self.target.num_arrays
         wait = int(self.buffers[arrays, 0].max(initial=-1))
         idx = self.emit("LOAD_W", layer, ma, span, 1, 0, nbytes, 0, 0, 0, wait)
         self.buffers[arrays, 0] = self.buffers[arrays, 1]
         self.buffers[arrays, 1] = -1
+        self.holds[arrays] = weights
         return idx
+
+    def resident(self, first: int, span: int, weights: int) -> bool:
+        """Whether the ``span`` arrays from ``first`` all still hold share group ``weights``."""
+        arrays = (first + np.arange(span)) % self.target.num_arrays
+        return bool(np.all(self.holds[arrays] == weights))
 
     def used(self, arrays: np.ndarray, mvms: np.ndarray) -> None:
         """The MVMs ``mvms`` read the current weight buffer of ``arrays``."""
@@ -110,6 +126,7 @@ class Emitter:
         twin.chunks = list(self.chunks)
         twin.count = self.count
         twin.buffers = self.buffers.copy()
+        twin.holds = self.holds.copy()
         return twin
 
 
@@ -147,18 +164,23 @@ def emit_cim_layer(
     li: int,
     ready: int,
     written: np.ndarray | None = None,
+    weights: int = -1,
 ) -> None:
     """Append the layer's loads, MVMs, partial sums and its SCALE; ``ready`` is the instruction
     its inputs wait for (-1: none); ``written`` maps each tile to the instruction that wrote its
-    weights (an operand written at run time: no weight loads, one wave)."""
+    weights (an operand written at run time: no weight loads, one wave). ``weights`` is the
+    layer index of the first layer of its share group (-1: ``li``, its own weights)."""
     t = em.target
     n = t.num_arrays
     tiles, rep = tiling.tiles, tiling.rep
     rows_per_copy = math.ceil(work.rows / rep)
     row_bytes = work.k * work.groups * t.act_bits // 8 or 1
     pool = geo.opcode == "MVM_POOL"
-    stream = t.weights == "dram" and written is None
     waves = weight_waves(tiling, t) if written is None else 1
+    weights = li if weights < 0 else weights
+    stream = t.weights == "dram" and written is None
+    if stream and waves == 1 and em.resident(first, tiles * rep, weights):
+        stream = False  # an earlier layer of its share group left them on these arrays
     per_wave = math.ceil(tiles / waves)
     blocks = [
         (r, s, min(s + ROW_BLOCK, min((r + 1) * rows_per_copy, work.rows)))
@@ -173,7 +195,7 @@ def emit_cim_layer(
     def loads(w: int) -> np.ndarray:
         loaded = np.full(tiles, -1, np.int64)
         for tt in range(w * per_wave, min((w + 1) * per_wave, tiles)):
-            loaded[tt] = em.load_weights(li, first + tt * rep, rep, tiling.tile_bytes)
+            loaded[tt] = em.load_weights(li, first + tt * rep, rep, tiling.tile_bytes, weights)
         return loaded
 
     def compute(w: int, r: int, start: int, stop: int, loaded: np.ndarray | None) -> None:

@@ -41,9 +41,15 @@ class LayerMapping:
     modelled_waves: int  # weight waves (DRAM targets: loads that do not fit at once)
     rows: int  # input rows of the layer
     first_array: int  # the array tile 0 / copy 0 lives on
+    # the first layer of its share group (``cimc.weight_sharing``), whose arrays and tiling it
+    # reuses; "" (left out of the meta) when the layer holds weights of its own
+    shares: str = ""
 
     def to_meta(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        meta = dataclasses.asdict(self)
+        if not self.shares:
+            del meta["shares"]
+        return meta
 
     @classmethod
     def from_meta(cls, node: Node) -> LayerMapping:
@@ -59,7 +65,7 @@ class Placement:
 
     target: str
     modelled_cim_cycles: int  # sum of the layers' modelled cycles
-    weight_bytes: int  # one copy of every layer's tiles
+    weight_bytes: int  # one copy of every distinct weight's tiles (a share group counts once)
     weight_bytes_placed: int  # replicas included
     arrays_used: int
 

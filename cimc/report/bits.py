@@ -5,7 +5,9 @@ rows per vector slot, padding rows included: the array stores them), structured 
 bits per output-channel group and slot), and 32-bit scales; N-bit layers count N bits per
 weight plus a 32-bit scale per output channel; float layers 32 bits per weight. The shared
 pool (S * V bits) is counted once per network. Biases run on the vector unit and are left out
-of both the bits and the weight count.
+of both the bits and the weight count. Layers that hold the same weights as an earlier one (the
+steps of an unrolled LSTM or GRU, ``cimc.weight_sharing``) keep their own row, naming that layer
+in ``shares``, and the totals count their weights and bits once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from ..cim_ops import POOL_OP, QUANT_OP, cim_kind, weight_matrix
 from ..ir import Graph
+from ..weight_sharing import share_leaders
 
 SCALE_BITS = 32
 
@@ -41,6 +44,7 @@ def _pool_layer(graph: Graph, node) -> dict[str, Any]:
 
 
 def layer_storage(graph: Graph) -> list[dict[str, Any]]:
+    leaders = share_leaders(graph)
     rows = []
     for node in graph.nodes():
         if node.op == POOL_OP:
@@ -64,22 +68,26 @@ def layer_storage(graph: Graph) -> list[dict[str, Any]]:
         row["weights"] = row["out"] * row["k"]
         row["total_bits"] = sum(row["bits"].values())
         row["bits_per_weight"] = row["total_bits"] / row["weights"]
+        if node.name in leaders:
+            row["shares"] = leaders[node.name]
         rows.append(row)
     return rows
 
 
 def storage_report(graph: Graph) -> dict[str, Any]:
-    """Per-layer and total bits per weight, and compression against 8-bit weights."""
+    """Per-layer and total bits per weight (shared weights once), and compression against 8-bit
+    weights."""
     layers = layer_storage(graph)
+    distinct = [r for r in layers if "shares" not in r]
     pools = {
         node.inputs[1]: graph.values[node.inputs[1]].size
         for node in graph.nodes()
         if node.op == POOL_OP
     }
     pool_bits = int(sum(pools.values()))
-    weights = sum(r["weights"] for r in layers)
-    total = sum(r["total_bits"] for r in layers) + pool_bits
-    compressed = [r for r in layers if r["scheme"].startswith("pool")]
+    weights = sum(r["weights"] for r in distinct)
+    total = sum(r["total_bits"] for r in distinct) + pool_bits
+    compressed = [r for r in distinct if r["scheme"].startswith("pool")]
     cw = sum(r["weights"] for r in compressed)
     cb = sum(r["total_bits"] for r in compressed)
     bpw = total / weights if weights else float("nan")
