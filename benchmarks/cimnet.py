@@ -189,8 +189,14 @@ def fronts(
     return out
 
 
+LOSSES = (0.0, 0.01, 0.02)
+"""Accuracy given up for the speed-ups reported: none (CiMNet's iso-accuracy), 1 and 2 points
+(the validation accuracy's own sampling error is about 1 point at 720 images)."""
+
+
 def speedups(res: dict[str, Any], baseline: dict[str, Any], objectives: list[str]) -> None:
-    """Fastest point at least as accurate as the largest subnet on the preset hierarchy."""
+    """Per search: the fastest point at least as accurate as the largest subnet on the preset
+    hierarchy, less each of ``LOSSES``; its speed-up over that baseline and its area."""
     acc0, cyc0 = baseline.get("accuracy"), baseline["cycles"]
     all_pts = np.concatenate([np.array(f["points"]) for f in res.values() if f["points"]])
     ref = reference_point(all_pts)
@@ -200,12 +206,16 @@ def speedups(res: dict[str, Any], baseline: dict[str, Any], objectives: list[str
         if acc0 is None or "accuracy" not in objectives:
             continue
         ia, ic = objectives.index("accuracy"), objectives.index("cycles")
-        good = np.flatnonzero(-pts[:, ia] >= acc0)  # accuracy is stored negated
-        fastest = good[np.argmin(pts[good, ic])] if len(good) else None
-        f["speedup"] = None if fastest is None else float(cyc0 / pts[fastest, ic])
-        f["speedup_area"] = None if fastest is None else f["areas"][fastest]
-        best = pts[np.argmax(-pts[:, ia])] if len(pts) else None
-        f["best_accuracy"] = None if best is None else float(-best[ia])
+        f["speedups"] = {}
+        for loss in LOSSES:
+            good = np.flatnonzero(-pts[:, ia] >= acc0 - loss - 1e-9)  # accuracy stored negated
+            fastest = good[np.argmin(pts[good, ic])] if len(good) else None
+            f["speedups"][f"{loss:g}"] = (
+                None
+                if fastest is None
+                else {"speedup": float(cyc0 / pts[fastest, ic]), "area": f["areas"][fastest]}
+            )
+        f["best_accuracy"] = float((-pts[:, ia]).max()) if len(pts) else None
 
 
 def chosen_table(space: Space, configs: list[dict], points: np.ndarray) -> dict[str, dict]:
@@ -281,14 +291,18 @@ def print_family(res: dict[str, Any]) -> None:
             end="",
         )
         print(f", accuracy {base['accuracy']:.4f}" if base.get("accuracy") is not None else "")
-        print("| search | feasible points | hypervolume | speed-up at baseline accuracy |")
-        print("|---|---:|---:|---:|")
+        head = " | ".join(f"speed-up, -{100 * loss:g} pt (area mm2)" for loss in LOSSES)
+        print(f"| search | feasible points | best accuracy | hypervolume | {head} |")
+        print("|---|---:|---:|---:|" + "---:|" * len(LOSSES))
         for kind, f in res["fronts"].items():
-            sp = f.get("speedup")
-            cell = f"{sp:.2f}x" if sp else f"none (best accuracy {f.get('best_accuracy')})"
-            if sp:
-                cell += f" at {f['speedup_area']:.1f} mm2"
-            print(f"| {kind} | {len(f['points'])} | {f['hypervolume']:.4g} | {cell} |")
+            cells = [
+                "none" if c is None else f"{c['speedup']:.2f}x ({c['area']:.0f})"
+                for c in f.get("speedups", {}).values()
+            ]
+            print(
+                f"| {kind} | {len(f['points'])} | {f['best_accuracy']:.4f} | "
+                f"{f['hypervolume']:.4g} | " + " | ".join(cells) + " |"
+            )
         print("chosen hierarchy multiples on the joint front:", json.dumps(res["chosen"]))
 
 
