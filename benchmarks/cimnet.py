@@ -18,7 +18,7 @@ elastic arch + static config (the preset's hierarchy rows), static arch + elasti
 largest architecture's rows), both elastic (all rows). In each, a seeded two-thirds of the rows
 train cimc's predictors (Ridge / RBF-SVR by CV on one-hot encodings, ``cimc.search.Predictor``),
 the other third scores Kendall tau and MAPE. Accuracy is the compiled graph's on ``--val``
-validation images (default the whole split, 1,440; ``-chars`` families only: ImageNet-scale
+validation images (720, --quick 360, at most 1,440; ``-chars`` families only: ImageNet-scale
 weights are random); it cannot vary with the hierarchy, so its static-arch cell is empty.
 
 **Fronts** (not with --quick): the predictor-guided loop (``cimc.search``) over arch-only,
@@ -390,7 +390,7 @@ def main() -> None:
         "baseline runs the preset)",
     )
     ap.add_argument(
-        "--val", type=int, default=1440, help="validation images per architecture (max 1440)"
+        "--val", type=int, default=None, help="validation images per architecture (720; 360)"
     )
     ap.add_argument("--plot", default=None, help="PNG of the fronts and predictor scatter")
     ap.add_argument("--workers", type=int, default=1)
@@ -404,6 +404,7 @@ def main() -> None:
     )
     args.archs = args.archs or (30 if args.quick else 40)
     args.hw = args.hw or (4 if args.quick else 6)
+    args.val = args.val or (360 if args.quick else 720)
     args.multiples = tuple(float(m) for m in args.multiples.split(","))
     if 1.0 not in args.multiples:
         ap.error("--multiples must include 1 (the baseline is the preset's hierarchy)")
