@@ -29,6 +29,10 @@ HARDWARE_ONLY = ("cycles", "latency", "energy", "area", "bits")
 """Objectives that mean something for a family with random weights."""
 BN_IMAGES = 1024  # training images that re-estimate a subnet's BatchNorm statistics
 EVALUATION = 360  # validation images scored per architecture (10 per class)
+RANDOM_EVALUATION = 2
+"""Seeded inputs measured per architecture of a random-weight family: its objectives are hardware
+only, so these feed only the fidelity columns (the activation scales come from the calibration
+inputs); 360 of them through a 224 px ResNet-50 took minutes per architecture."""
 TEST = 2160  # test images that score the final Pareto points (the whole test split, 60 per class)
 
 

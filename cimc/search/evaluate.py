@@ -202,9 +202,10 @@ class Evaluator:
         if self.space.family is None:
             return self.data_path, self.evaluation or EVALUATION
         from .architecture import EVALUATION as FAMILY_EVALUATION
-        from .architecture import data_file
+        from .architecture import RANDOM_EVALUATION, data_file, has_labels
 
-        n = self.evaluation or FAMILY_EVALUATION
+        default = FAMILY_EVALUATION if has_labels(self.space.family) else RANDOM_EVALUATION
+        n = self.evaluation or default
         path = data_file(self.space.family, self._folder(), n)
         return (None if path is None else str(path)), n
 
