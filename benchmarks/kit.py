@@ -9,6 +9,7 @@ scores with the same runners.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -141,3 +142,41 @@ class CimcRunner:
         runner = self.graphs[cache]
         out = runner.run(feeds)
         return [out[o] for o in runner.graph.outputs]
+
+
+def magika_features(path: str, beg: int = 1024, end: int = 1024, block: int = 4096) -> list[int]:
+    """magika 1.0.3's features, as the kit computed them: the first and last 4 KiB, whitespace
+    stripped, the first ``beg`` and last ``end`` bytes, padded with 256."""
+    size = os.path.getsize(path)
+    n = min(block, size)
+    with open(path, "rb") as f:
+        head = f.read(n)
+        f.seek(size - n)
+        tail = f.read(n)
+    head, tail = head.lstrip()[:beg], tail.rstrip()[-end:]
+    return list(head) + [256] * (beg - len(head)) + [256] * (end - len(tail)) + list(tail)
+
+
+MAGIKA_ROOTS = ("/usr/share", "/usr/include", "/usr/lib/x86_64-linux-gnu", "/usr/bin", "/etc")
+
+
+def magika_unlabelled(n: int, seed: int = 0) -> np.ndarray:
+    """Features [n, 2048] of ``n`` files of this machine (seeded pick, at least 1 KiB like the
+    kit's) that are not among the kit's scored files: unlabelled inputs for magika."""
+    scored = {f["sha256"] for f in json.loads((KIT / "data" / "magika.json").read_text())}
+    paths = sorted(
+        os.path.join(d, f) for root in MAGIKA_ROOTS for d, _, files in os.walk(root) for f in files
+    )
+    rng = np.random.default_rng(seed)
+    picked = []
+    for i in rng.permutation(len(paths)):
+        p = paths[i]
+        if not os.path.isfile(p) or not os.access(p, os.R_OK) or os.path.getsize(p) < 1024:
+            continue
+        with open(p, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() in scored:
+                continue
+        picked.append(magika_features(p))
+        if len(picked) == n:
+            break
+    return np.array(picked, np.int32)
