@@ -378,6 +378,20 @@ def _initializer(model: onnx.ModelProto, name: str, data: np.ndarray) -> str:
     return name
 
 
+def imported_names(graph: onnx.GraphProto, prefix: str = "") -> dict[str, onnx.NodeProto]:
+    """The nodes of ``graph`` under the names the importer gives them: ``OP_i`` when unnamed,
+    and the nodes of an ``If``'s branches under ``IF/then/`` and ``IF/else/``
+    (:mod:`cimc.control_flow`), so a layer inside a branch finds its node."""
+    out = {}
+    for i, n in enumerate(graph.node):
+        name = prefix + (n.name or f"{n.op_type}_{i}")
+        out[name] = n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH and a.name in ("then_branch", "else_branch"):
+                out.update(imported_names(a.g, f"{name}/{a.name.split('_')[0]}/"))
+    return out
+
+
 def export(
     model: CompressedGraph, source: str | Path, onnx_path: str | Path, npz_path: str | Path
 ) -> str:
@@ -385,7 +399,7 @@ def export(
     assignment at ``npz_path``; returns the pipeline that compiles them to these numbers."""
     model.eval()
     proto = onnx.load(str(source))
-    by_name = {n.name: n for n in proto.graph.node if n.name}
+    by_name = imported_names(proto.graph)
     graph = model.graph
     layers: dict[str, dict[str, np.ndarray]] = {}
 
