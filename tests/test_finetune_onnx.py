@@ -321,3 +321,26 @@ def test_layers_inside_an_if_branch_are_exported_and_compiled(tmp_path):
     learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
     assert len(learned) == len(pooled)
     _compiled_equals_tuned(program, model, graph, x[:16, 0])
+
+
+def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
+    # an LSTM is unrolled at import into MatMuls no ONNX node holds: nothing to write back into
+    rng = np.random.default_rng(0)
+    w, r = (rng.standard_normal((1, 16, 4)).astype(np.float32) for _ in range(2))
+    h = onnx.helper
+    graph = h.make_graph(
+        [h.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=4)],
+        "lstm",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 1, 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 1, 1, 4])],
+        [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(r, "R")],
+    )
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((48, 1, 4)).astype(np.float32))
+    out = tmp_path / "out"
+    code = main(
+        ["finetune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "-o", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "unrolling an LSTM/GRU" in err and err.count("\n") == 1, err
+    assert not out.exists()  # refused before any training

@@ -392,6 +392,24 @@ def imported_names(graph: onnx.GraphProto, prefix: str = "") -> dict[str, onnx.N
     return out
 
 
+def check_exportable(
+    graph: Graph, source: str | Path, nodes: dict[str, onnx.NodeProto] | None = None
+) -> None:
+    """Refuse, before any training, a model whose tuned weights the ONNX file cannot carry:
+    every CiM layer and BatchNorm must be a node of ``source`` (``nodes``: its
+    :func:`imported_names`), not one the importer made by unrolling a recurrence."""
+    if nodes is None:
+        nodes = imported_names(onnx.load(str(source), load_external_data=False).graph)
+    for node in [*float_cim_layers(graph), *affine_constants(graph).values()]:
+        if node.name not in nodes:
+            raise DistillError(
+                f"layer {node.name!r} of {source} was made by the importer (e.g. by "
+                "unrolling an LSTM/GRU), so the ONNX file cannot carry its fine-tuned weights; "
+                "fine-tuning recurrent models is not supported yet (cimc compile still "
+                "compresses them post-training)"
+            )
+
+
 def export(
     model: CompressedGraph, source: str | Path, onnx_path: str | Path, npz_path: str | Path
 ) -> str:
@@ -400,20 +418,12 @@ def export(
     model.eval()
     proto = onnx.load(str(source))
     by_name = imported_names(proto.graph)
+    check_exportable(model.graph, source, by_name)
     graph = model.graph
     layers: dict[str, dict[str, np.ndarray]] = {}
 
-    def onnx_node(node: Node) -> onnx.NodeProto:
-        if node.name not in by_name:
-            raise CimcError(
-                f"export: layer {node.name!r} has no node of that name in {source}: the "
-                "importer made it (e.g. by unrolling a recurrence), so the ONNX file cannot "
-                "carry its fine-tuned weights; such models cannot be exported yet"
-            )
-        return by_name[node.name]
-
     for node in model.layer_nodes:
-        target = onnx_node(node)
+        target = by_name[node.name]
         m = model.layer(node.name)
         with torch.no_grad():
             w = _onnx_weight(node, m.effective_weight()).detach().numpy()
@@ -428,7 +438,7 @@ def export(
         if m.role == "pool":
             layers[name] = assignment_fields(m)
     for name, node in affine_constants(graph).items():
-        target = onnx_node(node)
+        target = by_name[node.name]
         pos = list(node.inputs).index(name)
         tuned = model.constant(name).detach().numpy()
         target.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
@@ -448,4 +458,12 @@ def export(
     return model.scheme.pipeline(str(npz_path))
 
 
-__all__ = ["CompressedGraph", "DistillConfig", "calibrate", "distill", "export", "load_samples"]
+__all__ = [
+    "CompressedGraph",
+    "DistillConfig",
+    "calibrate",
+    "check_exportable",
+    "distill",
+    "export",
+    "load_samples",
+]
