@@ -54,6 +54,7 @@ KEEP = {"digits": 0.25, "mnist8": 0.25, "magika": 0.5, "openwakeword": 0.25}
 STEPS = {"digits": 4000, "mnist8": 3000, "magika": 500, "openwakeword": 600}
 STEPS.update({f"openwakeword/{h}_v0.1.onnx": 1500 for h in ("hey_jarvis", "alexa", "hey_marvin")})
 BATCH = {"magika": 8}  # its 655 k-weight conv runs at ~1 s per step of 8 samples
+LOSS = {"openwakeword/embedding_model.onnx": "mse"}  # an embedding, not class scores
 HELD_OUT = {"mnist8": 3, "openwakeword": 2}  # every k-th kit input is scored, the others distil
 
 
@@ -173,15 +174,17 @@ def decisions(kit: ModuleType, name: str, calls: list) -> np.ndarray:
     return np.where(s.max(1) > 0.5, s.argmax(1) + 1, 0)
 
 
-def distillation_feeds(kit: ModuleType, name: str, folder: Path) -> dict[str, dict]:
+def distillation_feeds(kit: ModuleType, name: str, folder: Path, runner=None) -> dict[str, dict]:
     """Per model file to fine-tune, its unlabelled samples {input: [N, ...]} (seeded shuffle):
-    the feeds the kit's scorer gives it on the distillation inputs."""
+    the feeds the kit's scorer gives it on the distillation inputs, with ``runner`` running
+    the model files (default: onnxruntime, fp32)."""
     if name == "magika":
         return {"magika/model.onnx": {"bytes": magika_unlabelled(2048)}}
     with np.load(KIT / "data" / f"{name}.npz") as d:
         n = len(d[d.files[0]])
     distil = np.arange(n) % HELD_OUT[name] != 0
-    _, calls = record(kit, name, subset_kit(name, distil, folder / "distil"), kit.ort_run())
+    where = subset_kit(name, distil, folder / "distil")
+    _, calls = record(kit, name, where, runner or kit.ort_run())
     samples: dict[str, dict[str, list]] = {}
     for k, feeds, _ in calls:
         if k not in FRONT_END:
@@ -196,16 +199,25 @@ def distillation_feeds(kit: ModuleType, name: str, folder: Path) -> dict[str, di
 
 
 def fine_tune(
-    k: str, samples: dict[str, np.ndarray], keep: float, cfg: DistillConfig, folder: Path
+    k: str,
+    samples: dict[str, np.ndarray],
+    teacher: dict[str, np.ndarray],
+    keep: float,
+    cfg: DistillConfig,
+    folder: Path,
 ) -> tuple[Path, str]:
-    """One kit model file fine-tuned on ``samples``: (its ONNX file, the pipeline)."""
+    """One kit model file fine-tuned on ``samples``, its fp32 self fed ``teacher`` (the same
+    inputs unless an earlier, compressed stage made ``samples``): (its ONNX file, pipeline)."""
     stem = folder / k.replace("/", "_").removesuffix(".onnx")
     np.savez(f"{stem}.data.npz", **samples)
+    np.savez(f"{stem}.teacher.npz", **teacher)
     shapes = {i: (1, *v.shape[1:]) for i, v in samples.items()}
     graph = cimc.import_onnx(KIT / "models" / k, shapes)
     data = load_samples(f"{stem}.data.npz", graph, cfg.min_samples)
+    fp32 = load_samples(f"{stem}.teacher.npz", graph, cfg.min_samples)
     t0 = time.perf_counter()
-    model = distill(graph, get_scheme(f"cimpool-keep{keep:g}"), data, cfg)
+    scheme = get_scheme(f"cimpool-keep{keep:g}")
+    model = distill(graph, scheme, data, cfg, teacher_data=fp32)
     print(
         f"  {k}: {len(data[graph.inputs[0]])} samples, {cfg.steps} steps, "
         f"{time.perf_counter() - t0:.0f} s",
@@ -213,6 +225,41 @@ def fine_tune(
     )
     pipe = export(model, KIT / "models" / k, f"{stem}.tuned.onnx", f"{stem}.tuned.npz")
     return Path(f"{stem}.tuned.onnx"), pipe
+
+
+def fine_tuned(
+    kit: ModuleType,
+    name: str,
+    samples: dict[str, dict],
+    calib: dict[str, list[dict]],
+    keep: float,
+    cfg: DistillConfig,
+    steps: dict[str, int],
+    folder: Path,
+) -> CimcRunner:
+    """Every model file fine-tuned in the order the scorer runs them; the later ones (the
+    wake-word heads) learn on the outputs of the first one compiled and fine-tuned (the
+    embedding) to match their fp32 selves on its fp32 outputs. Returns the compiled pipeline."""
+    ort, tuned, calib, after = kit.ort_run(), {}, dict(calib), None
+
+    def compiled() -> CimcRunner:
+        pipes = {k: p for k, (_, p) in tuned.items()}
+        files = {k: f for k, (f, _) in tuned.items()}
+        return CimcRunner("cimpool-sram", pipes, calib, files, pool_target(keep))
+
+    for k, fp32 in samples.items():
+        if tuned and after is None:  # the first file feeds the others
+            first, done = compiled(), set(tuned)
+
+            def run(model: Path, feeds: dict, first=first, done=done) -> list:
+                return (first if key(model) in done else ort)(model, feeds)
+
+            after = distillation_feeds(kit, name, folder / "after", run)
+        inputs = fp32 if after is None else after[k]
+        calib[k] = [{i: v[:CALIB] for i, v in inputs.items()}]
+        cfg_k = replace(cfg, steps=steps[k], loss=LOSS.get(k, "auto"))
+        tuned[k] = fine_tune(k, inputs, fp32, keep, cfg_k, folder)
+    return compiled()
 
 
 def kit_rows(
@@ -243,17 +290,7 @@ def kit_rows(
     ]:
         t0 = time.perf_counter()
         if runner is None:
-            tuned = {
-                k: fine_tune(k, s, keep, replace(cfg, steps=steps[k]), folder)
-                for k, s in samples.items()
-            }
-            runner = CimcRunner(
-                "cimpool-sram",
-                {k: p for k, (_, p) in tuned.items()},
-                calib,
-                sources={k: f for k, (f, _) in tuned.items()},
-                overrides=pool,
-            )
+            runner = fine_tuned(kit, name, samples, calib, keep, cfg, steps, folder)
             t0 -= prep
         ok, calls = record(kit, name, where, runner)
         graphs = {c[0]: i.graph for c, i in getattr(runner, "graphs", {}).items()}

@@ -286,13 +286,17 @@ def distill(
     data: dict[str, torch.Tensor],
     cfg: DistillConfig,
     *,
+    teacher_data: dict[str, torch.Tensor] | None = None,
     log_path: str | Path | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 100,
     progress: ProgressFn | None = None,
 ) -> CompressedGraph:
     """Fine-tune ``graph`` compressed with ``scheme`` to match its fp32 outputs on ``data``
-    (no labels); resumes from ``checkpoint`` when it exists (same graph, scheme and recipe)."""
+    (no labels); resumes from ``checkpoint`` when it exists (same graph, scheme and recipe).
+
+    ``teacher_data``: the fp32 model's inputs, sample for sample, when they differ from the
+    student's (a pipeline stage fed by an already compressed stage learns to undo its error)."""
     torch.manual_seed(cfg.seed)
     teacher = GraphModule(graph).eval()
     student = CompressedGraph(graph, scheme)
@@ -300,7 +304,8 @@ def distill(
     stds = {k: float(v.double().std()) if v.is_floating_point() else 0.0 for k, v in data.items()}
     n = len(next(iter(data.values())))
     with torch.no_grad():
-        kinds = output_kinds(run_batched(teacher, calib, graph.inputs), cfg.loss)
+        t_calib = {k: v[: cfg.calib] for k, v in (teacher_data or data).items()}
+        kinds = output_kinds(run_batched(teacher, t_calib, graph.inputs), cfg.loss)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
@@ -328,7 +333,8 @@ def distill(
         pick = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         batch = {k: augment(v[pick], cfg, stds[k], gen) for k, v in data.items()}
         with torch.no_grad():
-            target = run_batched(teacher, batch, graph.inputs)
+            fed = batch if teacher_data is None else {k: v[pick] for k, v in teacher_data.items()}
+            target = run_batched(teacher, fed, graph.inputs)
         loss = distill_loss(run_batched(student, batch, graph.inputs), target, kinds)
         opt.zero_grad(set_to_none=True)
         loss.backward()
