@@ -344,3 +344,19 @@ def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "unrolling an LSTM/GRU" in err and err.count("\n") == 1, err
     assert not out.exists()  # refused before any training
+
+
+def test_teacher_data_feeds_the_teacher_sample_for_sample():
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    data = load_samples(DATA / "digits_calib.npz", graph, 16)
+    cfg = DistillConfig(steps=3, batch_size=8, shift=0, noise=0)  # teacher_data: unaugmented
+    scheme = get_scheme("cimpool-keep0.5")
+    plain = distill(graph, scheme, data, cfg)
+    same = distill(graph, scheme, data, cfg, teacher_data=data)
+    for a, b in zip(plain.state_dict().values(), same.state_dict().values()):
+        assert torch.equal(a, b)  # the teacher's inputs are picked with the student's
+    other = distill(graph, scheme, data, cfg, teacher_data={"input": data["input"].flip(0)})
+    assert not torch.equal(
+        plain.layer(plain.layer_nodes[1].name).layer.weight,
+        other.layer(other.layer_nodes[1].name).layer.weight,
+    )

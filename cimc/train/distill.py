@@ -296,7 +296,8 @@ def distill(
     (no labels); resumes from ``checkpoint`` when it exists (same graph, scheme and recipe).
 
     ``teacher_data``: the fp32 model's inputs, sample for sample, when they differ from the
-    student's (a pipeline stage fed by an already compressed stage learns to undo its error)."""
+    student's (a pipeline stage fed by an already compressed stage learns to undo its error);
+    the teacher sees them without augmentation."""
     torch.manual_seed(cfg.seed)
     teacher = GraphModule(graph).eval()
     student = CompressedGraph(graph, scheme)
