@@ -7,8 +7,9 @@ last and depthwise layers at ``others`` bits, the rest on the pool; quantize-wei
 and last at 8 bits), and quantises its input with an :class:`~cimc.train.layers.ActQuant`
 whose range is calibrated as ``quantize-act{method=max}`` calibrates it (the training keeps
 the extremes). The student learns to match the fp32 graph's outputs on unlabelled inputs
-(KL divergence of the softmax for class scores, MSE scaled by the teacher's variance
-otherwise), with random shifts and noise; Adam, cosine decay, seeded.
+(KL divergence of the softmax for class scores, cross-entropy for a single probability,
+MSE scaled by the teacher's variance otherwise), with random shifts and noise; Adam, cosine
+decay, seeded.
 
 :func:`export` writes the model with the fine-tuned weights (the compressed ones, as in
 :mod:`cimc.train.export`) and the assignment file, so
@@ -211,11 +212,17 @@ def augment(x: torch.Tensor, cfg: DistillConfig, std: float, gen: torch.Generato
 
 # ---- loss ---------------------------------------------------------------------------------------
 def output_kinds(outputs: tuple[torch.Tensor, ...], loss: str) -> list[str]:
-    """Per output: ``probs`` (already a distribution), ``logits`` (class scores) or ``values``."""
+    """Per output: ``probs`` (already a distribution), ``logits`` (class scores), ``score``
+    (one probability, as a sigmoid gives: a detector's rare positives vanish under MSE) or
+    ``values``."""
     kinds = []
     for t in outputs:
-        if loss == "mse" or t.shape[-1] < 2 or not t.is_floating_point():
+        if loss == "mse" or not t.is_floating_point():
             kinds.append("values")
+        elif t.shape[-1] < 2:
+            kinds.append(
+                "score" if loss == "auto" and bool(((t >= 0) & (t <= 1)).all()) else "values"
+            )
         elif bool((t >= 0).all()) and torch.allclose(t.sum(-1), torch.ones(()), atol=1e-4):
             kinds.append("probs")
         else:
@@ -230,6 +237,9 @@ def distill_loss(
     for s, t, kind in zip(student, teacher, kinds):
         if kind == "values":
             total = total + F.mse_loss(s, t) / (t.var() + 1e-8)
+            continue
+        if kind == "score":  # cross-entropy against the teacher's probability
+            total = total + F.binary_cross_entropy(s.clamp(1e-7, 1 - 1e-7), t)
             continue
         s2, t2 = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
         if kind == "probs":
