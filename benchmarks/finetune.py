@@ -1,28 +1,44 @@
-"""Label-free fine-tuning of the bundled digits CNN: fp32, int8, post-training CIMPool and
-CIMPool fine-tuned by distillation from the fp32 model (no labels), each compiled and scored.
+"""Label-free fine-tuning measured: fp32, int8, post-training CIMPool and CIMPool fine-tuned by
+distillation from the fp32 model (no labels), each compiled and scored, on the bundled digits
+CNN and on the devkit's real models (../shared/devkit).
 
-    python benchmarks/finetune.py [--steps 4000] [--keep 0.25] [--threads 1] [--json out.json]
+    python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword] [--steps N]
+                                  [--keep 0.25] [--threads 1] [--json out.json]
 
-The unlabelled data are the images of the model's own training split (scikit-learn digits,
-the split of benchmarks/make_digits_model.py; labels dropped); the test split
-(cimc/data/digits_test.npz, never seen) scores. Every row is the compiled graph run by the
-reference interpreter (bit-identical to the simulator), calibrated on the first 256 unlabelled
-images; "agree" is top-1 agreement with fp32, wall time includes compiling (and training).
+digits: the unlabelled data are the images of the model's own training split (scikit-learn
+digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
+(cimc/data/digits_test.npz, never seen) scores; calibration: the first 256 unlabelled images.
+
+Kit models: the distillation data are never the scored data. mnist8 distils on two thirds of
+the kit's images and is scored on the other third (every third image, 599); openwakeword
+distils on the odd clips and is scored on the even ones (48: 8 of each wake word, 24 others);
+magika distils on 2048 other files of this machine (its features, no labels) and is scored on
+all 235 kit files. Each model file the kit runs (the mel front end of openwakeword stays fp32)
+is fine-tuned on the feeds the kit's scorer gives it on the distillation inputs (openwakeword's
+heads on the fp32 embeddings); activation ranges of every compiled row come from the first 256
+of those feeds (shuffled). "agree" is top-1 agreement with fp32 on the scored inputs (for
+openwakeword the clip's 4-way decision). Every row is the compiled graph run by the reference
+interpreter (bit-identical to the simulator); wall time includes compiling, scoring and training.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
+from kit import FRONT_END, KIT, CimcRunner, check_devkit, key, magika_unlabelled, subset_kit
 
 import cimc
+from cimc.atomic import write_text_atomic
 from cimc.compiler import default_pipeline
 from cimc.report.bits import storage_report
 from cimc.train.distill import DistillConfig, distill, export, load_samples
@@ -31,6 +47,15 @@ from cimc.train.layers import get_scheme
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "cimc" / "data" / "digits_cnn.onnx"
 SHAPE = {"input": (1, 1, 16, 16)}
+CALIB = 256  # samples that calibrate activation ranges (DistillConfig.calib)
+# Per model: error-term fraction kept (the most that stays <= 0.56 bit per compressed weight),
+# steps and batch (each model file's training within about 10 min on one core).
+KEEP = {"digits": 0.25, "mnist8": 0.25, "magika": 0.5, "openwakeword": 0.25}
+STEPS = {"digits": 4000, "mnist8": 3000, "magika": 500, "openwakeword": 600}
+STEPS.update({f"openwakeword/{h}_v0.1.onnx": 1500 for h in ("hey_jarvis", "alexa", "hey_marvin")})
+BATCH = {"magika": 8}  # its 655 k-weight conv runs at ~1 s per step of 8 samples
+LOSS = {"openwakeword/embedding_model.onnx": "mse"}  # an embedding, not class scores
+HELD_OUT = {"mnist8": 3, "openwakeword": 2}  # every k-th kit input is scored, the others distil
 
 
 def unlabelled_digits(folder: Path) -> tuple[Path, Path]:
@@ -40,15 +65,39 @@ def unlabelled_digits(folder: Path) -> tuple[Path, Path]:
 
     x = np.asarray(to_input(load_splits(0)["train"][0]), dtype=np.float32)
     np.savez(folder / "unlabelled.npz", input=x)
-    np.savez(folder / "calib.npz", input=x[:256])
+    np.savez(folder / "calib.npz", input=x[:CALIB])
     return folder / "unlabelled.npz", folder / "calib.npz"
 
 
-def score(
-    model: str | Path, target: str | None, pipeline: str | None, calib: Path, keep: float = 0.5
+def bits(graphs: list[cimc.Graph]) -> dict[str, float]:
+    """Bits per compressed weight (without and with the pools) and per weight, over the
+    compiled graphs of one model (one pool per graph)."""
+    reports = [storage_report(g) for g in graphs]
+    cw = sum(r["compressed_weights"] for r in reports)
+    cb = sum(r["compressed_bits_per_weight"] * r["compressed_weights"] for r in reports if cw)
+    pool = sum(r["pool_bits"] for r in reports)
+    return {
+        "bits_compressed": cb / cw if cw else float("nan"),
+        "bits_with_pool": (cb + pool) / cw if cw else float("nan"),
+        "bits_all": sum(r["total_bits"] for r in reports) / sum(r["weights"] for r in reports),
+    }
+
+
+def post_training(keep: float) -> str:
+    """The target's default pipeline with error-prune keeping ``keep``."""
+    text = default_pipeline(cimc.load_target("cimpool-sram"))
+    return text.replace("error-prune", f"error-prune{{keep={keep:g}}}")
+
+
+def pool_target(keep: float) -> dict:
+    return {"error_rows": int(128 * keep)}
+
+
+# ---- digits -------------------------------------------------------------------------------------
+def score_digits(
+    model: str | Path, target: str | None, pipeline: str | None, calib: Path, keep: float
 ) -> dict:
-    """Top-1 predictions, accuracy and bits of ``model`` compiled for ``target`` (None: fp32);
-    a pool target gets error rows for ``keep`` of its rows."""
+    """Top-1 predictions, accuracy and bits of ``model`` compiled for ``target`` (None: fp32)."""
     test = np.load(ROOT / "cimc" / "data" / "digits_test.npz")
     if target is None:  # fp32: the imported graph as it is
         graph = cimc.import_onnx(model, SHAPE)
@@ -59,80 +108,261 @@ def score(
             pipeline=pipeline,
             input_shapes=SHAPE,
             calibration=str(calib),
-            overrides={"error_rows": int(128 * keep)} if target == "cimpool-sram" else None,
+            overrides=pool_target(keep) if target == "cimpool-sram" else None,
         ).graph
     logits = np.concatenate(
         [cimc.interpret(graph, {"input": x[None]})["logits"] for x in test["input"]]
     )
-    report = storage_report(graph)
-    return {
-        "pred": logits.argmax(1),
-        "acc": float((logits.argmax(1) == test["label"]).mean()),
-        "bits_compressed": report["compressed_bits_per_weight"],
-        "bits_all": report["bits_per_weight"],
-    }
+    pred = logits.argmax(1)
+    return {"pred": pred, "metric": float((pred == test["label"]).mean()), **bits([graph])}
 
 
-def post_training(keep: float) -> str:
-    """The target's default pipeline with error-prune keeping ``keep``."""
-    text = default_pipeline(cimc.load_target("cimpool-sram"))
-    return text.replace("error-prune", f"error-prune{{keep={keep:g}}}")
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4000)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--keep", type=float, default=0.25, help="error-term fraction kept")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", help="also write the rows here")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    folder = Path(tempfile.mkdtemp(prefix="cimc-finetune-"))
+def digits_rows(args: argparse.Namespace, folder: Path) -> tuple[list[dict], str]:
+    keep, steps = args.keep or KEEP["digits"], args.steps or STEPS["digits"]
     data_path, calib = unlabelled_digits(folder)
     rows = []
     for label, target, pipeline in [
         ("fp32", None, None),
         ("int8 (post-training)", "int8-sram", None),
-        (f"CIMPool keep {args.keep:g}, post-training", "cimpool-sram", post_training(args.keep)),
+        (f"CIMPool keep {keep:g}, post-training", "cimpool-sram", post_training(keep)),
     ]:
         t0 = time.perf_counter()
-        r = score(MODEL, target, pipeline, calib, args.keep)
+        r = score_digits(MODEL, target, pipeline, calib, keep)
         rows.append({"row": label, **r, "seconds": time.perf_counter() - t0})
     t0 = time.perf_counter()
     graph = cimc.import_onnx(MODEL, SHAPE)
     data = load_samples(data_path, graph, 16)
-    cfg = DistillConfig(steps=args.steps, lr=args.lr)
-    model = distill(graph, get_scheme(f"cimpool-keep{args.keep:g}"), data, cfg)
+    cfg = DistillConfig(steps=steps, lr=args.lr)
+    model = distill(graph, get_scheme(f"cimpool-keep{keep:g}"), data, cfg)
     pipe = export(model, MODEL, folder / "tuned.onnx", folder / "tuned.npz")
-    r = score(folder / "tuned.onnx", "cimpool-sram", pipe, calib, args.keep)
-    rows.append(
-        {
-            "row": f"CIMPool keep {args.keep:g}, fine-tuned without labels",
-            **r,
-            "seconds": time.perf_counter() - t0,
-        }
-    )
-    fp32 = rows[0]["pred"]
-    print(f"digits CNN, {len(data['input'])} unlabelled images, {args.steps} steps\n")
+    r = score_digits(folder / "tuned.onnx", "cimpool-sram", pipe, calib, keep)
+    label = f"CIMPool keep {keep:g}, fine-tuned without labels"
+    rows.append({"row": label, **r, "seconds": time.perf_counter() - t0})
+    n = len(data["input"])
+    return rows, f"digits CNN, {n} unlabelled images, {steps} steps, 360 test digits"
+
+
+# ---- devkit models ------------------------------------------------------------------------------
+def record(kit: ModuleType, name: str, where: Path, runner) -> tuple[np.ndarray, list]:
+    """The kit's per-input verdicts on the inputs at ``where``, and every call its scorer made
+    (model key, feeds, outputs); front-end files run in fp32 through onnxruntime."""
+    calls, ort_run = [], kit.ort_run()
+
+    def run(model: Path, feeds: dict) -> list:
+        out = ort_run(model, feeds) if key(model) in FRONT_END else runner(model, feeds)
+        calls.append((key(model), feeds, out))
+        return out
+
+    return kit.EVALS[name](run, where), calls
+
+
+def decisions(kit: ModuleType, name: str, calls: list) -> np.ndarray:
+    """Per scored input, what the kit's scorer decides from the outputs: the class, or for
+    openwakeword the clip's wake word (0: none)."""
+    if name == "magika":
+        return calls[0][2][0].argmax(1)
+    if name == "mnist8":
+        return np.array([out[0].argmax() for _, _, out in calls])
+    heads = [f"openwakeword/{f}" for f, _ in kit.OWW_HEADS]
+    clips: list[dict[str, float]] = []
+    for k, _, out in calls:
+        if k in FRONT_END:  # a new clip
+            clips.append(dict.fromkeys(heads, -np.inf))
+        elif k in heads:
+            clips[-1][k] = max(clips[-1][k], float(out[0].squeeze()))
+    s = np.array([[c[h] for h in heads] for c in clips])
+    return np.where(s.max(1) > 0.5, s.argmax(1) + 1, 0)
+
+
+def distillation_feeds(kit: ModuleType, name: str, folder: Path, runner=None) -> dict[str, dict]:
+    """Per model file to fine-tune, its unlabelled samples {input: [N, ...]} (seeded shuffle):
+    the feeds the kit's scorer gives it on the distillation inputs, with ``runner`` running
+    the model files (default: onnxruntime, fp32)."""
+    if name == "magika":
+        return {"magika/model.onnx": {"bytes": magika_unlabelled(2048)}}
+    with np.load(KIT / "data" / f"{name}.npz") as d:
+        n = len(d[d.files[0]])
+    distil = np.arange(n) % HELD_OUT[name] != 0
+    where = subset_kit(name, distil, folder / "distil")
+    _, calls = record(kit, name, where, runner or kit.ort_run())
+    samples: dict[str, dict[str, list]] = {}
+    for k, feeds, _ in calls:
+        if k not in FRONT_END:
+            for i, v in feeds.items():
+                samples.setdefault(k, {}).setdefault(i, []).append(v)
+    out = {}
+    for k, feeds in samples.items():
+        stacked = {i: np.concatenate(v) for i, v in feeds.items()}
+        order = np.random.default_rng(0).permutation(len(next(iter(stacked.values()))))
+        out[k] = {i: v[order] for i, v in stacked.items()}
+    return out
+
+
+def fine_tune(
+    k: str,
+    samples: dict[str, np.ndarray],
+    teacher: dict[str, np.ndarray],
+    keep: float,
+    cfg: DistillConfig,
+    folder: Path,
+) -> tuple[Path, str]:
+    """One kit model file fine-tuned on ``samples``, its fp32 self fed ``teacher`` (the same
+    inputs unless an earlier, compressed stage made ``samples``): (its ONNX file, pipeline)."""
+    stem = folder / k.replace("/", "_").removesuffix(".onnx")
+    np.savez(f"{stem}.data.npz", **samples)
+    np.savez(f"{stem}.teacher.npz", **teacher)
+    shapes = {i: (1, *v.shape[1:]) for i, v in samples.items()}
+    graph = cimc.import_onnx(KIT / "models" / k, shapes)
+    data = load_samples(f"{stem}.data.npz", graph, cfg.min_samples)
+    fp32 = load_samples(f"{stem}.teacher.npz", graph, cfg.min_samples)
+    t0 = time.perf_counter()
+    scheme = get_scheme(f"cimpool-keep{keep:g}")
+    model = distill(graph, scheme, data, cfg, teacher_data=fp32)
     print(
-        "| model | bits per compressed weight | bits per weight, all | test accuracy % | "
-        "top-1 agreement with fp32 % | wall time (s) |"
+        f"  {k}: {len(data[graph.inputs[0]])} samples, {cfg.steps} steps, "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
     )
-    print("|---|---|---|---|---|---|")
+    pipe = export(model, KIT / "models" / k, f"{stem}.tuned.onnx", f"{stem}.tuned.npz")
+    return Path(f"{stem}.tuned.onnx"), pipe
+
+
+def fine_tuned(
+    kit: ModuleType,
+    name: str,
+    samples: dict[str, dict],
+    calib: dict[str, list[dict]],
+    keep: float,
+    cfg: DistillConfig,
+    steps: dict[str, int],
+    folder: Path,
+) -> CimcRunner:
+    """Every model file fine-tuned in the order the scorer runs them; the later ones (the
+    wake-word heads) learn on the outputs of the first one compiled and fine-tuned (the
+    embedding) to match their fp32 selves on its fp32 outputs. Returns the compiled pipeline."""
+    ort, tuned, calib, after = kit.ort_run(), {}, dict(calib), None
+
+    def compiled() -> CimcRunner:
+        pipes = {k: p for k, (_, p) in tuned.items()}
+        files = {k: f for k, (f, _) in tuned.items()}
+        return CimcRunner("cimpool-sram", pipes, calib, files, pool_target(keep))
+
+    for k, fp32 in samples.items():
+        if tuned and after is None:  # the first file feeds the others
+            first, done = compiled(), set(tuned)
+
+            def run(model: Path, feeds: dict, first=first, done=done) -> list:
+                return (first if key(model) in done else ort)(model, feeds)
+
+            after = distillation_feeds(kit, name, folder / "after", run)
+        inputs = fp32 if after is None else after[k]
+        calib[k] = [{i: v[:CALIB] for i, v in inputs.items()}]
+        cfg_k = replace(cfg, steps=steps[k], loss=LOSS.get(k, "auto"))
+        tuned[k] = fine_tune(k, inputs, fp32, keep, cfg_k, folder)
+    return compiled()
+
+
+def kit_rows(
+    kit: ModuleType, name: str, args: argparse.Namespace, folder: Path
+) -> tuple[list[dict], str]:
+    keep = args.keep or KEEP[name]
+    t0 = time.perf_counter()
+    samples = distillation_feeds(kit, name, folder)
+    steps = {k: args.steps or STEPS.get(k, STEPS[name]) for k in samples}
+    prep = time.perf_counter() - t0  # recording the distillation feeds: charged to fine-tuning
+    calib = {k: [{i: v[:CALIB] for i, v in s.items()}] for k, s in samples.items()}
+    with np.load(KIT / "data" / f"{name}.npz") as d:
+        n = len(d[d.files[0]])
+    scored = np.arange(n) % HELD_OUT[name] == 0 if name in HELD_OUT else np.ones(n, bool)
+    where = subset_kit(name, scored, folder / "scored")
+    shift = 2 if name == "mnist8" else 0  # random shifts for images only
+    cfg = DistillConfig(lr=args.lr, batch_size=BATCH.get(name, 32), shift=shift)
+    pool = pool_target(keep)
+    rows = []
+    for label, runner in [
+        ("fp32", kit.ort_run()),
+        ("int8 (post-training)", CimcRunner("int8-sram", None, calib)),
+        (
+            f"CIMPool keep {keep:g}, post-training",
+            CimcRunner("cimpool-sram", post_training(keep), calib, overrides=pool),
+        ),
+        (f"CIMPool keep {keep:g}, fine-tuned without labels", None),
+    ]:
+        t0 = time.perf_counter()
+        if runner is None:
+            runner = fine_tuned(kit, name, samples, calib, keep, cfg, steps, folder)
+            t0 -= prep
+        ok, calls = record(kit, name, where, runner)
+        graphs = {c[0]: i.graph for c, i in getattr(runner, "graphs", {}).items()}
+        rows.append(
+            {
+                "row": label,
+                "pred": decisions(kit, name, calls),
+                "metric": float(ok.mean()),
+                **(bits(list(graphs.values())) if graphs else {}),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        print(f"  {name} {label}: {rows[-1]['metric']:.4f} ({rows[-1]['seconds']:.0f} s)")
+    sizes = ", ".join(
+        f"{k} {len(next(iter(s.values())))} samples, {steps[k]} steps" for k, s in samples.items()
+    )
+    return (
+        rows,
+        f"{name}: {scored.sum()} scored inputs; distillation: {sizes}",
+    )
+
+
+def table(rows: list[dict], what: str, load: str) -> str:
+    lines = [
+        f"{what} (load: {load})\n",
+        "| model | bits per compressed weight | with the pool | bits per weight, all | "
+        "task metric % | top-1 agreement with fp32 % | wall time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    fp32 = rows[0]["pred"]
     for r in rows:
-        pooled = r["row"] != "fp32" and np.isfinite(r["bits_compressed"])
-        bits = f"{r['bits_compressed']:.3f}" if pooled else "–"
-        all_bits = "32" if r["row"] == "fp32" else f"{r['bits_all']:.3f}"
+        pooled = np.isfinite(r.get("bits_compressed", np.nan))
+        b = f"{r['bits_compressed']:.3f} | {r['bits_with_pool']:.3f}" if pooled else "– | –"
+        all_bits = f"{r['bits_all']:.3f}" if "bits_all" in r and r["row"] != "fp32" else "32"
         agree = 100 * float((r["pred"] == fp32).mean())
-        print(
-            f"| {r['row']} | {bits} | {all_bits} | {100 * r['acc']:.2f} | {agree:.2f} | "
+        lines.append(
+            f"| {r['row']} | {b} | {all_bits} | {100 * r['metric']:.2f} | {agree:.2f} | "
             f"{r['seconds']:.1f} |"
         )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="digits", help="digits and/or kit models, comma-separated")
+    ap.add_argument("--steps", type=int, help="fine-tuning steps (default: per model)")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--keep", type=float, help="error-term fraction kept (default: per model)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    folder = Path(tempfile.mkdtemp(prefix="cimc-finetune-"))
+    names = args.models.split(",")
+    kit = check_devkit() if set(names) - {"digits"} else None
+    if set(names) - {"digits"} and kit is None:
+        return 2
+    out = {}
+    for name in names:
+        (folder / name).mkdir()
+        if name == "digits":
+            rows, what = digits_rows(args, folder / name)
+        else:
+            rows, what = kit_rows(kit, name, args, folder / name)
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(table(rows, what, f"{load} on {os.cpu_count()} cores"))
+        print(flush=True)
+        out[name] = [{k: v for k, v in r.items() if k != "pred"} for r in rows]
     if args.json:
-        out = [{k: v for k, v in r.items() if k != "pred"} for r in rows]
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        write_text_atomic(args.json, json.dumps(out, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -26,22 +26,26 @@ beside them. openwakeword's mel front end (a fixed STFT) runs in fp32 everywhere
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
+from kit import (
+    FRONT_END,
+    KIT,
+    CimcRunner,
+    calibration_feeds,
+    check_devkit,
+    key,
+    manifest,
+    pad_width,
+)
 
-import cimc
 from cimc.calibration import METHODS
 
-KIT = Path(os.environ.get("CIMC_DEVKIT", Path.home() / ".cache" / "cimc-devkit"))
-FRONT_END = {"openwakeword/melspectrogram.onnx"}
 CONFIGS = (
     ["fp32"]
     + [f"int8-{m}" for m in METHODS]
@@ -63,67 +67,6 @@ def pipeline(config: str) -> tuple[str, str]:
     )
 
 
-def pad_width(feeds: dict[str, np.ndarray], multiple: int = 32) -> dict[str, np.ndarray]:
-    """ddddocr's image padded on the right with its edge column to a multiple of 32 pixels."""
-    x = feeds["input1"]
-    extra = -x.shape[-1] % multiple
-    return {"input1": np.pad(x, [(0, 0)] * 3 + [(0, extra)], mode="edge")}
-
-
-def fit(feeds: dict[str, np.ndarray], shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """Feeds cropped or edge-padded to ``shapes`` (calibration data for another ddddocr width)."""
-    out = {}
-    for k, v in feeds.items():
-        v = v[tuple(slice(0, s) for s in shapes[k])]
-        out[k] = np.pad(v, [(0, s - d) for s, d in zip(shapes[k], v.shape)], mode="edge")
-    return out
-
-
-class _Enough(Exception):
-    pass
-
-
-def calibration_feeds(check_devkit, name: str, n: int) -> dict[str, list[dict]]:
-    """The first ``n`` feeds the kit's scoring code gives each model file."""
-    ort_run, got = check_devkit.ort_run(), {}
-
-    def run(model: Path, feeds: dict) -> list:
-        key = str(model.relative_to(KIT / "models"))
-        feeds = pad_width(feeds) if name == "ddddocr" else feeds
-        got.setdefault(key, [])
-        if len(got[key]) < n:
-            got[key].append(feeds)
-        elif all(len(v) >= n for v in got.values()):
-            raise _Enough
-        return ort_run(model, feeds)
-
-    with contextlib.suppress(_Enough):
-        check_devkit.evaluate(name, run=run)
-    return got
-
-
-class CimcRunner:
-    """Compiles each model file once per input shape; runs the compiled graph."""
-
-    def __init__(self, target: str, pipeline: str, calib: dict[str, list[dict]]):
-        self.target, self.pipeline, self.calib = target, pipeline, calib
-        self.graphs: dict[tuple, cimc.Interpreter] = {}
-
-    def __call__(self, model: Path, feeds: dict) -> list[np.ndarray]:
-        key = str(model.relative_to(KIT / "models"))
-        shapes = {k: v.shape for k, v in feeds.items()}
-        cache = (key, tuple(sorted(shapes.items())))
-        if cache not in self.graphs:
-            calib = [fit(f, shapes) for f in self.calib[key]]
-            program = cimc.compile(
-                model, self.target, self.pipeline, input_shapes=shapes, calibration=calib
-            )
-            self.graphs[cache] = cimc.Interpreter(program.graph)
-        runner = self.graphs[cache]
-        out = runner.run(feeds)
-        return [out[o] for o in runner.graph.outputs]
-
-
 def ort_quantized(method: str, calib: dict[str, list[dict]], tmp: Path):
     """onnxruntime quantize_static (QDQ, per-channel) of every model file, then its runner."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
@@ -141,9 +84,9 @@ def ort_quantized(method: str, calib: dict[str, list[dict]], tmp: Path):
         "entropy": CalibrationMethod.Entropy,
     }[method]
     done: dict[str, Path] = {}
-    for key, feeds in calib.items():
-        out = tmp / f"{method}-{key.replace('/', '_')}"
-        source = onnx.load(str(KIT / "models" / key))
+    for name, feeds in calib.items():
+        out = tmp / f"{method}-{name.replace('/', '_')}"
+        source = onnx.load(str(KIT / "models" / name))
         if source.opset_import[0].version < 13:  # per-channel QDQ needs opset 13, as users learn
             source = onnx.version_converter.convert_version(source, 13)
         quantize_static(
@@ -155,12 +98,12 @@ def ort_quantized(method: str, calib: dict[str, list[dict]], tmp: Path):
             op_types_to_quantize=["Conv", "MatMul", "Gemm"],
             calibrate_method=calibrate,
         )
-        done[key] = out
+        done[name] = out
     return done
 
 
-def score(check_devkit, name: str, config: str, calib, tmp: Path) -> float:
-    ort_run = check_devkit.ort_run()
+def score(kit, name: str, config: str, calib, tmp: Path) -> float:
+    ort_run = kit.ort_run()
     padded = pad_width if name == "ddddocr" else (lambda f: f)
     if config == "fp32":
         runner = ort_run
@@ -168,17 +111,17 @@ def score(check_devkit, name: str, config: str, calib, tmp: Path) -> float:
         quantized = ort_quantized(config[4:], calib, tmp)
 
         def runner(model, feeds):
-            return ort_run(quantized[str(model.relative_to(KIT / "models"))], feeds)
+            return ort_run(quantized[key(model)], feeds)
     else:
         runner = CimcRunner(*pipeline(config), calib)
 
     def run(model: Path, feeds: dict) -> list:
         feeds = padded(feeds)
-        if str(model.relative_to(KIT / "models")) in FRONT_END:
+        if key(model) in FRONT_END:
             return ort_run(model, feeds)
         return runner(model, feeds)
 
-    return check_devkit.evaluate(name, run=run)[0]
+    return kit.evaluate(name, run=run)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,24 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=int, default=16, help="calibration inputs per model file")
     ap.add_argument("--json", type=Path, help="write the table as JSON")
     args = ap.parse_args(argv)
-    if not (KIT / "manifest.json").exists():
-        print(f"no devkit at {KIT}: bash ../shared/devkit/make_devkit.sh", file=sys.stderr)
+    kit = check_devkit()
+    if kit is None:
         return 2
-    sys.path.insert(0, str(KIT))
-    import check_devkit
-
-    manifest = json.loads((KIT / "manifest.json").read_text())["models"]
+    fp32 = manifest()
     configs = args.configs.split(",")
     results: dict[str, dict[str, float]] = {}
     print(f"{'model':13s} {'kit fp32':>8s} " + " ".join(f"{c:>14s}" for c in configs))
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            calib = calibration_feeds(check_devkit, name, args.calib)
+            calib = calibration_feeds(kit, name, args.calib)
             row = results.setdefault(name, {})
             for config in configs:
                 t = time.time()
                 try:
-                    row[config] = score(check_devkit, name, config, calib, Path(tmp))
+                    row[config] = score(kit, name, config, calib, Path(tmp))
                 except Exception as exc:  # onnxruntime's quantiser fails on some models
                     if not config.startswith("ort-"):
                         raise
@@ -213,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                     row[config] = float("nan")
                 print(f"  {name} {config}: {row[config]:.4f} ({time.time() - t:.0f} s)", flush=True)
             cells = " ".join(f"{row[c]:14.4f}" for c in configs)
-            print(f"{name:13s} {manifest[name]['fp32']:8.4f} {cells}", flush=True)
+            print(f"{name:13s} {fp32[name]['fp32']:8.4f} {cells}", flush=True)
     if args.json:
         from cimc.atomic import write_text_atomic
 

@@ -256,3 +256,120 @@ def test_load_samples_is_a_feed_error_for_a_missing_file(tmp_path):
     graph = cimc.import_onnx(DIGITS, SHAPE)
     with pytest.raises(FeedError):
         load_samples(tmp_path / "none.npz", graph, 16)
+
+
+# ---- devkit models ------------------------------------------------------------------------------
+needs_kit = pytest.mark.skipif(not (KIT / "manifest.json").exists(), reason="devkit not built")
+
+
+def _compiled_equals_tuned(program, model, graph, x: np.ndarray) -> None:
+    """The compiled graph's outputs equal the fine-tuned torch model's: 1% of the output scale
+    (as for the digits: an activation on a rounding boundary may flip by one step), same top-1."""
+    name, out = graph.inputs[0], graph.outputs[0]
+    got = np.concatenate([cimc.interpret(program.graph, {name: s[None]})[out] for s in x])
+    with torch.no_grad():
+        ref = run_batched(model, {name: torch.from_numpy(x[:, None])}, [name])[0].numpy()
+    ref = ref.reshape(got.shape)
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
+
+
+@needs_kit
+def test_kit_mnist8_fine_tuned_compiles_to_the_torch_models_numbers(tmp_path):
+    images = np.load(KIT / "data" / "mnist8.npz")["x"].astype(np.float32)
+    np.savez(tmp_path / "unlabelled.npz", Input3=images[:96])  # calibration: the same 96
+    src = KIT / "models" / "mnist8" / "model.onnx"
+    graph = cimc.import_onnx(src)
+    data = load_samples(tmp_path / "unlabelled.npz", graph, 16)
+    cfg = DistillConfig(steps=20, batch_size=16, lr=3e-3)
+    model = distill(graph, get_scheme("cimpool-keep0.25"), data, cfg)
+    pipeline = export(model, src, tmp_path / "model.onnx", tmp_path / "model.npz")
+    program = cimc.compile(
+        tmp_path / "model.onnx",
+        "cimpool-sram",
+        pipeline=pipeline,
+        calibration=str(tmp_path / "unlabelled.npz"),
+        overrides={"error_rows": 32},  # keep 1/4 of the 128 rows
+    )
+    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    assert len(learned) == 1  # the middle conv; the first conv and the FC stay 8-bit
+    _compiled_equals_tuned(program, model, graph, images[1000:1040])  # not distilled on
+
+
+@needs_kit
+def test_layers_inside_an_if_branch_are_exported_and_compiled(tmp_path):
+    # openwakeword's hey_jarvis head verifies a high score with a second MLP in an If branch
+    src = KIT / "models" / "openwakeword" / "hey_jarvis_v0.1.onnx"
+    graph = cimc.import_onnx(src)
+    x = np.random.default_rng(0).standard_normal((64, 1, 16, 96)).astype(np.float32)
+    np.savez(tmp_path / "unlabelled.npz", **{"x.1": x.reshape(64, 16, 96)})
+    data = load_samples(tmp_path / "unlabelled.npz", graph, 16)
+    model = distill(graph, get_scheme("cimpool-keep0.5"), data, DistillConfig(steps=5))
+    pooled = [n for n, (role, _) in model.roles.items() if role == "pool"]
+    assert any("/then/" in n for n in pooled), pooled
+    pipeline = export(model, src, tmp_path / "model.onnx", tmp_path / "model.npz")
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    branch = next(a.g for n in proto.graph.node if n.op_type == "If" for a in n.attribute)
+    gemms = [n for n in branch.node if n.op_type == "Gemm"]
+    assert gemms and all(n.input[1].endswith(".finetuned") for n in gemms)
+    program = cimc.compile(
+        tmp_path / "model.onnx",
+        "cimpool-sram",
+        pipeline=pipeline,
+        calibration=str(tmp_path / "unlabelled.npz"),
+    )
+    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    assert len(learned) == len(pooled)
+    _compiled_equals_tuned(program, model, graph, x[:16, 0])
+
+
+def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
+    # an LSTM is unrolled at import into MatMuls no ONNX node holds: nothing to write back into
+    rng = np.random.default_rng(0)
+    w, r = (rng.standard_normal((1, 16, 4)).astype(np.float32) for _ in range(2))
+    h = onnx.helper
+    graph = h.make_graph(
+        [h.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=4)],
+        "lstm",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 1, 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 1, 1, 4])],
+        [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(r, "R")],
+    )
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((48, 1, 4)).astype(np.float32))
+    out = tmp_path / "out"
+    code = main(
+        ["finetune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "-o", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "unrolling an LSTM/GRU" in err and err.count("\n") == 1, err
+    assert not out.exists()  # refused before any training
+
+
+def test_teacher_data_feeds_the_teacher_sample_for_sample():
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    data = load_samples(DATA / "digits_calib.npz", graph, 16)
+    cfg = DistillConfig(steps=3, batch_size=8, shift=0, noise=0)  # teacher_data: unaugmented
+    scheme = get_scheme("cimpool-keep0.5")
+    plain = distill(graph, scheme, data, cfg)
+    same = distill(graph, scheme, data, cfg, teacher_data=data)
+    for a, b in zip(plain.state_dict().values(), same.state_dict().values()):
+        assert torch.equal(a, b)  # the teacher's inputs are picked with the student's
+    other = distill(graph, scheme, data, cfg, teacher_data={"input": data["input"].flip(0)})
+    assert not torch.equal(
+        plain.layer(plain.layer_nodes[1].name).layer.weight,
+        other.layer(other.layer_nodes[1].name).layer.weight,
+    )
+
+
+def test_a_single_probability_is_distilled_with_cross_entropy():
+    # a detector's sigmoid score (openwakeword's heads): MSE scaled by the variance let the
+    # rare positives vanish (0 of 28 kept, measured), cross-entropy keeps them (27 of 28)
+    from cimc.train.distill import distill_loss, output_kinds
+
+    t = torch.tensor([[0.001], [0.002], [0.97]])
+    assert output_kinds((t, torch.randn(3, 1)), "auto") == ["score", "values"]
+    assert output_kinds((t,), "mse") == ["values"]
+    missed = distill_loss((torch.tensor([[0.001], [0.002], [0.01]]),), (t,), ["score"])
+    found = distill_loss((torch.tensor([[0.01], [0.01], [0.9]]),), (t,), ["score"])
+    assert found < missed  # a missed positive costs more than small errors on negatives

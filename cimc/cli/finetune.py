@@ -79,7 +79,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..frontend import import_onnx
-    from ..train.distill import DistillConfig, distill, export, load_samples
+    from ..train.distill import DistillConfig, check_exportable, distill, export, load_samples
 
     torch.set_num_threads(args.threads)
     if args.steps < 1 or args.batch_size < 1:
@@ -94,6 +94,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     graph = import_onnx(args.model, parse_input_shapes(args.input_shape))
+    check_exportable(graph, args.model)
     data = load_samples(args.data, graph, cfg.min_samples)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,9 @@ last and depthwise layers at ``others`` bits, the rest on the pool; quantize-wei
 and last at 8 bits), and quantises its input with an :class:`~cimc.train.layers.ActQuant`
 whose range is calibrated as ``quantize-act{method=max}`` calibrates it (the training keeps
 the extremes). The student learns to match the fp32 graph's outputs on unlabelled inputs
-(KL divergence of the softmax for class scores, MSE scaled by the teacher's variance
-otherwise), with random shifts and noise; Adam, cosine decay, seeded.
+(KL divergence of the softmax for class scores, cross-entropy for a single probability,
+MSE scaled by the teacher's variance otherwise), with random shifts and noise; Adam, cosine
+decay, seeded.
 
 :func:`export` writes the model with the fine-tuned weights (the compressed ones, as in
 :mod:`cimc.train.export`) and the assignment file, so
@@ -211,11 +212,17 @@ def augment(x: torch.Tensor, cfg: DistillConfig, std: float, gen: torch.Generato
 
 # ---- loss ---------------------------------------------------------------------------------------
 def output_kinds(outputs: tuple[torch.Tensor, ...], loss: str) -> list[str]:
-    """Per output: ``probs`` (already a distribution), ``logits`` (class scores) or ``values``."""
+    """Per output: ``probs`` (already a distribution), ``logits`` (class scores), ``score``
+    (one probability, as a sigmoid gives: a detector's rare positives vanish under MSE) or
+    ``values``."""
     kinds = []
     for t in outputs:
-        if loss == "mse" or t.shape[-1] < 2 or not t.is_floating_point():
+        if loss == "mse" or not t.is_floating_point():
             kinds.append("values")
+        elif t.shape[-1] < 2:
+            kinds.append(
+                "score" if loss == "auto" and bool(((t >= 0) & (t <= 1)).all()) else "values"
+            )
         elif bool((t >= 0).all()) and torch.allclose(t.sum(-1), torch.ones(()), atol=1e-4):
             kinds.append("probs")
         else:
@@ -230,6 +237,9 @@ def distill_loss(
     for s, t, kind in zip(student, teacher, kinds):
         if kind == "values":
             total = total + F.mse_loss(s, t) / (t.var() + 1e-8)
+            continue
+        if kind == "score":  # cross-entropy against the teacher's probability
+            total = total + F.binary_cross_entropy(s.clamp(1e-7, 1 - 1e-7), t)
             continue
         s2, t2 = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
         if kind == "probs":
@@ -286,13 +296,18 @@ def distill(
     data: dict[str, torch.Tensor],
     cfg: DistillConfig,
     *,
+    teacher_data: dict[str, torch.Tensor] | None = None,
     log_path: str | Path | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 100,
     progress: ProgressFn | None = None,
 ) -> CompressedGraph:
     """Fine-tune ``graph`` compressed with ``scheme`` to match its fp32 outputs on ``data``
-    (no labels); resumes from ``checkpoint`` when it exists (same graph, scheme and recipe)."""
+    (no labels); resumes from ``checkpoint`` when it exists (same graph, scheme and recipe).
+
+    ``teacher_data``: the fp32 model's inputs, sample for sample, when they differ from the
+    student's (a pipeline stage fed by an already compressed stage learns to undo its error);
+    the teacher sees them without augmentation."""
     torch.manual_seed(cfg.seed)
     teacher = GraphModule(graph).eval()
     student = CompressedGraph(graph, scheme)
@@ -300,7 +315,8 @@ def distill(
     stds = {k: float(v.double().std()) if v.is_floating_point() else 0.0 for k, v in data.items()}
     n = len(next(iter(data.values())))
     with torch.no_grad():
-        kinds = output_kinds(run_batched(teacher, calib, graph.inputs), cfg.loss)
+        t_calib = {k: v[: cfg.calib] for k, v in (teacher_data or data).items()}
+        kinds = output_kinds(run_batched(teacher, t_calib, graph.inputs), cfg.loss)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
@@ -328,7 +344,8 @@ def distill(
         pick = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         batch = {k: augment(v[pick], cfg, stds[k], gen) for k, v in data.items()}
         with torch.no_grad():
-            target = run_batched(teacher, batch, graph.inputs)
+            fed = batch if teacher_data is None else {k: v[pick] for k, v in teacher_data.items()}
+            target = run_batched(teacher, fed, graph.inputs)
         loss = distill_loss(run_batched(student, batch, graph.inputs), target, kinds)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -378,6 +395,38 @@ def _initializer(model: onnx.ModelProto, name: str, data: np.ndarray) -> str:
     return name
 
 
+def imported_names(graph: onnx.GraphProto, prefix: str = "") -> dict[str, onnx.NodeProto]:
+    """The nodes of ``graph`` under the names the importer gives them: ``OP_i`` when unnamed,
+    and the nodes of an ``If``'s branches under ``IF/then/`` and ``IF/else/``
+    (:mod:`cimc.control_flow`), so a layer inside a branch finds its node."""
+    out = {}
+    for i, n in enumerate(graph.node):
+        name = prefix + (n.name or f"{n.op_type}_{i}")
+        out[name] = n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH and a.name in ("then_branch", "else_branch"):
+                out.update(imported_names(a.g, f"{name}/{a.name.split('_')[0]}/"))
+    return out
+
+
+def check_exportable(
+    graph: Graph, source: str | Path, nodes: dict[str, onnx.NodeProto] | None = None
+) -> None:
+    """Refuse, before any training, a model whose tuned weights the ONNX file cannot carry:
+    every CiM layer and BatchNorm must be a node of ``source`` (``nodes``: its
+    :func:`imported_names`), not one the importer made by unrolling a recurrence."""
+    if nodes is None:
+        nodes = imported_names(onnx.load(str(source), load_external_data=False).graph)
+    for node in [*float_cim_layers(graph), *affine_constants(graph).values()]:
+        if node.name not in nodes:
+            raise DistillError(
+                f"layer {node.name!r} of {source} was made by the importer (e.g. by "
+                "unrolling an LSTM/GRU), so the ONNX file cannot carry its fine-tuned weights; "
+                "fine-tuning recurrent models is not supported yet (cimc compile still "
+                "compresses them post-training)"
+            )
+
+
 def export(
     model: CompressedGraph, source: str | Path, onnx_path: str | Path, npz_path: str | Path
 ) -> str:
@@ -385,21 +434,13 @@ def export(
     assignment at ``npz_path``; returns the pipeline that compiles them to these numbers."""
     model.eval()
     proto = onnx.load(str(source))
-    by_name = {n.name: n for n in proto.graph.node if n.name}
+    by_name = imported_names(proto.graph)
+    check_exportable(model.graph, source, by_name)
     graph = model.graph
     layers: dict[str, dict[str, np.ndarray]] = {}
 
-    def onnx_node(node: Node) -> onnx.NodeProto:
-        if node.name not in by_name:
-            raise CimcError(
-                f"export: layer {node.name!r} has no node of that name in {source}: the "
-                "importer made it (e.g. by unrolling a recurrence), so the ONNX file cannot "
-                "carry its fine-tuned weights; such models cannot be exported yet"
-            )
-        return by_name[node.name]
-
     for node in model.layer_nodes:
-        target = onnx_node(node)
+        target = by_name[node.name]
         m = model.layer(node.name)
         with torch.no_grad():
             w = _onnx_weight(node, m.effective_weight()).detach().numpy()
@@ -414,7 +455,7 @@ def export(
         if m.role == "pool":
             layers[name] = assignment_fields(m)
     for name, node in affine_constants(graph).items():
-        target = onnx_node(node)
+        target = by_name[node.name]
         pos = list(node.inputs).index(name)
         tuned = model.constant(name).detach().numpy()
         target.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
@@ -434,4 +475,12 @@ def export(
     return model.scheme.pipeline(str(npz_path))
 
 
-__all__ = ["CompressedGraph", "DistillConfig", "calibrate", "distill", "export", "load_samples"]
+__all__ = [
+    "CompressedGraph",
+    "DistillConfig",
+    "calibrate",
+    "check_exportable",
+    "distill",
+    "export",
+    "load_samples",
+]
