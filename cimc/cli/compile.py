@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -62,11 +63,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         out.print("  " + line)
     rep = storage_report(program.graph)
     counts = program.counts()
+    pooled = rep["compressed_bits_per_weight"]  # NaN when no layer is weight-pool compressed
     out.print(
         f"wrote {args.output}: {len(program.instructions):,} instructions "
         f"({', '.join(f'{k} {v:,}' for k, v in counts.items())}); "
-        f"{rep['bits_per_weight']:.3f} bits/weight overall, "
-        f"{rep['compressed_bits_per_weight']:.3f} per compressed weight"
+        f"{rep['bits_per_weight']:.3f} bits/weight overall"
+        + (f", {pooled:.3f} per compressed weight" if math.isfinite(pooled) else "")
     )
     if args.calibration is None:
         out.print("calibration: 8 seeded random inputs (pass --calibration FILE.npz for real data)")
