@@ -81,10 +81,21 @@ def _scalar(graph: Graph, node: Node) -> str:
     return name
 
 
+def onnx_node_name(node: onnx.NodeProto, index: int) -> str:
+    """The name the importer gives the ``index``-th node of a graph: its own, or ``OP_index``
+    when it has none (made unique with a suffix where two collide)."""
+    return node.name or f"{node.op_type}_{index}"
+
+
+def branch_prefix(if_name: str, key: str) -> str:
+    """What the nodes of an If's ``then_branch`` / ``else_branch`` are named under."""
+    return f"{if_name}/{key.split('_')[0]}"
+
+
 def _inline(graph: Graph, node: Node, key: str, attrs_of, value_of) -> list[str]:
     """Add the nodes of one branch to ``graph``; returns the names of the branch's outputs."""
     body: onnx.GraphProto = node.attrs[key]
-    prefix = f"{node.name}/{key.split('_')[0]}"
+    prefix = branch_prefix(node.name, key)
     local = [t.name for t in body.initializer]
     local += [o for n in body.node for o in n.output if o]
     rename = {v: graph.unique_name(f"{prefix}/{v}") for v in local}
@@ -99,7 +110,7 @@ def _inline(graph: Graph, node: Node, key: str, attrs_of, value_of) -> list[str]
         for a in _BRANCHES:  # a nested If reads this branch's values under their new names
             if a in attrs:
                 attrs[a] = _renamed(attrs[a], rename)
-        name = graph.unique_name(f"{prefix}/{n.name or f'{n.op_type}_{i}'}")
+        name = graph.unique_name(f"{prefix}/{onnx_node_name(n, i)}")
         inputs = [rename.get(x, x) for x in n.input]
         graph.add_node(Node(name, _op(n), inputs, [rename.get(o, o) for o in n.output], attrs))
     return [rename.get(o.name, o.name) for o in body.output]

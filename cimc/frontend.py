@@ -22,7 +22,13 @@ from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, numpy_helper, shape_inference, version_converter
 from onnx.external_data_helper import uses_external_data
 
-from .control_flow import check_selects, expand_if, fold_constant_selects, subgraph_nodes
+from .control_flow import (
+    check_selects,
+    expand_if,
+    fold_constant_selects,
+    onnx_node_name,
+    subgraph_nodes,
+)
 from .errors import GraphError, ModelLoadError, NodeError, ShapeError, UnsupportedOpError
 from .interpreter import peak_live_bytes
 from .ir import Graph, Node, Value
@@ -154,7 +160,7 @@ def _check_supported(model: onnx.ModelProto) -> None:
     unsupported: dict[str, list[str]] = {}
     detail: dict[str, str] = {}
     for i, n in enumerate(subgraph_nodes(model.graph)):
-        name = n.name or f"{n.op_type}_{i}"
+        name = onnx_node_name(n, i)
         op = n.op_type if n.domain in _ONNX_DOMAINS else f"{n.domain}.{n.op_type}"
         if op in _EXPANDED:
             continue
@@ -362,7 +368,7 @@ def _build(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto], where: 
     g.inputs = [i.name for i in model.graph.input if i.name not in inits]
     g.outputs = [o.name for o in model.graph.output]
     for i, n in enumerate(model.graph.node):
-        name = g.unique_name(n.name or f"{n.op_type}_{i}")
+        name = g.unique_name(onnx_node_name(n, i))
         g.add_node(Node(name, n.op_type, n.input, n.output, _attrs(n, name)))
     return g
 

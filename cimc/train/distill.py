@@ -396,16 +396,18 @@ def _initializer(model: onnx.ModelProto, name: str, data: np.ndarray) -> str:
 
 
 def imported_names(graph: onnx.GraphProto, prefix: str = "") -> dict[str, onnx.NodeProto]:
-    """The nodes of ``graph`` under the names the importer gives them: ``OP_i`` when unnamed,
-    and the nodes of an ``If``'s branches under ``IF/then/`` and ``IF/else/``
-    (:mod:`cimc.control_flow`), so a layer inside a branch finds its node."""
+    """The nodes of ``graph`` under the names the importer gives them, the nodes of an ``If``'s
+    branches included (:func:`cimc.control_flow.branch_prefix`), so a layer inside a branch
+    finds its node."""
+    from ..control_flow import branch_prefix, onnx_node_name
+
     out = {}
     for i, n in enumerate(graph.node):
-        name = prefix + (n.name or f"{n.op_type}_{i}")
+        name = prefix + onnx_node_name(n, i)
         out[name] = n
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH and a.name in ("then_branch", "else_branch"):
-                out.update(imported_names(a.g, f"{name}/{a.name.split('_')[0]}/"))
+                out.update(imported_names(a.g, branch_prefix(name, a.name) + "/"))
     return out
 
 
