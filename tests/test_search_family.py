@@ -115,3 +115,24 @@ def test_final_pareto_points_are_scored_on_the_test_split(tmp_path, monkeypatch)
         assert abs(test - row.metrics["accuracy"]) < 0.15
     report = json.loads(write_report(study).read_text())
     assert [p["test_accuracy"] for p in report["pareto"]] == [scores[r.hash] for r in front]
+
+
+def test_random_weight_families_measure_few_inputs_labelled_ones_their_validation_split(tmp_path):
+    """A random-weight family's objectives are hardware only, so its fidelity inputs are kept
+    to RANDOM_EVALUATION (360 of them through a 224 px ResNet-50 took minutes per
+    architecture); a labelled family reads its validation images, as many as asked for."""
+    import numpy as np
+
+    from cimc.search.architecture import RANDOM_EVALUATION
+    from cimc.search.evaluate import CALIBRATION
+
+    imagenet = Space.from_target(load_target("int8-sram"), None, "elastic-resnet")
+    ev = Evaluator("", imagenet, None, None, str(tmp_path))
+    assert ev.data_for() == (None, RANDOM_EVALUATION) and RANDOM_EVALUATION < EVALUATION
+    chars = Space.from_target(load_target("int8-sram"), None, FAMILY)
+    path, n = Evaluator("", chars, None, None, str(tmp_path), evaluation=72).data_for()
+    assert n == 72
+    with np.load(path) as data:
+        assert len(data["labels"]) == len(data["input"]) == CALIBRATION + 72
+    with pytest.raises(OptionError, match="validation images"):
+        Evaluator("", chars, None, None, str(tmp_path), evaluation=10**6).data_for()
