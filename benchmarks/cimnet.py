@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cimc.targets.params import load_target
+from cimc.targets.params import load_target, search_choices
 from search import evaluate_missing, log  # benchmarks/search.py: the same evaluation table
 
 from cimc.search import Evaluator, Predictor, Space, Study, rank_metrics
@@ -79,10 +79,8 @@ def space_file(
     path = folder / f"space-{int(keep_arch)}{int(keep_hw)}.toml"
     lines = [f"drop = {json.dumps(sorted(drop))}", "[choices]"]
     if keep_hw:
-        for name in HIERARCHY:
-            base = getattr(target, name)
-            values = sorted({type(base)(max(1, base * m)) for m in multiples})
-            lines.append(f"{name} = {json.dumps(values)}")
+        scaled = search_choices(target, multiples)
+        lines += [f"{name} = {json.dumps(list(scaled[name]))}" for name in HIERARCHY]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -268,8 +268,9 @@ def _raw_values(source: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
     return values if base is None else _raw_values(base, (*chain, key)) | values
 
 
-def search_choices(target: Target) -> dict[str, tuple]:
-    """Parameter -> concrete values the joint search may try around this target."""
+def search_choices(target: Target, scales: tuple[float, ...] = SCALE) -> dict[str, tuple]:
+    """Parameter -> concrete values the joint search may try around this target; scaled
+    parameters take ``scales`` times the target's value (CiMNet's 1/8..1 by default)."""
     out = {}
     for name, spec in SPECS.items():
         if not spec.choices:
@@ -277,7 +278,7 @@ def search_choices(target: Target) -> dict[str, tuple]:
         base = getattr(target, name)
         if spec.choices == SCALE:
             kind = type(base)
-            out[name] = tuple(sorted({kind(max(spec.lo or 1, base * s)) for s in SCALE}))
+            out[name] = tuple(sorted({kind(max(spec.lo or 1, base * s)) for s in scales}))
         else:
             out[name] = spec.choices
     return out

@@ -93,11 +93,13 @@ def data_file(name: str, folder: Path, evaluation: int = EVALUATION) -> Path | N
         return None
     from ..atomic import atomic_path
 
-    s = _splits()
-    if not 0 < evaluation <= len(s.y_val):
-        raise OptionError(f"{evaluation} validation images asked for; the split has {len(s.y_val)}")
     path = folder / f"chars-val-{CALIBRATION}-{evaluation}.npz"
-    if not path.is_file():
+    if not path.is_file():  # rendering the data set takes seconds: only when the file is new
+        s = _splits()
+        if not 0 < evaluation <= len(s.y_val):
+            raise OptionError(
+                f"{evaluation} validation images asked for; the split has {len(s.y_val)}"
+            )
         x = np.concatenate([s.x_train[:CALIBRATION], s.x_val[:evaluation]])
         y = np.concatenate([s.y_train[:CALIBRATION], s.y_val[:evaluation]])
         folder.mkdir(parents=True, exist_ok=True)
