@@ -57,12 +57,14 @@ CONFIGS = (
 
 
 def pipeline(config: str) -> tuple[str, str]:
-    """Target and pipeline of a cimc config: int<bits>-<method>[-sq][-bc]."""
+    """Target and pipeline of a cimc config: int<bits>-<method>[-sq][-bc][-gq] (gq: GPTQ
+    weight rounding)."""
     bits, method, *flags = config.split("-")
     smooth = "smooth-act," if "sq" in flags else ""
     correct = ",bias-correction=true" if "bc" in flags else ""
+    rounding = ",rounding=gptq" if "gq" in flags else ""
     return f"{bits}-sram", (
-        f"fold-bn,{smooth}quantize-weights{{bits={bits[3:]}}},"
+        f"fold-bn,{smooth}quantize-weights{{bits={bits[3:]}{rounding}}},"
         f"quantize-act{{method={method}{correct}}}"
     )
 

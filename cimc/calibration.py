@@ -169,22 +169,24 @@ _THRESHOLD = {"percentile": _percentile, "mse": _mse, "entropy": _entropy}
 
 
 def slot_moments(
-    graph: Graph, feeds: list | None, layers: dict[str, dict], vector: int
+    graph: Graph, feeds: list | None, layers: dict[str, dict], vector: int | None
 ) -> dict[str, np.ndarray]:
-    """C[group, G, V, V] per layer: second moments of the unfolded input, per vector slot."""
-    feeds = _need(feeds, "output-aware assignment")
+    """C[group, G, V, V] per layer: second moments of the unfolded input, per vector slot
+    (``vector`` None: one slot spanning the whole row, C[group, 1, K, K])."""
+    feeds = _need(feeds, "output-aware assignment" if vector else "error-compensated rounding")
     out: dict[str, np.ndarray] = {}
 
     def hook(node: Node, args: list) -> None:
         # float32 products (statistics, not numerics that must be exact), float64 totals
         rows, _ = unfold(args[0].astype(np.float32), layers[node.name])
         group, m, k = rows.shape
-        g = -(-k // vector)
-        if k % vector:
+        vector_ = vector or k
+        g = -(-k // vector_)
+        if k % vector_:
             rows = np.concatenate(
-                [rows, np.zeros((group, m, g * vector - k), dtype=np.float32)], axis=2
+                [rows, np.zeros((group, m, g * vector_ - k), dtype=np.float32)], axis=2
             )
-        xv = rows.reshape(group, m, g, vector).transpose(0, 2, 1, 3)  # [group, G, M, V]
+        xv = rows.reshape(group, m, g, vector_).transpose(0, 2, 1, 3)  # [group, G, M, V]
         # One BLAS thread: with more, OpenBLAS splits this long sum over M between threads and
         # rounds differently per thread count, and the program would depend on the machine.
         with threadpool_limits(1, user_api="blas"):

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 from cimc.targets.agreement import EDGE_BITS, from_target, int_weight_bits
 
-from cimc.cim_ops import float_cim_layers
-from cimc.compress import WEIGHT_BITS, to_quant_mvm
+from cimc.calibration import slot_moments
+from cimc.cim_ops import float_cim_layers, unfold_attrs
+from cimc.compress import ROUNDINGS, WEIGHT_BITS, to_quant_mvm
 from cimc.errors import OptionError
 from cimc.ir import Graph
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 from cimc.sensitivity import mark_sensitive, most_sensitive
+from cimc.weight_sharing import tie_moments
 
 
 @register_pass
@@ -23,20 +26,24 @@ class QuantizeWeights(Pass):
     target's ``weight_bits`` (8 without one, or on a macro that also runs pool layers).
     ``keep_sensitive`` N keeps, besides, the N layers whose N-bit quantisation alone costs the
     most output fidelity on the calibration data at 8 bits (mixed precision; clamped to the
-    layers there are)."""
+    layers there are). ``rounding=gptq`` rounds each layer's weights to minimise its output error
+    on the calibration data (error-compensated, GPTQ) rather than to nearest: the same grid,
+    the same hardware."""
 
     name = "quantize-weights"
     bits: int = 0
     keep_edges: bool = True
     keep_sensitive: int = 0
+    rounding: str = "nearest"
 
     @classmethod
     def search_space(cls) -> dict[str, tuple]:
-        return {"bits": (4, 8), "keep_sensitive": (0, 1, 2, 4)}
+        return {"bits": (4, 8), "keep_sensitive": (0, 1, 2, 4), "rounding": ROUNDINGS}
 
     def validate(self) -> None:
         self.check_choice("bits", (0, *WEIGHT_BITS))
         self.check_range("keep_sensitive", 0)
+        self.check_choice("rounding", ROUNDINGS)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         hw = ctx.target if int_weight_bits(ctx.target) else None
@@ -51,10 +58,27 @@ class QuantizeWeights(Pass):
         inner = [n for n in layers if n.name not in edges]
         alone = str(replace(self, keep_sensitive=0))
         sensitive = most_sensitive(graph, ctx, alone, inner, self.keep_sensitive)
+        hessians = self._hessians(graph, ctx, layers)
         for node in layers:
             high = node.name in edges or node.name in sensitive
-            new = to_quant_mvm(graph, node, EDGE_BITS if high else bits)
+            new = to_quant_mvm(graph, node, EDGE_BITS if high else bits, hessians.get(node.name))
             if node.name in sensitive:
                 mark_sensitive(new)
         graph.prune_unused()
         return PassResult(changed=bool(layers), summary=f"{len(layers)} layers quantised")
+
+    def _hessians(self, graph: Graph, ctx: PassContext, layers: list) -> dict[str, np.ndarray]:
+        """H[group, K, K] per layer for GPTQ rounding: the input second moments on the
+        calibration data (one slot spanning the whole row), tied across the steps of a
+        recurrent weight so they round alike and share their arrays."""
+        if self.rounding == "nearest" or not layers:
+            return {}
+        if not ctx.calibration:
+            raise OptionError(
+                "quantize-weights: rounding=gptq minimises each layer's output error on "
+                "calibration data, but none was given; compile with calibration (cimc.compile "
+                "does by default) or use rounding=nearest"
+            )
+        attrs = {n.name: unfold_attrs(n, graph) for n in layers}
+        moments = tie_moments(graph, slot_moments(graph, ctx.calibration, attrs, None))
+        return {name: c[:, 0] for name, c in moments.items()}

@@ -32,7 +32,7 @@ from .error_term import (
 from .layers import POOL_VALUE, add_pool, residual, select_layers, set_error, write_pool_layer
 from .moments import SlotMoments, layer_moments
 from .pool import INITS, POOL_SAMPLE, build_pool, make_pool, pool_sample
-from .quantize import WEIGHT_BITS, quantize_per_channel, quantized_weights, to_quant_mvm
+from .quantize import ROUNDINGS, WEIGHT_BITS, quantize_per_channel, quantized_weights, to_quant_mvm
 from .vectors import n_slots, pack_vectors
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "pool_residual",
     "pool_sample",
     "pruned_error",
+    "ROUNDINGS",
     "quantize_per_channel",
     "quantized_weights",
     "read_assignment",

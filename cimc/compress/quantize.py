@@ -1,23 +1,89 @@
 """Per-output-channel symmetric N-bit weights: the int-N baseline, and the layers weight-pool
-leaves out (``others``)."""
+leaves out (``others``).
+
+Rounding is to nearest, or error-compensated (GPTQ; Frantar et al., 2023): the columns of W
+are rounded one at a time and each rounding error is spread over the columns not yet rounded,
+weighted by the inverse of the layer's input second moments H = sum_m x_m x_m^T, so the
+layer's *output* error on the calibration data is what is minimised, not the weight error.
+The grid (per-channel scale) is the same; only which grid point each weight takes changes.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from cimc.cim_ops import QUANT_OP, bias_vector, rewrite_as_cim_op, unfold_attrs, weight_matrix
 from cimc.ir import Graph, Node
 
 WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8)
+ROUNDINGS = ("nearest", "gptq")
+GPTQ_DAMP = 0.01  # H + 1% of its mean diagonal: GPTQ's default, keeps the inverse well posed
+GPTQ_BLOCK = 128  # columns rounded between two matrix updates of the rest (GPTQ's lazy batch)
 
 
-def quantize_per_channel(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-output-channel weights: wq in [-(2^(b-1)-1), 2^(b-1)-1], scale[O]."""
+def quantize_per_channel(
+    w: np.ndarray, bits: int, hessian: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel weights: wq in [-(2^(b-1)-1), 2^(b-1)-1], scale[O].
+    With ``hessian`` (H[group, K, K], the input second moments of each conv group), rounding
+    is error-compensated (GPTQ); without, to nearest."""
     qmax = 2 ** (bits - 1) - 1
     amax = np.abs(w).max(axis=1).astype(np.float64)
     scale = np.where(amax > 0, amax / qmax, 1.0)
-    wq = np.clip(np.round(w / scale[:, None]), -qmax, qmax).astype(np.int8)
-    return wq, scale
+    if hessian is None:
+        wq = np.clip(np.round(w / scale[:, None]), -qmax, qmax)
+    else:
+        group = hessian.shape[0]
+        og = w.shape[0] // group
+        wq = np.concatenate(
+            [
+                _gptq(w[g * og : (g + 1) * og], scale[g * og : (g + 1) * og], qmax, hessian[g])
+                for g in range(group)
+            ]
+        )
+    return wq.astype(np.int8), scale
+
+
+def _gptq(w: np.ndarray, scale: np.ndarray, qmax: int, h: np.ndarray) -> np.ndarray:
+    """Integer weights of one group, columns rounded in order with the error compensated;
+    to nearest when the calibration data do not determine the output error (see
+    :func:`determined`)."""
+    if not determined(h):
+        return np.clip(np.round(w / scale[:, None]), -qmax, qmax)
+    w = w.astype(np.float64)  # a copy: the compensation updates it
+    h = h.astype(np.float64)
+    dead = np.flatnonzero(np.diag(h) == 0)  # inputs zero on every calibration row: decoupled,
+    h[dead, dead] = 1.0  # so rounded to nearest (not zeroed: other data may reach them)
+    h[np.diag_indices_from(h)] += GPTQ_DAMP * np.mean(np.diag(h))
+    q = np.empty_like(w)
+    # one BLAS thread: the factorisation and updates must round alike on every machine
+    with threadpool_limits(1, user_api="blas"):
+        u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H^-1
+        k = w.shape[1]
+        for b0 in range(0, k, GPTQ_BLOCK):
+            b1 = min(b0 + GPTQ_BLOCK, k)
+            err = np.zeros((w.shape[0], b1 - b0))
+            for i in range(b0, b1):
+                q[:, i] = np.clip(np.round(w[:, i] / scale), -qmax, qmax)
+                err[:, i - b0] = (w[:, i] - q[:, i] * scale) / u[i, i]
+                w[:, i + 1 : b1] -= np.outer(err[:, i - b0], u[i, i + 1 : b1])
+            w[:, b1:] -= err @ u[b0:b1, b1:]
+    return q
+
+
+def determined(h: np.ndarray) -> bool:
+    """Whether input moments H have full rank on the inputs the calibration data reach.
+    Where they do not (fewer independent calibration rows than weights per row: a classifier
+    head fed one row per sample), some directions of the input were never seen, and
+    compensating rounding errors along them fits the calibration set instead of the layer
+    (measured on openwakeword's heads: 5 of 96 clips lost, none with this rule). The tolerance
+    is float32's: the moments are sums of float32 products."""
+    live = np.flatnonzero(np.diag(h) > 0)
+    if live.size == 0:
+        return False
+    eig = np.linalg.eigvalsh(h[np.ix_(live, live)].astype(np.float64))
+    return bool(eig[0] > eig[-1] * live.size * np.finfo(np.float32).eps)
 
 
 def quantized_weights(w: np.ndarray, bits: int) -> np.ndarray:
@@ -26,10 +92,11 @@ def quantized_weights(w: np.ndarray, bits: int) -> np.ndarray:
     return wq.astype(np.float64) * scale[:, None]
 
 
-def to_quant_mvm(graph: Graph, node: Node, bits: int) -> Node:
-    """Rewrite a float CiM layer as an N-bit per-channel ``cimc.QuantMVM``."""
+def to_quant_mvm(graph: Graph, node: Node, bits: int, hessian: np.ndarray | None = None) -> Node:
+    """Rewrite a float CiM layer as an N-bit per-channel ``cimc.QuantMVM`` (GPTQ-rounded when
+    given the layer's input moments)."""
     w = weight_matrix(node, graph)
-    wq, scale = quantize_per_channel(w, bits)
+    wq, scale = quantize_per_channel(w, bits, hessian)
     attrs = {**unfold_attrs(node, graph), "k": int(w.shape[1])}
     meta = {"compression": {"scheme": "int", "bits": bits, "weight": w.astype(np.float32)}}
     bias = bias_vector(node, graph, w.shape[0])
