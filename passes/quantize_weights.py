@@ -8,13 +8,13 @@ import numpy as np
 from cimc.targets.agreement import EDGE_BITS, from_target, int_weight_bits
 
 from cimc.calibration import slot_moments
-from cimc.cim_ops import float_cim_layers, unfold_attrs
+from cimc.cim_ops import float_cim_layers, unfold_attrs, weight_matrix
 from cimc.compress import ROUNDINGS, WEIGHT_BITS, to_quant_mvm
 from cimc.errors import OptionError
-from cimc.ir import Graph
+from cimc.ir import Graph, Node
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 from cimc.sensitivity import mark_sensitive, most_sensitive
-from cimc.weight_sharing import tie_moments
+from cimc.weight_sharing import SOURCE_KEY, tie_moments
 
 
 @register_pass
@@ -79,6 +79,25 @@ class QuantizeWeights(Pass):
                 "calibration data, but none was given; compile with calibration (cimc.compile "
                 "does by default) or use rounding=nearest"
             )
-        attrs = {n.name: unfold_attrs(n, graph) for n in layers}
+        seen = _calibration_rows(graph, layers, len(ctx.calibration))
+        wanted = [n for n in layers if seen[n.name] >= weight_matrix(n, graph).shape[1]]
+        attrs = {n.name: unfold_attrs(n, graph) for n in wanted}
         moments = tie_moments(graph, slot_moments(graph, ctx.calibration, attrs, None))
         return {name: c[:, 0] for name, c in moments.items()}
+
+
+def _calibration_rows(graph: Graph, layers: list[Node], feeds: int) -> dict[str, int]:
+    """Rows of input each layer's weight sees over the calibration feeds (summed over the
+    layers that share one recurrent weight). A layer that sees fewer rows than its row length
+    cannot have determined moments (:func:`cimc.compress.quantize.determined`), so it rounds
+    to nearest without gathering them: the late layers of a CNN calibrated on a few images."""
+    per_layer = {}
+    for node in layers:
+        shape = graph.values[node.outputs[0]].shape
+        spatial = shape[:1] + shape[2:] if node.op == "Conv" else shape[:-1]
+        per_layer[node.name] = int(np.prod(spatial, dtype=np.int64)) * feeds
+    total: dict[str, int] = {}
+    for node in layers:
+        key = node.meta.get(SOURCE_KEY, node.name)
+        total[key] = total.get(key, 0) + per_layer[node.name]
+    return {n.name: total[n.meta.get(SOURCE_KEY, n.name)] for n in layers}
