@@ -58,6 +58,7 @@ from cimc.search.loop import (
     run_loop,
 )
 from cimc.search.objectives import OBJECTIVES
+from cimc.search.predictors import hierarchy_blocks
 from cimc.search.space import HIERARCHY, declared_variables
 from cimc.search.study import config_hash
 
@@ -152,7 +153,7 @@ def predictor_scores(
     order = np.random.default_rng(seed).permutation(len(groups))
     train_groups = {groups[i] for i in order[: 2 * len(groups) // 3]}
     train = np.array([k in train_groups for k in key])
-    model = Predictor(log=obj.log).fit(x[train], y[train])
+    model = Predictor(log=obj.log, pairs=hierarchy_blocks(space)).fit(x[train], y[train])
     scores = rank_metrics(y[~train], model.predict(x[~train]))
     return {"train": int(train.sum()), "test": int((~train).sum()), "model": model.chosen, **scores}
 
