@@ -47,7 +47,13 @@ from cimc.targets.params import load_target, search_choices
 from search import evaluate_missing, log  # benchmarks/search.py: the same evaluation table
 
 from cimc.search import Evaluator, Predictor, Space, Study, rank_metrics
-from cimc.search.architecture import PREFIX, default_objectives, has_labels, load_family
+from cimc.search.architecture import (
+    PREFIX,
+    default_objectives,
+    has_labels,
+    load_family,
+    weights_digest,
+)
 from cimc.search.executor import process_pool
 from cimc.search.loop import (
     Settings,
@@ -135,6 +141,17 @@ def sample_configs(space: Space, args: argparse.Namespace) -> dict[str, list[dic
     return kinds
 
 
+def identity(space: Space, args: argparse.Namespace) -> dict[str, Any]:
+    """What a stored row depends on beyond its config: a rerun with other weights or another
+    ``--val`` is refused instead of reading rows that measured something else back."""
+    return {
+        "space": space.describe(),
+        "seed": args.seed,
+        "weights": weights_digest(space.family),
+        "val": args.val,
+    }
+
+
 def predictor_scores(
     space: Space, rows: list[dict], table: dict[str, dict], objective: str, seed: int
 ) -> dict[str, Any] | None:
@@ -167,7 +184,7 @@ def fronts(
     kinds = {"arch": (True, False), "hardware": (False, True), "joint": (True, True)}
     for kind, (a, h) in kinds.items():
         space = make_space(target, family, folder, a, h, args.multiples)
-        study = Study(folder / f"loop-{kind}", {"space": space.describe(), "seed": args.seed})
+        study = Study(folder / f"loop-{kind}", identity(space, args))
         ev = Evaluator("", space, None, None, str(folder / "cache"), args.val)
         settings = Settings(objectives, args.budget, args.population, args.seed)
         log(f"  {kind}-only search ({args.budget} true evaluations)")
@@ -238,7 +255,7 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     folder = Path(args.workdir) / f"{family}-{args.target}"
     folder.mkdir(parents=True, exist_ok=True)
     space = make_space(target, family, folder, True, True, args.multiples)
-    study = Study(folder / "table", {"space": space.describe(), "seed": args.seed})
+    study = Study(folder / "table", identity(space, args))
     evaluator = Evaluator("", space, None, None, str(folder / "cache"), args.val)
     kinds = sample_configs(space, args)
     unique = {config_hash(c): c for k in kinds.values() for c in k}
