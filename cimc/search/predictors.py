@@ -147,18 +147,19 @@ def _ridge_cv_scores(x: np.ndarray, y: np.ndarray, splits: list) -> np.ndarray:
     for tr, te in splits:
         xm, ym = x[tr].mean(axis=0), y[tr].mean()
         u, sv, vt = np.linalg.svd(x[tr] - xm, full_matrices=False)
-        uty = u.T @ (y[tr] - ym)
-        for i, alpha in enumerate(RIDGE_ALPHAS):
-            coef = vt.T @ (sv / (sv**2 + alpha) * uty)
-            scores[i] -= mape(y[te], (x[te] - xm) @ coef + ym)
+        shrink = sv[:, None] / (sv[:, None] ** 2 + RIDGE_ALPHAS[None, :])  # one column per alpha
+        preds = ((x[te] - xm) @ vt.T) @ (shrink * (u.T @ (y[tr] - ym))[:, None]) + ym
+        scores -= mape(y[te][:, None], preds, axis=0)
     return scores / len(splits)
 
 
-def mape(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean absolute percentage error (in %); zero true values count against their magnitude 1."""
+def mape(y_true: np.ndarray, y_pred: np.ndarray, axis: int | None = None) -> Any:
+    """Mean absolute percentage error (in %); zero true values count against their magnitude 1.
+    A float, or an array of them along ``axis``."""
     y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
     denom = np.where(y_true == 0, 1.0, np.abs(y_true))
-    return float(np.mean(np.abs(y_pred - y_true) / denom) * 100)
+    out = np.mean(np.abs(y_pred - y_true) / denom, axis=axis) * 100
+    return float(out) if axis is None else out
 
 
 def rank_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
