@@ -20,6 +20,10 @@ train cimc's predictors (Ridge / RBF-SVR by CV on one-hot encodings, ``cimc.sear
 the other third scores Kendall tau and MAPE. Accuracy is the compiled graph's on ``--val``
 validation images (720, --quick 360, at most 1,440; ``-chars`` families only: ImageNet-scale
 weights are random); it cannot vary with the hierarchy, so its static-arch cell is empty.
+The cycles predictor is offered products of the hierarchy variables' one-hots (``pairs``).
+``--ceiling`` scores each architecture again on the next ``--val`` validation images: the two
+scores' agreement bounds what any accuracy predictor can reach against ``--val`` images, and
+their mean gives the predictors' taus at twice ``--val`` (an "accuracy, N images" row).
 
 **Fronts** (not with --quick): the predictor-guided loop (``cimc.search``) over arch-only,
 hardware-only and joint spaces, ``--budget`` true evaluations each (population ``--population``);
@@ -49,6 +53,7 @@ from search import evaluate_missing, log  # benchmarks/search.py: the same evalu
 from cimc.search import Evaluator, Predictor, Space, Study, rank_metrics
 from cimc.search.architecture import (
     PREFIX,
+    arch_config,
     default_objectives,
     has_labels,
     load_family,
@@ -175,6 +180,69 @@ def predictor_scores(
     return {"train": int(train.sum()), "test": int((~train).sum()), "model": model.chosen, **scores}
 
 
+def accuracy_ceiling(
+    evaluator: Evaluator, configs: list[dict], table: dict[str, dict], folder: Path, n: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """How well ``n`` validation images can rank the architectures, and each architecture's
+    accuracy on the next ``n`` validation images (disjoint, cached in ``folder``; keyed by
+    :func:`arch_key`), on which it is scored again. Across architectures the two
+    scores' covariance is the variance of the true accuracies, the rest of a score's variance is
+    sampling noise. A perfect predictor's tau against one ``n``-image score is then
+    2/pi asin(sqrt(reliability)) (bivariate normal), and at ``k n`` images the noise is k
+    times smaller."""
+    from scipy.stats import kendalltau
+
+    from cimc.atomic import write_text_atomic
+    from cimc.interpreter import interpret
+    from cimc.train.data import load
+
+    path = folder / f"accuracy-second-{n}.json"
+    second = json.loads(path.read_text()) if path.is_file() else {}
+    s = load("chars")
+    if 2 * n > len(s.y_val):
+        return {}, {}
+    x, labels = s.x_val[n : 2 * n].astype(np.float32), s.y_val[n : 2 * n]
+    for i, config in enumerate(configs):
+        key = arch_key(config)
+        if key not in second:
+            graph = evaluator.compressed(config)[0]["graph"]
+            name, feed = graph.outputs[0], graph.inputs[0]
+            pred = [int(interpret(graph, {feed: x[k : k + 1]})[name].argmax()) for k in range(n)]
+            second[key] = float(np.mean(np.array(pred) == labels))
+            write_text_atomic(path, json.dumps(second, indent=0))
+            log(f"  second {n} images: {i + 1}/{len(configs)} architectures")
+    first = np.array([table[config_hash(c)]["accuracy"] for c in configs])
+    again = np.array([second[arch_key(c)] for c in configs])
+    true_var = float(np.cov(first, again)[0, 1])
+    noise_var = float((first.var(ddof=1) + again.var(ddof=1)) / 2 - true_var)
+
+    def ceiling(k: float) -> float:
+        return float(2 / np.pi * np.arcsin(np.sqrt(max(true_var, 0) / (true_var + noise_var / k))))
+
+    return {
+        "architectures": len(configs),
+        "true_sd": float(np.sqrt(max(true_var, 0))),
+        "noise_sd": float(np.sqrt(max(noise_var, 0))),
+        "tau_two_sets": float(kendalltau(first, again).statistic),
+        "ceiling_tau": ceiling(1),
+        "ceiling_tau_4x": ceiling(4),
+    }, second
+
+
+def arch_key(config: dict[str, Any]) -> str:
+    return json.dumps(arch_config(config), sort_keys=True)
+
+
+def pooled(table: dict[str, dict], configs: list[dict], second: dict[str, float]) -> dict:
+    """``table`` with each accuracy measured on both image sets (what twice ``--val`` gives)."""
+    out = {}
+    for c in configs:
+        m = table[config_hash(c)]
+        both = None if m["accuracy"] is None else (m["accuracy"] + second[arch_key(c)]) / 2
+        out[config_hash(c)] = m | {"accuracy": both}
+    return out
+
+
 def fronts(
     target: Any, family: str, folder: Path, args: argparse.Namespace, table: dict[str, dict]
 ) -> dict[str, Any]:
@@ -268,6 +336,12 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
             res["predictors"][f"{kind}/{objective}"] = predictor_scores(
                 space, kinds[kind], table, objective, args.seed
             )
+    if args.ceiling and has_labels(family):
+        res["ceiling"], second = accuracy_ceiling(evaluator, kinds["arch"], table, folder, args.val)
+        for kind in ("arch", "joint") if second else ():
+            res["predictors"][f"{kind}/accuracy, {2 * args.val} images"] = predictor_scores(
+                space, kinds[kind], pooled(table, kinds[kind], second), "accuracy", args.seed
+            )
     res["baseline"] = table[config_hash(kinds["arch"][0])]
     res["seconds"] = [m["seconds"] for m in table.values()]
     if not args.quick:
@@ -285,7 +359,7 @@ def print_family(res: dict[str, Any]) -> None:
     print(f"\n{fam}: Kendall tau / MAPE on held-out true evaluations (train rows in brackets)")
     print("| objective | elastic arch, static config | static arch, elastic config | both |")
     print("|---|---:|---:|---:|")
-    for objective in ("cycles", "accuracy"):
+    for objective in dict.fromkeys(k.split("/")[1] for k in res["predictors"]):
         cells = []
         for kind in KINDS:
             s = res["predictors"].get(f"{kind}/{objective}")
@@ -294,6 +368,15 @@ def print_family(res: dict[str, Any]) -> None:
             )
         if any(c != "–" for c in cells):
             print(f"| {objective} | " + " | ".join(cells) + " |")
+    if res.get("ceiling"):
+        c = res["ceiling"]
+        print(
+            f"accuracy noise ceiling ({c['architectures']} architectures scored again on as many "
+            f"other validation images): true sd {100 * c['true_sd']:.2f} pt, noise sd "
+            f"{100 * c['noise_sd']:.2f} pt, tau of the two scores {c['tau_two_sets']:.2f}; a "
+            f"perfect predictor's tau {c['ceiling_tau']:.2f} ({c['ceiling_tau_4x']:.2f} with 4x "
+            "the images)"
+        )
     if short in CIMNET_TAU:
         print("| CiMNet cycles tau | " + " | ".join(f"{t:.2f}" for t in CIMNET_TAU[short]) + " |")
     secs = np.array(res["seconds"])
@@ -412,6 +495,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--workdir", default=".cimc-bench/cimnet")
     ap.add_argument("--quick", action="store_true", help="elastic-resnet-chars, predictors only")
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="score each architecture again on the next --val validation images: how well "
+        "--val images can rank them (the accuracy predictor's noise ceiling)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     default = "elastic-resnet-chars" if args.quick else "elastic-resnet-chars,elastic-mbv3-chars"
@@ -453,7 +542,7 @@ def main() -> None:
         s["kendall_tau"]
         for r in results
         for k, s in r["predictors"].items()
-        if k.startswith("joint/") and s is not None
+        if k in ("joint/cycles", "joint/accuracy") and s is not None
     ]
     print(f"joint_tau={np.mean(taus):.3f}")
 
