@@ -1,7 +1,7 @@
 """Objective predictors on one-hot encodings (CiMNet), fitted as DyNAS-T's LINAS does.
 
 Ridge (alpha 0.1..10.0 step 0.1) and RBF SVR (gamma "auto", epsilon 0, C in 1..100), each tuned by
-5-fold cross-validation on negative MAPE; the better CV score is kept. Labels are divided by a
+5-fold cross-validation on negative MAPE; the best CV score is kept. Labels are divided by a
 power of ten before fitting (DyNAS-T). Features with zero variance (variables the training rows
 never vary) are dropped (DyNAS-T PR #52). Positive cost objectives (cycles, energy, area) are
 fitted on their logarithm [ours]: hardware parameters act on them multiplicatively, which a
@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .space import Space
 
 RIDGE_ALPHAS = np.round(np.arange(0.1, 10.01, 0.1), 1)  # DyNAS-T's grid, all 100 values
 SVR_CS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100)
@@ -73,7 +76,7 @@ class Predictor:
         return np.exp(out) if self.log else out
 
 
-def hierarchy_blocks(space: Any) -> tuple[slice, ...]:
+def hierarchy_blocks(space: Space) -> tuple[slice, ...]:
     """The columns of ``space.one_hot`` that encode each CiM hierarchy variable (``pairs``)."""
     from .space import HIERARCHY
 
