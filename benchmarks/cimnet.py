@@ -187,11 +187,7 @@ def accuracy_ceiling(
     accuracy on the next ``n`` validation images (disjoint, cached in ``folder``; keyed by
     :func:`arch_key`), on which it is scored again. Across architectures the two
     scores' covariance is the variance of the true accuracies, the rest of a score's variance is
-    sampling noise. A perfect predictor's tau against one ``n``-image score is then
-    2/pi asin(sqrt(reliability)) (bivariate normal), and at ``k n`` images the noise is k
-    times smaller."""
-    from scipy.stats import kendalltau
-
+    sampling noise (:func:`noise_ceiling`)."""
     from cimc.atomic import write_text_atomic
     from cimc.interpreter import interpret
     from cimc.train.data import load
@@ -213,6 +209,16 @@ def accuracy_ceiling(
             log(f"  second {n} images: {i + 1}/{len(configs)} architectures")
     first = np.array([table[config_hash(c)]["accuracy"] for c in configs])
     again = np.array([second[arch_key(c)] for c in configs])
+    return noise_ceiling(first, again), second
+
+
+def noise_ceiling(first: np.ndarray, again: np.ndarray) -> dict[str, float]:
+    """From two scores of each item on disjoint samples: their covariance is the true values'
+    variance, the rest of a score's variance its noise; a perfect predictor's tau against one
+    score is 2/pi asin(sqrt(reliability)) (bivariate normal), and k times the samples divide
+    the noise variance by k."""
+    from scipy.stats import kendalltau
+
     true_var = float(np.cov(first, again)[0, 1])
     noise_var = float((first.var(ddof=1) + again.var(ddof=1)) / 2 - true_var)
 
@@ -220,13 +226,13 @@ def accuracy_ceiling(
         return float(2 / np.pi * np.arcsin(np.sqrt(max(true_var, 0) / (true_var + noise_var / k))))
 
     return {
-        "architectures": len(configs),
+        "architectures": len(first),
         "true_sd": float(np.sqrt(max(true_var, 0))),
         "noise_sd": float(np.sqrt(max(noise_var, 0))),
         "tau_two_sets": float(kendalltau(first, again).statistic),
         "ceiling_tau": ceiling(1),
         "ceiling_tau_4x": ceiling(4),
-    }, second
+    }
 
 
 def arch_key(config: dict[str, Any]) -> str:
