@@ -20,6 +20,10 @@ train cimc's predictors (Ridge / RBF-SVR by CV on one-hot encodings, ``cimc.sear
 the other third scores Kendall tau and MAPE. Accuracy is the compiled graph's on ``--val``
 validation images (720, --quick 360, at most 1,440; ``-chars`` families only: ImageNet-scale
 weights are random); it cannot vary with the hierarchy, so its static-arch cell is empty.
+The cycles predictor is offered products of the hierarchy variables' one-hots (``pairs``).
+``--ceiling`` scores each architecture again on the next ``--val`` validation images: the two
+scores' agreement bounds what any accuracy predictor can reach against ``--val`` images, and
+their mean gives the predictors' taus at twice ``--val`` (an "accuracy, N images" row).
 
 **Fronts** (not with --quick): the predictor-guided loop (``cimc.search``) over arch-only,
 hardware-only and joint spaces, ``--budget`` true evaluations each (population ``--population``);
@@ -47,7 +51,14 @@ from cimc.targets.params import load_target, search_choices
 from search import evaluate_missing, log  # benchmarks/search.py: the same evaluation table
 
 from cimc.search import Evaluator, Predictor, Space, Study, rank_metrics
-from cimc.search.architecture import PREFIX, default_objectives, has_labels, load_family
+from cimc.search.architecture import (
+    PREFIX,
+    arch_config,
+    default_objectives,
+    has_labels,
+    load_family,
+    weights_digest,
+)
 from cimc.search.executor import process_pool
 from cimc.search.loop import (
     Settings,
@@ -58,6 +69,7 @@ from cimc.search.loop import (
     run_loop,
 )
 from cimc.search.objectives import OBJECTIVES
+from cimc.search.predictors import hierarchy_blocks
 from cimc.search.space import HIERARCHY, declared_variables
 from cimc.search.study import config_hash
 
@@ -134,6 +146,17 @@ def sample_configs(space: Space, args: argparse.Namespace) -> dict[str, list[dic
     return kinds
 
 
+def identity(space: Space, args: argparse.Namespace) -> dict[str, Any]:
+    """What a stored row depends on beyond its config: a rerun with other weights or another
+    ``--val`` is refused instead of reading rows that measured something else back."""
+    return {
+        "space": space.describe(),
+        "seed": args.seed,
+        "weights": weights_digest(space.family),
+        "val": args.val,
+    }
+
+
 def predictor_scores(
     space: Space, rows: list[dict], table: dict[str, dict], objective: str, seed: int
 ) -> dict[str, Any] | None:
@@ -152,9 +175,78 @@ def predictor_scores(
     order = np.random.default_rng(seed).permutation(len(groups))
     train_groups = {groups[i] for i in order[: 2 * len(groups) // 3]}
     train = np.array([k in train_groups for k in key])
-    model = Predictor(log=obj.log).fit(x[train], y[train])
+    model = Predictor(log=obj.log, pairs=hierarchy_blocks(space)).fit(x[train], y[train])
     scores = rank_metrics(y[~train], model.predict(x[~train]))
     return {"train": int(train.sum()), "test": int((~train).sum()), "model": model.chosen, **scores}
+
+
+def accuracy_ceiling(
+    evaluator: Evaluator, configs: list[dict], table: dict[str, dict], folder: Path, n: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """How well ``n`` validation images can rank the architectures, and each architecture's
+    accuracy on the next ``n`` validation images (disjoint, cached in ``folder``; keyed by
+    :func:`arch_key`), on which it is scored again. Across architectures the two
+    scores' covariance is the variance of the true accuracies, the rest of a score's variance is
+    sampling noise (:func:`noise_ceiling`)."""
+    from cimc.atomic import write_text_atomic
+    from cimc.interpreter import interpret
+    from cimc.train.data import load
+
+    path = folder / f"accuracy-second-{n}.json"
+    second = json.loads(path.read_text()) if path.is_file() else {}
+    s = load("chars")
+    if 2 * n > len(s.y_val):
+        return {}, {}
+    x, labels = s.x_val[n : 2 * n].astype(np.float32), s.y_val[n : 2 * n]
+    for i, config in enumerate(configs):
+        key = arch_key(config)
+        if key not in second:
+            graph = evaluator.compressed(config)[0]["graph"]
+            name, feed = graph.outputs[0], graph.inputs[0]
+            pred = [int(interpret(graph, {feed: x[k : k + 1]})[name].argmax()) for k in range(n)]
+            second[key] = float(np.mean(np.array(pred) == labels))
+            write_text_atomic(path, json.dumps(second, indent=0))
+            log(f"  second {n} images: {i + 1}/{len(configs)} architectures")
+    first = np.array([table[config_hash(c)]["accuracy"] for c in configs])
+    again = np.array([second[arch_key(c)] for c in configs])
+    return noise_ceiling(first, again), second
+
+
+def noise_ceiling(first: np.ndarray, again: np.ndarray) -> dict[str, float]:
+    """From two scores of each item on disjoint samples: their covariance is the true values'
+    variance, the rest of a score's variance its noise; a perfect predictor's tau against one
+    score is 2/pi asin(sqrt(reliability)) (bivariate normal), and k times the samples divide
+    the noise variance by k."""
+    from scipy.stats import kendalltau
+
+    true_var = float(np.cov(first, again)[0, 1])
+    noise_var = float((first.var(ddof=1) + again.var(ddof=1)) / 2 - true_var)
+
+    def ceiling(k: float) -> float:
+        return float(2 / np.pi * np.arcsin(np.sqrt(max(true_var, 0) / (true_var + noise_var / k))))
+
+    return {
+        "architectures": len(first),
+        "true_sd": float(np.sqrt(max(true_var, 0))),
+        "noise_sd": float(np.sqrt(max(noise_var, 0))),
+        "tau_two_sets": float(kendalltau(first, again).statistic),
+        "ceiling_tau": ceiling(1),
+        "ceiling_tau_4x": ceiling(4),
+    }
+
+
+def arch_key(config: dict[str, Any]) -> str:
+    return json.dumps(arch_config(config), sort_keys=True)
+
+
+def pooled(table: dict[str, dict], configs: list[dict], second: dict[str, float]) -> dict:
+    """``table`` with each accuracy measured on both image sets (what twice ``--val`` gives)."""
+    out = {}
+    for c in configs:
+        m = table[config_hash(c)]
+        both = None if m["accuracy"] is None else (m["accuracy"] + second[arch_key(c)]) / 2
+        out[config_hash(c)] = m | {"accuracy": both}
+    return out
 
 
 def fronts(
@@ -166,7 +258,7 @@ def fronts(
     kinds = {"arch": (True, False), "hardware": (False, True), "joint": (True, True)}
     for kind, (a, h) in kinds.items():
         space = make_space(target, family, folder, a, h, args.multiples)
-        study = Study(folder / f"loop-{kind}", {"space": space.describe(), "seed": args.seed})
+        study = Study(folder / f"loop-{kind}", identity(space, args))
         ev = Evaluator("", space, None, None, str(folder / "cache"), args.val)
         settings = Settings(objectives, args.budget, args.population, args.seed)
         log(f"  {kind}-only search ({args.budget} true evaluations)")
@@ -237,7 +329,7 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     folder = Path(args.workdir) / f"{family}-{args.target}"
     folder.mkdir(parents=True, exist_ok=True)
     space = make_space(target, family, folder, True, True, args.multiples)
-    study = Study(folder / "table", {"space": space.describe(), "seed": args.seed})
+    study = Study(folder / "table", identity(space, args))
     evaluator = Evaluator("", space, None, None, str(folder / "cache"), args.val)
     kinds = sample_configs(space, args)
     unique = {config_hash(c): c for k in kinds.values() for c in k}
@@ -249,6 +341,12 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
         for objective in objectives:
             res["predictors"][f"{kind}/{objective}"] = predictor_scores(
                 space, kinds[kind], table, objective, args.seed
+            )
+    if args.ceiling and has_labels(family):
+        res["ceiling"], second = accuracy_ceiling(evaluator, kinds["arch"], table, folder, args.val)
+        for kind in ("arch", "joint") if second else ():
+            res["predictors"][f"{kind}/accuracy, {2 * args.val} images"] = predictor_scores(
+                space, kinds[kind], pooled(table, kinds[kind], second), "accuracy", args.seed
             )
     res["baseline"] = table[config_hash(kinds["arch"][0])]
     res["seconds"] = [m["seconds"] for m in table.values()]
@@ -267,7 +365,7 @@ def print_family(res: dict[str, Any]) -> None:
     print(f"\n{fam}: Kendall tau / MAPE on held-out true evaluations (train rows in brackets)")
     print("| objective | elastic arch, static config | static arch, elastic config | both |")
     print("|---|---:|---:|---:|")
-    for objective in ("cycles", "accuracy"):
+    for objective in dict.fromkeys(k.split("/")[1] for k in res["predictors"]):
         cells = []
         for kind in KINDS:
             s = res["predictors"].get(f"{kind}/{objective}")
@@ -276,6 +374,15 @@ def print_family(res: dict[str, Any]) -> None:
             )
         if any(c != "–" for c in cells):
             print(f"| {objective} | " + " | ".join(cells) + " |")
+    if res.get("ceiling"):
+        c = res["ceiling"]
+        print(
+            f"accuracy noise ceiling ({c['architectures']} architectures scored again on as many "
+            f"other validation images): true sd {100 * c['true_sd']:.2f} pt, noise sd "
+            f"{100 * c['noise_sd']:.2f} pt, tau of the two scores {c['tau_two_sets']:.2f}; a "
+            f"perfect predictor's tau {c['ceiling_tau']:.2f} ({c['ceiling_tau_4x']:.2f} with 4x "
+            "the images)"
+        )
     if short in CIMNET_TAU:
         print("| CiMNet cycles tau | " + " | ".join(f"{t:.2f}" for t in CIMNET_TAU[short]) + " |")
     secs = np.array(res["seconds"])
@@ -394,6 +501,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--workdir", default=".cimc-bench/cimnet")
     ap.add_argument("--quick", action="store_true", help="elastic-resnet-chars, predictors only")
+    ap.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="score each architecture again on the next --val validation images: how well "
+        "--val images can rank them (the accuracy predictor's noise ceiling)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     default = "elastic-resnet-chars" if args.quick else "elastic-resnet-chars,elastic-mbv3-chars"
@@ -435,7 +548,7 @@ def main() -> None:
         s["kendall_tau"]
         for r in results
         for k, s in r["predictors"].items()
-        if k.startswith("joint/") and s is not None
+        if k in ("joint/cycles", "joint/accuracy") and s is not None
     ]
     print(f"joint_tau={np.mean(taus):.3f}")
 

@@ -21,7 +21,7 @@ import numpy as np
 from .evaluate import Metrics
 from .executor import EvaluationFailed, run_all
 from .objectives import Constraints, Objective, minimised
-from .predictors import Predictor, rank_metrics
+from .predictors import Predictor, hierarchy_blocks, rank_metrics
 from .space import Space
 from .study import Row, Study, config_hash
 
@@ -183,8 +183,9 @@ def _propose(
     if len(good) < 3:
         return _random_new(space, rng, n, seen), [None] * n, {}
     enc = lambda rs: space.one_hot(np.array([space.to_indices(r.config) for r in rs]))  # noqa: E731
+    pairs = hierarchy_blocks(space)
     models = {
-        o.name: Predictor(log=o.log).fit(enc(good), [o.value(r.metrics) for r in good])
+        o.name: Predictor(log=o.log, pairs=pairs).fit(enc(good), [o.value(r.metrics) for r in good])
         for o in objectives
     }
     violations = np.array([settings.constraints.violation(r.metrics) for r in rows])
