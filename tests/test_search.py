@@ -64,7 +64,7 @@ def test_linked_variable_sets_pipeline_and_target():
     target = space.target_for(config)
     assert (target.rows, target.act_bits, target.error_rows) == (64, 4, 16)
     int4 = space.pipeline_for(config | {"scheme": "int4"})
-    assert "quantize-weights{bits=4}" in int4 and "weight-pool" not in int4
+    assert "quantize-weights{bits=4,rounding=gptq}" in int4 and "weight-pool" not in int4
 
 
 def test_predictor_ranks_known_order():

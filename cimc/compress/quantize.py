@@ -46,19 +46,21 @@ def quantize_per_channel(
 
 
 def _gptq(w: np.ndarray, scale: np.ndarray, qmax: int, h: np.ndarray) -> np.ndarray:
-    """Integer weights of one group, columns rounded in order with the error compensated;
-    to nearest when the calibration data do not determine the output error (see
-    :func:`determined`)."""
+    """Integer weights of one group, columns rounded with the error compensated, the inputs
+    of largest second moment first (GPTQ's activation order: their errors are the costliest,
+    and compensating for them leaves the cheap inputs to absorb it); to nearest when the
+    calibration data do not determine the output error (see :func:`determined`)."""
     # one BLAS thread: the factorisations and updates must round alike on every machine
     with threadpool_limits(1, user_api="blas"):
         if not determined(h):
             return np.clip(np.round(w / scale[:, None]), -qmax, qmax)
-        w = w.astype(np.float64)  # a copy: the compensation updates it
         h = h.astype(np.float64)
         dead = np.flatnonzero(np.diag(h) == 0)  # inputs zero on every calibration row:
         h[dead, dead] = 1.0  # decoupled, so rounded to nearest (not zeroed: other data reach them)
         h[np.diag_indices_from(h)] += GPTQ_DAMP * np.mean(np.diag(h))
-        u = _upper_factor_of_inverse(h)
+        order = np.argsort(-np.diag(h), kind="stable")
+        w = w[:, order].astype(np.float64)  # a copy: the compensation updates it
+        u = _upper_factor_of_inverse(h[np.ix_(order, order)])
         q = np.empty_like(w)
         k = w.shape[1]
         for b0 in range(0, k, GPTQ_BLOCK):
@@ -69,7 +71,7 @@ def _gptq(w: np.ndarray, scale: np.ndarray, qmax: int, h: np.ndarray) -> np.ndar
                 err[:, i - b0] = (w[:, i] - q[:, i] * scale) / u[i, i]
                 w[:, i + 1 : b1] -= np.outer(err[:, i - b0], u[i, i + 1 : b1])
             w[:, b1:] -= err @ u[b0:b1, b1:]
-    return q
+    return q[:, np.argsort(order)]
 
 
 def _upper_factor_of_inverse(h: np.ndarray) -> np.ndarray:
