@@ -373,3 +373,67 @@ def test_a_single_probability_is_distilled_with_cross_entropy():
     missed = distill_loss((torch.tensor([[0.001], [0.002], [0.01]]),), (t,), ["score"])
     found = distill_loss((torch.tensor([[0.01], [0.01], [0.9]]),), (t,), ["score"])
     assert found < missed  # a missed positive costs more than small errors on negatives
+
+
+def test_a_saturated_student_still_gets_a_gradient_from_a_score():
+    # a clamp before the cross-entropy had no gradient below it: a compressed embedding that
+    # drove openwakeword's head scores under 1e-7 could never raise them again
+    from cimc.train.distill import distill_loss
+
+    logit = torch.tensor([[-20.0]], requires_grad=True)  # score 2e-9
+    distill_loss((torch.sigmoid(logit),), (torch.tensor([[0.97]]),), ["score"]).backward()
+    assert logit.grad is not None and float(logit.grad) < -0.9  # d BCE / d logit = s - t
+
+
+def _head(tmp_path: Path, window: int, rows: int = 10) -> cimc.Graph:
+    """A frozen sigmoid detector reading ``window`` rows of ``rows`` values: [1, window, rows]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((window * rows, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["e"], ["f"]),
+            helper.make_node("Gemm", ["f", "w"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["p"]),
+        ],
+        "head",
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, window, rows])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / f"head{window}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return cimc.import_onnx(path)
+
+
+def test_downstream_reads_every_window_of_consecutive_rows(tmp_path):
+    from cimc.train.distill import Downstream
+
+    head = _head(tmp_path, 2)
+    down = Downstream((head,), 2)
+    out = torch.randn(3, 5, 10)  # 3 samples of 5 rows: 4 windows each
+    got = down(down.modules((5, 10)), out)[0]
+    ref = GraphModule(head).eval()
+    want = [ref(out[n, j : j + 2][None])[0] for n in range(3) for j in range(4)]
+    assert got.shape == (12, 1, 1) and torch.allclose(got[:, 0], torch.cat(want), atol=1e-6)
+    with pytest.raises(DistillError, match="cannot read windows of 2 rows"):
+        down.modules((1, 10))  # one row: no window of two
+
+
+def test_downstream_and_feature_losses_change_what_is_learned(tmp_path):
+    from cimc.train.distill import Downstream, fingerprint
+
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    data = load_samples(DATA / "digits_calib.npz", graph, 16)
+    scheme, cfg = get_scheme("cimpool-keep0.5"), DistillConfig(steps=3, batch_size=8)
+    down = Downstream((_head(tmp_path, 1),), 1)  # reads the 10 logits
+    runs = [
+        distill(graph, scheme, data, cfg),
+        distill(graph, scheme, data, cfg, downstream=down),
+        distill(graph, scheme, data, DistillConfig(steps=3, batch_size=8, features=1.0)),
+    ]
+    name = runs[0].layer_nodes[1].name
+    weights = [m.layer(name).layer.weight for m in runs]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    assert not runs[2].capturing  # returned ready to run like any other student
+    assert fingerprint(graph, scheme, cfg) != fingerprint(graph, scheme, cfg, down)
