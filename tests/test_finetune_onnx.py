@@ -437,3 +437,44 @@ def test_downstream_and_feature_losses_change_what_is_learned(tmp_path):
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
     assert not runs[2].capturing  # returned ready to run like any other student
     assert fingerprint(graph, scheme, cfg) != fingerprint(graph, scheme, cfg, down)
+
+
+def _lstm(tmp_path: Path, steps: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    w, r = (rng.standard_normal((1, 16, 4)).astype(np.float32) for _ in range(2))
+    h = onnx.helper
+    graph = h.make_graph(
+        [h.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=4)],
+        "lstm",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [steps, 1, 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [steps, 1, 1, 4])],
+        [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(r, "R")],
+    )
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]), tmp_path / "m.onnx")
+    return tmp_path / "m.onnx"
+
+
+def test_the_steps_of_an_unrolled_lstm_train_one_shared_weight(tmp_path):
+    # each step once had its own trainable copy of R (ddddocr: 42.9 M trainable weights for
+    # 13.5 M), so the copies drifted apart and the arrays could no longer hold them once
+    from cimc.weight_sharing import SOURCE_KEY
+
+    graph = cimc.import_onnx(_lstm(tmp_path, steps=4))
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((32, 4, 1, 4)).astype("f4"))
+    model = distill(graph, get_scheme("int8"), {"x": x}, DistillConfig(steps=3, batch_size=8))
+    groups: dict[str, list] = {}
+    for n in model.layer_nodes:
+        groups.setdefault(n.meta.get(SOURCE_KEY, n.name), []).append(model.layer(n.name))
+    assert sorted(map(len, groups.values())) == [1, 3]  # x W once; h R at steps 1..3
+    for layers in groups.values():
+        first = layers[0].layer.weight
+        assert all(m.layer.weight is first for m in layers)
+        assert len({id(m.act) for m in layers}) == len(layers)  # own activation ranges
+    trained = next(g for g in groups.values() if len(g) == 3)[0]
+    r0 = np.random.default_rng(0).standard_normal((2, 1, 16, 4))[1, 0]  # R as built
+    assert not np.allclose(trained.layer.weight.detach().numpy().ravel(), r0.ravel())
+    weights = {id(m.layer.weight): m.layer.weight.numel() for g in groups.values() for m in g}
+    counted = sum(p.numel() for n, p in model.cim.named_parameters() if n.endswith("weight"))
+    assert (
+        counted == sum(weights.values()) == sum(g[0].layer.weight.numel() for g in groups.values())
+    )

@@ -44,6 +44,7 @@ from cimc.ir import Graph, Node
 from cimc.pass_manager import load_calibration
 from cimc.program import graph_digest
 from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
+from cimc.weight_sharing import SOURCE_KEY
 
 from .export import assignment_fields
 from .finetune import random_shift
@@ -177,10 +178,17 @@ class CompressedGraph(GraphModule):
         self.layer_nodes = [n for n in float_cim_layers(graph)]
         self.cim = nn.ModuleDict()
         self._key = {}
+        tied: dict[str, nn.Module] = {}  # weight source -> the first layer reading it
         for i, n in enumerate(self.layer_nodes):
             role, bits = self.roles[n.name]
+            layer = _torch_layer(n, graph)
+            first = tied.setdefault(n.meta.get(SOURCE_KEY, n.name), layer)
+            if first is not layer and first.weight.shape == layer.weight.shape:
+                # the steps of an unrolled recurrence: one trainable weight, so they cannot drift
+                # apart (each keeps its own activation quantizer)
+                layer.weight = first.weight
             self._key[n.name] = f"l{i}"
-            self.cim[f"l{i}"] = CimLayer(_torch_layer(n, graph), role, bits, scheme)
+            self.cim[f"l{i}"] = CimLayer(layer, role, bits, scheme)
         pooled = [n for n in self.layer_nodes if self.roles[n.name][0] == "pool"]
         if pooled:
             weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in pooled}
