@@ -14,9 +14,10 @@ the kit's images and is scored on the other third (every third image, 599); open
 distils on the odd clips and is scored on the even ones (48: 8 of each wake word, 24 others);
 magika distils on 2048 other files of this machine (its features, no labels) and is scored on
 all 235 kit files. Each model file the kit runs (the mel front end of openwakeword stays fp32)
-is fine-tuned on the feeds the kit's scorer gives it on the distillation inputs (openwakeword's
-heads on the fp32 embeddings); activation ranges of every compiled row come from the first 256
-of those feeds (shuffled). "agree" is top-1 agreement with fp32 on the scored inputs (for
+is fine-tuned on the feeds the kit's scorer gives it on the distillation inputs (openwakeword:
+the embedding a clip's windows at a time, through its fp32 heads; then the heads on the
+compiled fine-tuned embedding's outputs); activation ranges of every compiled row come from
+the first ~256 rows of those feeds (shuffled samples). "agree" is top-1 agreement with fp32 on the scored inputs (for
 openwakeword the clip's 4-way decision). Every row is the compiled graph run by the reference
 interpreter (bit-identical to the simulator); wall time includes compiling, scoring and training.
 """
