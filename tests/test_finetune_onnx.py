@@ -323,19 +323,26 @@ def test_layers_inside_an_if_branch_are_exported_and_compiled(tmp_path):
     _compiled_equals_tuned(program, model, graph, x[:16, 0])
 
 
-def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
-    # an LSTM is unrolled at import into MatMuls no ONNX node holds: nothing to write back into
+def _lstm(tmp_path: Path, steps: int = 3) -> Path:
+    """A one-layer LSTM (hidden 4) over ``steps`` steps, saved as tmp_path/m.onnx."""
     rng = np.random.default_rng(0)
     w, r = (rng.standard_normal((1, 16, 4)).astype(np.float32) for _ in range(2))
     h = onnx.helper
     graph = h.make_graph(
         [h.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=4)],
         "lstm",
-        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 1, 4])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 1, 1, 4])],
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [steps, 1, 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [steps, 1, 1, 4])],
         [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(r, "R")],
     )
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]), tmp_path / "m.onnx")
+    return tmp_path / "m.onnx"
+
+
+def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
+    # an LSTM is unrolled at import into MatMuls no ONNX node holds: nothing to write back into
+    _lstm(tmp_path)
+    rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.standard_normal((48, 1, 4)).astype(np.float32))
     out = tmp_path / "out"
     code = main(
@@ -437,21 +444,6 @@ def test_downstream_and_feature_losses_change_what_is_learned(tmp_path):
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
     assert not runs[2].capturing  # returned ready to run like any other student
     assert fingerprint(graph, scheme, cfg) != fingerprint(graph, scheme, cfg, down)
-
-
-def _lstm(tmp_path: Path, steps: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    w, r = (rng.standard_normal((1, 16, 4)).astype(np.float32) for _ in range(2))
-    h = onnx.helper
-    graph = h.make_graph(
-        [h.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=4)],
-        "lstm",
-        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [steps, 1, 4])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [steps, 1, 1, 4])],
-        [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(r, "R")],
-    )
-    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]), tmp_path / "m.onnx")
-    return tmp_path / "m.onnx"
 
 
 def test_the_steps_of_an_unrolled_lstm_train_one_shared_weight(tmp_path):
