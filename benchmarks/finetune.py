@@ -14,9 +14,10 @@ the kit's images and is scored on the other third (every third image, 599); open
 distils on the odd clips and is scored on the even ones (48: 8 of each wake word, 24 others);
 magika distils on 2048 other files of this machine (its features, no labels) and is scored on
 all 235 kit files. Each model file the kit runs (the mel front end of openwakeword stays fp32)
-is fine-tuned on the feeds the kit's scorer gives it on the distillation inputs (openwakeword's
-heads on the fp32 embeddings); activation ranges of every compiled row come from the first 256
-of those feeds (shuffled). "agree" is top-1 agreement with fp32 on the scored inputs (for
+is fine-tuned on the feeds the kit's scorer gives it on the distillation inputs (openwakeword:
+the embedding a clip's windows at a time, through its fp32 heads; then the heads on the
+compiled fine-tuned embedding's outputs); activation ranges of every compiled row come from
+the first ~256 rows of those feeds (shuffled samples). "agree" is top-1 agreement with fp32 on the scored inputs (for
 openwakeword the clip's 4-way decision). Every row is the compiled graph run by the reference
 interpreter (bit-identical to the simulator); wall time includes compiling, scoring and training.
 """
@@ -41,7 +42,7 @@ import cimc
 from cimc.atomic import write_text_atomic
 from cimc.compiler import default_pipeline
 from cimc.report.bits import storage_report
-from cimc.train.distill import DistillConfig, distill, export, load_samples
+from cimc.train.distill import DistillConfig, Downstream, distill, export, load_samples
 from cimc.train.layers import get_scheme
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +53,20 @@ CALIB = 256  # samples that calibrate activation ranges (DistillConfig.calib)
 # steps and batch (each model file's training within about 10 min on one core).
 KEEP = {"digits": 0.25, "mnist8": 0.25, "magika": 0.5, "openwakeword": 0.25}
 STEPS = {"digits": 4000, "mnist8": 3000, "magika": 500, "openwakeword": 600}
-STEPS.update({f"openwakeword/{h}_v0.1.onnx": 1500 for h in ("hey_jarvis", "alexa", "hey_marvin")})
-BATCH = {"magika": 8}  # its 655 k-weight conv runs at ~1 s per step of 8 samples
+STEPS.update({f"openwakeword/{h}_v0.1.onnx": 800 for h in ("hey_jarvis", "alexa", "hey_marvin")})
+# magika: its 655 k-weight conv runs at ~1 s per step of 8 samples; the embedding: a sample is
+# a clip's 34 windows
+BATCH = {"magika": 8, "openwakeword/embedding_model.onnx": 1}
 LOSS = {"openwakeword/embedding_model.onnx": "mse"}  # an embedding, not class scores
+# Weight of the per-layer loss (distill's DistillConfig.features): post-training CIMPool's
+# embedding loses its signal layer by layer (its 18 pooled convs' inputs stop varying between
+# windows), so each layer gets its fp32 input as a target too.
+FEATURES = {"openwakeword/embedding_model.onnx": 1.0}
 HELD_OUT = {"mnist8": 3, "openwakeword": 2}  # every k-th kit input is scored, the others distil
+# A file whose sample is a whole call of the kit's scorer (a clip's embedding windows), not one
+# row, and how many consecutive rows of its output the later files read (the wake-word heads
+# read 16 embeddings): it learns through them (distill's Downstream).
+THROUGH = {"openwakeword/embedding_model.onnx": 16}
 
 
 def unlabelled_digits(folder: Path) -> tuple[Path, Path]:
@@ -175,11 +186,12 @@ def decisions(kit: ModuleType, name: str, calls: list) -> np.ndarray:
 
 
 def distillation_feeds(kit: ModuleType, name: str, folder: Path, runner=None) -> dict[str, dict]:
-    """Per model file to fine-tune, its unlabelled samples {input: [N, ...]} (seeded shuffle):
-    the feeds the kit's scorer gives it on the distillation inputs, with ``runner`` running
-    the model files (default: onnxruntime, fp32)."""
+    """Per model file to fine-tune, its unlabelled samples {input: [N, *sample]} (seeded
+    shuffle): the feeds the kit's scorer gives it on the distillation inputs, a sample being
+    one row of a feed (a whole feed for the files in THROUGH), with ``runner`` running the model
+    files (default: onnxruntime, fp32)."""
     if name == "magika":
-        return {"magika/model.onnx": {"bytes": magika_unlabelled(2048)}}
+        return {"magika/model.onnx": {"bytes": magika_unlabelled(2048)[:, None]}}
     with np.load(KIT / "data" / f"{name}.npz") as d:
         n = len(d[d.files[0]])
     distil = np.arange(n) % HELD_OUT[name] != 0
@@ -189,13 +201,29 @@ def distillation_feeds(kit: ModuleType, name: str, folder: Path, runner=None) ->
     for k, feeds, _ in calls:
         if k not in FRONT_END:
             for i, v in feeds.items():
-                samples.setdefault(k, {}).setdefault(i, []).append(v)
+                rows = [v] if k in THROUGH else [v[j : j + 1] for j in range(len(v))]
+                samples.setdefault(k, {}).setdefault(i, []).extend(rows)
     out = {}
     for k, feeds in samples.items():
-        stacked = {i: np.concatenate(v) for i, v in feeds.items()}
+        stacked = {i: np.stack(v) for i, v in feeds.items()}
         order = np.random.default_rng(0).permutation(len(next(iter(stacked.values()))))
         out[k] = {i: v[order] for i, v in stacked.items()}
     return out
+
+
+def flat(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """[N, *sample] -> the samples stacked along the first axis, as .npz data files hold them."""
+    return {i: v.reshape(-1, *v.shape[2:]) for i, v in samples.items()}
+
+
+def calib_samples(samples: dict[str, np.ndarray]) -> int:
+    """How many samples hold about CALIB rows (the activation-range calibration)."""
+    return max(1, CALIB // len(next(iter(samples.values()))[0]))
+
+
+def calibration(samples: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The compiler's calibration feeds: the samples distill calibrates on (calib_samples)."""
+    return [flat({i: v[: calib_samples(samples)] for i, v in samples.items()})]
 
 
 def fine_tune(
@@ -205,19 +233,19 @@ def fine_tune(
     keep: float,
     cfg: DistillConfig,
     folder: Path,
+    downstream: Downstream | None = None,
 ) -> tuple[Path, str]:
     """One kit model file fine-tuned on ``samples``, its fp32 self fed ``teacher`` (the same
     inputs unless an earlier, compressed stage made ``samples``): (its ONNX file, pipeline)."""
     stem = folder / k.replace("/", "_").removesuffix(".onnx")
-    np.savez(f"{stem}.data.npz", **samples)
-    np.savez(f"{stem}.teacher.npz", **teacher)
-    shapes = {i: (1, *v.shape[1:]) for i, v in samples.items()}
-    graph = cimc.import_onnx(KIT / "models" / k, shapes)
+    np.savez(f"{stem}.data.npz", **flat(samples))
+    np.savez(f"{stem}.teacher.npz", **flat(teacher))
+    graph = cimc.import_onnx(KIT / "models" / k, {i: v.shape[1:] for i, v in samples.items()})
     data = load_samples(f"{stem}.data.npz", graph, cfg.min_samples)
     fp32 = load_samples(f"{stem}.teacher.npz", graph, cfg.min_samples)
     t0 = time.perf_counter()
     scheme = get_scheme(f"cimpool-keep{keep:g}")
-    model = distill(graph, scheme, data, cfg, teacher_data=fp32)
+    model = distill(graph, scheme, data, cfg, teacher_data=fp32, downstream=downstream)
     print(
         f"  {k}: {len(data[graph.inputs[0]])} samples, {cfg.steps} steps, "
         f"{time.perf_counter() - t0:.0f} s",
@@ -237,9 +265,10 @@ def fine_tuned(
     steps: dict[str, int],
     folder: Path,
 ) -> CimcRunner:
-    """Every model file fine-tuned in the order the scorer runs them; the later ones (the
-    wake-word heads) learn on the outputs of the first one compiled and fine-tuned (the
-    embedding) to match their fp32 selves on its fp32 outputs. Returns the compiled pipeline."""
+    """Every model file fine-tuned in the order the scorer runs them; the first one (the
+    embedding) learns through the fp32 later ones (THROUGH), which then learn on its compiled
+    fine-tuned outputs to match their fp32 selves on its fp32 outputs. Returns the compiled
+    pipeline."""
     ort, tuned, calib, after = kit.ort_run(), {}, dict(calib), None
 
     def compiled() -> CimcRunner:
@@ -256,9 +285,24 @@ def fine_tuned(
 
             after = distillation_feeds(kit, name, folder / "after", run)
         inputs = fp32 if after is None else after[k]
-        calib[k] = [{i: v[:CALIB] for i, v in inputs.items()}]
-        cfg_k = replace(cfg, steps=steps[k], loss=LOSS.get(k, "auto"))
-        tuned[k] = fine_tune(k, inputs, fp32, keep, cfg_k, folder)
+        calib[k] = calibration(inputs)
+        cfg_k = replace(
+            cfg,
+            steps=steps[k],
+            loss=LOSS.get(k, "auto"),
+            calib=calib_samples(inputs),
+            batch_size=BATCH.get(k, cfg.batch_size),
+            features=FEATURES.get(k, 0.0),
+        )
+        down = None
+        if k in THROUGH:
+            later = [
+                cimc.import_onnx(KIT / "models" / f, {i: v.shape[1:] for i, v in s.items()})
+                for f, s in samples.items()
+                if f != k
+            ]
+            down = Downstream(tuple(later), THROUGH[k])
+        tuned[k] = fine_tune(k, inputs, fp32, keep, cfg_k, folder, down)
     return compiled()
 
 
@@ -270,7 +314,7 @@ def kit_rows(
     samples = distillation_feeds(kit, name, folder)
     steps = {k: args.steps or STEPS.get(k, STEPS[name]) for k in samples}
     prep = time.perf_counter() - t0  # recording the distillation feeds: charged to fine-tuning
-    calib = {k: [{i: v[:CALIB] for i, v in s.items()}] for k, s in samples.items()}
+    calib = {k: calibration(s) for k, s in samples.items()}
     with np.load(KIT / "data" / f"{name}.npz") as d:
         n = len(d[d.files[0]])
     scored = np.arange(n) % HELD_OUT[name] == 0 if name in HELD_OUT else np.ones(n, bool)

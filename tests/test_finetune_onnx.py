@@ -323,19 +323,26 @@ def test_layers_inside_an_if_branch_are_exported_and_compiled(tmp_path):
     _compiled_equals_tuned(program, model, graph, x[:16, 0])
 
 
-def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
-    # an LSTM is unrolled at import into MatMuls no ONNX node holds: nothing to write back into
+def _lstm(tmp_path: Path, steps: int = 3) -> Path:
+    """A one-layer LSTM (hidden 4) over ``steps`` steps, saved as tmp_path/m.onnx."""
     rng = np.random.default_rng(0)
     w, r = (rng.standard_normal((1, 16, 4)).astype(np.float32) for _ in range(2))
     h = onnx.helper
     graph = h.make_graph(
         [h.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=4)],
         "lstm",
-        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, 1, 4])],
-        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, 1, 1, 4])],
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [steps, 1, 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [steps, 1, 1, 4])],
         [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(r, "R")],
     )
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 14)]), tmp_path / "m.onnx")
+    return tmp_path / "m.onnx"
+
+
+def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
+    # an LSTM is unrolled at import into MatMuls no ONNX node holds: nothing to write back into
+    _lstm(tmp_path)
+    rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.standard_normal((48, 1, 4)).astype(np.float32))
     out = tmp_path / "out"
     code = main(
@@ -373,3 +380,93 @@ def test_a_single_probability_is_distilled_with_cross_entropy():
     missed = distill_loss((torch.tensor([[0.001], [0.002], [0.01]]),), (t,), ["score"])
     found = distill_loss((torch.tensor([[0.01], [0.01], [0.9]]),), (t,), ["score"])
     assert found < missed  # a missed positive costs more than small errors on negatives
+
+
+def test_a_saturated_student_still_gets_a_gradient_from_a_score():
+    # a clamp before the cross-entropy had no gradient below it: a compressed embedding that
+    # drove openwakeword's head scores under 1e-7 could never raise them again
+    from cimc.train.distill import distill_loss
+
+    logit = torch.tensor([[-20.0]], requires_grad=True)  # score 2e-9
+    distill_loss((torch.sigmoid(logit),), (torch.tensor([[0.97]]),), ["score"]).backward()
+    assert logit.grad is not None and float(logit.grad) < -0.9  # d BCE / d logit = s - t
+
+
+def _head(tmp_path: Path, window: int, rows: int = 10) -> cimc.Graph:
+    """A frozen sigmoid detector reading ``window`` rows of ``rows`` values: [1, window, rows]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((window * rows, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["e"], ["f"]),
+            helper.make_node("Gemm", ["f", "w"], ["z"]),
+            helper.make_node("Sigmoid", ["z"], ["p"]),
+        ],
+        "head",
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, window, rows])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    path = tmp_path / f"head{window}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    return cimc.import_onnx(path)
+
+
+def test_downstream_reads_every_window_of_consecutive_rows(tmp_path):
+    from cimc.train.distill import Downstream
+
+    head = _head(tmp_path, 2)
+    down = Downstream((head,), 2)
+    out = torch.randn(3, 5, 10)  # 3 samples of 5 rows: 4 windows each
+    got = down(down.modules((5, 10)), out)[0]
+    ref = GraphModule(head).eval()
+    want = [ref(out[n, j : j + 2][None])[0] for n in range(3) for j in range(4)]
+    assert got.shape == (12, 1, 1) and torch.allclose(got[:, 0], torch.cat(want), atol=1e-6)
+    with pytest.raises(DistillError, match="cannot read windows of 2 rows"):
+        down.modules((1, 10))  # one row: no window of two
+
+
+def test_downstream_and_feature_losses_change_what_is_learned(tmp_path):
+    from cimc.train.distill import Downstream, fingerprint
+
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    data = load_samples(DATA / "digits_calib.npz", graph, 16)
+    scheme, cfg = get_scheme("cimpool-keep0.5"), DistillConfig(steps=3, batch_size=8)
+    down = Downstream((_head(tmp_path, 1),), 1)  # reads the 10 logits
+    runs = [
+        distill(graph, scheme, data, cfg),
+        distill(graph, scheme, data, cfg, downstream=down),
+        distill(graph, scheme, data, DistillConfig(steps=3, batch_size=8, features=1.0)),
+    ]
+    name = runs[0].layer_nodes[1].name
+    weights = [m.layer(name).layer.weight for m in runs]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    assert not runs[2].capturing  # returned ready to run like any other student
+    assert fingerprint(graph, scheme, cfg) != fingerprint(graph, scheme, cfg, down)
+
+
+def test_the_steps_of_an_unrolled_lstm_train_one_shared_weight(tmp_path):
+    # each step once had its own trainable copy of R (ddddocr: 42.9 M trainable weights for
+    # 13.5 M), so the copies drifted apart and the arrays could no longer hold them once
+    from cimc.weight_sharing import SOURCE_KEY
+
+    graph = cimc.import_onnx(_lstm(tmp_path, steps=4))
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((32, 4, 1, 4)).astype("f4"))
+    model = distill(graph, get_scheme("int8"), {"x": x}, DistillConfig(steps=3, batch_size=8))
+    groups: dict[str, list] = {}
+    for n in model.layer_nodes:
+        groups.setdefault(n.meta.get(SOURCE_KEY, n.name), []).append(model.layer(n.name))
+    assert sorted(map(len, groups.values())) == [1, 3]  # x W once; h R at steps 1..3
+    for layers in groups.values():
+        first = layers[0].layer.weight
+        assert all(m.layer.weight is first for m in layers)
+        assert len({id(m.act) for m in layers}) == len(layers)  # own activation ranges
+    trained = next(g for g in groups.values() if len(g) == 3)[0]
+    r0 = np.random.default_rng(0).standard_normal((2, 1, 16, 4))[1, 0]  # R as built
+    assert not np.allclose(trained.layer.weight.detach().numpy().ravel(), r0.ravel())
+    weights = {id(m.layer.weight): m.layer.weight.numel() for g in groups.values() for m in g}
+    counted = sum(p.numel() for n, p in model.cim.named_parameters() if n.endswith("weight"))
+    assert (
+        counted == sum(weights.values()) == sum(g[0].layer.weight.numel() for g in groups.values())
+    )

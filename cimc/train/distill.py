@@ -44,6 +44,7 @@ from cimc.ir import Graph, Node
 from cimc.pass_manager import load_calibration
 from cimc.program import graph_digest
 from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
+from cimc.weight_sharing import SOURCE_KEY
 
 from .export import assignment_fields
 from .finetune import random_shift
@@ -63,6 +64,7 @@ class DistillConfig:
     recalibrate: int = 50  # steps between activation-range calibrations
     min_samples: int = 16
     loss: str = "auto"  # auto, kl, mse
+    features: float = 0.0  # weight of the CiM layers' inputs matched to fp32's (MSE/variance)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +73,46 @@ class DistillConfig:
 
 class DistillError(CimcError):
     """Bad input to label-free fine-tuning (data, checkpoint)."""
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """Frozen fp32 graphs that read the model's first output, every ``window`` consecutive rows
+    of a sample's output one input (openwakeword's wake-word heads read 16 consecutive
+    embeddings). Their outputs are distilled too, so the student minimises the errors they
+    amplify rather than an error spread evenly over the features."""
+
+    graphs: tuple[Graph, ...]
+    window: int = 1
+
+    def digest(self) -> list[str]:
+        return [graph_digest(g) for g in self.graphs] + [str(self.window)]
+
+    def modules(self, sample: tuple[int, ...]) -> list[GraphModule]:
+        """One frozen module per graph; refuses graphs the output rows cannot feed."""
+        size = math.prod(sample)
+        for g in self.graphs:
+            shape = tuple(g.values[g.inputs[0]].shape)
+            row = math.prod(shape) // self.window
+            fits = row * self.window == math.prod(shape) and size % row == 0
+            if len(g.inputs) != 1 or not fits or size // row < self.window:
+                raise DistillError(
+                    f"downstream graph {g.name!r} (input {shape}) cannot read windows of "
+                    f"{self.window} rows of the model's output {sample}: give a graph with one "
+                    "input whose size is window x a divisor of the output's size"
+                )
+        return [GraphModule(g).eval().requires_grad_(False) for g in self.graphs]
+
+    def __call__(self, modules: list[GraphModule], out: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every graph's outputs on every window of ``out`` [N, *sample]: [N * windows, ...]."""
+        results: list[torch.Tensor] = []
+        for g, m in zip(self.graphs, modules):
+            shape = tuple(g.values[g.inputs[0]].shape)
+            rows = out.reshape(len(out), -1, math.prod(shape) // self.window)
+            wins = rows.unfold(1, self.window, 1).transpose(2, 3)  # N, W, window, row
+            x = wins.reshape(-1, *shape)
+            results.extend(run_batched(m, {g.inputs[0]: x}, g.inputs))
+        return tuple(results)
 
 
 def _roles(graph: Graph, scheme: Scheme) -> dict[str, tuple[str, int]]:
@@ -136,17 +178,25 @@ class CompressedGraph(GraphModule):
         self.layer_nodes = [n for n in float_cim_layers(graph)]
         self.cim = nn.ModuleDict()
         self._key = {}
+        tied: dict[str, nn.Module] = {}  # weight source -> the first layer reading it
         for i, n in enumerate(self.layer_nodes):
             role, bits = self.roles[n.name]
+            layer = _torch_layer(n, graph)
+            first = tied.setdefault(n.meta.get(SOURCE_KEY, n.name), layer)
+            if first is not layer and first.weight.shape == layer.weight.shape:
+                # the steps of an unrolled recurrence: one trainable weight, so they cannot drift
+                # apart (each keeps its own activation quantizer)
+                layer.weight = first.weight
             self._key[n.name] = f"l{i}"
-            self.cim[f"l{i}"] = CimLayer(_torch_layer(n, graph), role, bits, scheme)
+            self.cim[f"l{i}"] = CimLayer(layer, role, bits, scheme)
         pooled = [n for n in self.layer_nodes if self.roles[n.name][0] == "pool"]
         if pooled:
             weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in pooled}
             pool = build_pool(weights, scheme.pool, scheme.vector, scheme.init, scheme.seed)
             for n in pooled:
                 self.layer(n.name).pool = torch.from_numpy(pool.copy())
-        self.capturing = False
+        self.capturing = False  # forward also returns every CiM layer's float input
+        self.quantizing = True  # activation quantizers on (off while calibrating)
 
     def layer(self, name: str) -> CimLayer:
         return self.cim[self._key[name]]
@@ -163,9 +213,9 @@ class CompressedGraph(GraphModule):
             return super().run_node(node, args)
         m = self.layer(node.name)
         x = args[0]
-        if self.capturing:  # calibration: float activations, as quantize-act sees them
+        if self.capturing:  # float activations, as quantize-act sees them
             self._captured[node.name] = x
-        else:
+        if self.quantizing:
             x = m.act.quantize(x)
         w = _onnx_weight(node, m.effective_weight())
         bias = [] if m.layer.bias is None else [m.layer.bias]  # MatMul takes none
@@ -238,8 +288,9 @@ def distill_loss(
         if kind == "values":
             total = total + F.mse_loss(s, t) / (t.var() + 1e-8)
             continue
-        if kind == "score":  # cross-entropy against the teacher's probability
-            total = total + F.binary_cross_entropy(s.clamp(1e-7, 1 - 1e-7), t)
+        if kind == "score":  # cross-entropy against the teacher's probability; not clamped: a
+            # clamp has no gradient, so a student saturated below it would never recover
+            total = total + F.binary_cross_entropy(s, t)
             continue
         s2, t2 = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
         if kind == "probs":
@@ -257,19 +308,20 @@ def calibrate(model: CompressedGraph, x: dict[str, torch.Tensor], batch: int = 6
     compressed weights, as quantize-act{method=max} measures it on the compiled graph."""
     was = model.training
     model.eval()
-    model.capturing = True
+    capturing = model.capturing
+    model.capturing, model.quantizing = True, False
     lo = [math.inf] * len(model.layer_nodes)
     hi = [-math.inf] * len(model.layer_nodes)
     try:
         n = len(next(iter(x.values())))
         for start in range(0, n, batch):
             part = {k: v[start : start + batch] for k, v in x.items()}
-            _, captured = run_batched(model, part, model.graph.inputs)
+            captured = run_batched(model, part, model.graph.inputs)[1]
             for i, c in enumerate(captured):
                 lo[i] = min(lo[i], float(c.min()))
                 hi[i] = max(hi[i], float(c.max()))
     finally:
-        model.capturing = False
+        model.capturing, model.quantizing = capturing, True
         model.train(was)
     for i, n in enumerate(model.layer_nodes):
         act = model.layer(n.name).act
@@ -278,10 +330,26 @@ def calibrate(model: CompressedGraph, x: dict[str, torch.Tensor], batch: int = 6
         act.seen.fill_(True)
 
 
+def features_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> Any:
+    """Mean over CiM layers of the input's MSE to fp32's, scaled by its variance: a deep
+    student whose every layer adds error learns layer by layer, not only through the output."""
+    terms = [F.mse_loss(s, t) / (t.var() + 1e-8) for s, t in zip(student, teacher)]
+    return torch.stack(terms).mean()
+
+
+def _run(model: nn.Module, feeds: dict[str, torch.Tensor], inputs: list[str]) -> tuple:
+    """(outputs, CiM layer inputs) of ``model`` on a batch; no layer inputs unless capturing."""
+    out = run_batched(model, feeds, inputs)
+    return out if getattr(model, "capturing", False) else (out, ())
+
+
 # ---- the loop -----------------------------------------------------------------------------------
-def fingerprint(graph: Graph, scheme: Scheme, cfg: DistillConfig) -> str:
+def fingerprint(
+    graph: Graph, scheme: Scheme, cfg: DistillConfig, downstream: Downstream | None = None
+) -> str:
     """What a checkpoint belongs to: the graph, the scheme (pipeline) and the recipe."""
-    text = json.dumps([graph_digest(graph), scheme.to_dict(), cfg.to_dict()], sort_keys=True)
+    parts = [graph_digest(graph), scheme.to_dict(), cfg.to_dict()]
+    text = json.dumps(parts + (downstream.digest() if downstream else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -297,6 +365,7 @@ def distill(
     cfg: DistillConfig,
     *,
     teacher_data: dict[str, torch.Tensor] | None = None,
+    downstream: Downstream | None = None,
     log_path: str | Path | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -307,21 +376,29 @@ def distill(
 
     ``teacher_data``: the fp32 model's inputs, sample for sample, when they differ from the
     student's (a pipeline stage fed by an already compressed stage learns to undo its error);
-    the teacher sees them without augmentation."""
+    the teacher sees them without augmentation. ``downstream``: frozen graphs fed the first
+    output, whose outputs are distilled as well (their kinds detected as for ``loss="auto"``)."""
     torch.manual_seed(cfg.seed)
-    teacher = GraphModule(graph).eval()
+    teacher: nn.Module = GraphModule(graph).eval()
     student = CompressedGraph(graph, scheme)
+    if cfg.features:  # both return their CiM layers' inputs too
+        teacher = CompressedGraph(graph, Scheme(kind="fp32", keep=None, act_bits=0)).eval()
+        teacher.capturing = student.capturing = True
     calib = {k: v[: cfg.calib] for k, v in data.items()}
     stds = {k: float(v.double().std()) if v.is_floating_point() else 0.0 for k, v in data.items()}
     n = len(next(iter(data.values())))
     with torch.no_grad():
         t_calib = {k: v[: cfg.calib] for k, v in (teacher_data or data).items()}
-        kinds = output_kinds(run_batched(teacher, t_calib, graph.inputs), cfg.loss)
+        t_out = _run(teacher, t_calib, graph.inputs)[0]
+        kinds = output_kinds(t_out, cfg.loss)
+        if downstream is not None:
+            after = downstream.modules(tuple(t_out[0].shape[1:]))
+            down_kinds = output_kinds(downstream(after, t_out[0]), "auto")
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
-    mark = fingerprint(graph, scheme, cfg)
+    mark = fingerprint(graph, scheme, cfg, downstream)
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.is_file():
@@ -345,8 +422,15 @@ def distill(
         batch = {k: augment(v[pick], cfg, stds[k], gen) for k, v in data.items()}
         with torch.no_grad():
             fed = batch if teacher_data is None else {k: v[pick] for k, v in teacher_data.items()}
-            target = run_batched(teacher, fed, graph.inputs)
-        loss = distill_loss(run_batched(student, batch, graph.inputs), target, kinds)
+            target, t_feats = _run(teacher, fed, graph.inputs)
+        out, s_feats = _run(student, batch, graph.inputs)
+        loss = distill_loss(out, target, kinds)
+        if cfg.features:
+            loss = loss + cfg.features * features_loss(s_feats, t_feats)
+        if downstream is not None:
+            with torch.no_grad():
+                t_down = downstream(after, target[0])
+            loss = loss + distill_loss(downstream(after, out[0]), t_down, down_kinds)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -377,6 +461,7 @@ def distill(
                     "gen": gen.get_state(),
                 },
             )
+    student.capturing = False
     return student.eval()
 
 
@@ -480,6 +565,7 @@ def export(
 __all__ = [
     "CompressedGraph",
     "DistillConfig",
+    "Downstream",
     "calibrate",
     "check_exportable",
     "distill",
