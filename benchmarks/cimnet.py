@@ -260,7 +260,9 @@ def fronts(
         space = make_space(target, family, folder, a, h, args.multiples)
         study = Study(folder / f"loop-{kind}", identity(space, args))
         ev = Evaluator("", space, None, None, str(folder / "cache"), args.val)
-        settings = Settings(objectives, args.budget, args.population, args.seed)
+        settings = Settings(
+            objectives, args.budget, args.population, args.seed, initial=(space.base_config(),)
+        )
         log(f"  {kind}-only search ({args.budget} true evaluations)")
         executor = process_pool(args.workers) if args.workers > 1 else None
         try:

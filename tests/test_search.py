@@ -146,6 +146,21 @@ def test_cli_end_to_end(finished_study, capsys):
     assert "Pareto front" in capsys.readouterr().out
 
 
+def test_first_round_starts_from_the_baseline():
+    """The preset's own configuration is a candidate from the start (the front is never worse
+    than the hardware the user began with); one the space cannot express is left out."""
+    from cimc.search.loop import _first_round
+
+    space = Space.from_target(load_target("cimpool-sram"))
+    base = space.base_config()
+    assert None not in base.values()
+    first = _first_round(space, (base,), np.random.default_rng(0), 8)
+    assert first[0] == base and len(first) == 8 and base not in first[1:]
+    partial = base | {"scheme": None}  # e.g. a space file that drops the preset's scheme
+    first = _first_round(space, (partial,), np.random.default_rng(0), 8)
+    assert len(first) == 8 and partial not in first
+
+
 def test_rerun_recomputes_nothing(finished_study, hw_space):
     before = sqlite3.connect(finished_study / "study.db").execute(
         "SELECT hash, finished FROM evals ORDER BY hash").fetchall()  # fmt: skip

@@ -101,7 +101,14 @@ def run(
         identity = {"model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest()}
     objectives = objectives or ("fidelity", "cycles")
     objs = parse_objectives(list(objectives), has_labels)
-    settings = Settings(tuple(objs), budget, population, seed, Constraints(max_area, min_fidelity))
+    settings = Settings(
+        tuple(objs),
+        budget,
+        population,
+        seed,
+        Constraints(max_area, min_fidelity),
+        initial=(sp.base_config(),),
+    )
     st = Study(study, identity | {"space": sp.describe()})
     st.set_meta(
         "settings",

@@ -35,6 +35,10 @@ class Settings:
     constraints: Constraints = field(default_factory=Constraints)
     inner_evals: int = 2000  # NSGA-II evaluations on the predictors per round (DyNAS-T: 5,000+;
     # fewer here keeps a round at a few seconds beside evaluations of a fraction of a second)
+    initial: tuple[dict[str, Any], ...] = ()
+    """Configs evaluated in the first round before the random ones: the baseline (the preset
+    and, for a family, its largest subnet), so the front is never worse than it and the
+    predictors see it; NSGA-II's mutations then start from a known good point."""
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -90,7 +94,8 @@ def run_loop(
         rng = np.random.default_rng([settings.seed, number])
         start = time.perf_counter()
         if number == 0:
-            configs, predicted, fitted = _random_new(space, rng, n, set()), [None] * n, {}
+            configs = _first_round(space, settings.initial, rng, n)
+            predicted, fitted = [None] * len(configs), {}
         else:
             configs, predicted, fitted = _propose(space, earlier, settings, rng, n)
         todo = [(c, p) for c, p in zip(configs, predicted) if config_hash(c) not in stored]
@@ -157,6 +162,16 @@ def _round_info(
         "predictors": fitted,
         "held_out": held_out,
     }
+
+
+def _first_round(
+    space: Space, initial: tuple[dict[str, Any], ...], rng: np.random.Generator, n: int
+) -> list[dict]:
+    """The initial configs (those with a value for every variable, at most ``n``), then random
+    ones up to ``n``."""
+    given = [c for c in initial if all(c.get(v.name) is not None for v in space.variables)][:n]
+    seen = {config_hash(c) for c in given}
+    return given + _random_new(space, rng, n - len(given), seen)
 
 
 def _random_new(space: Space, rng: np.random.Generator, n: int, seen: set[str]) -> list[dict]:
