@@ -18,6 +18,8 @@ from cimc.targets.simulator import simulate
 from test_recurrent import HID, IN, SEQ, feeds_of, recurrent_model
 
 import cimc
+from cimc.cim_ops import weight_matrix
+from cimc.compress import POOL_VALUE, build_pool, select_layers
 from cimc.errors import CimcError
 from cimc.program import OP
 from cimc.weight_sharing import SOURCE_KEY
@@ -135,6 +137,25 @@ def test_pool_steps_share_one_compression(tmp_path):
     maps = mappings(program)
     assert sum("shares" in m for m in maps.values()) == DIRS * (SEQ - 1) - 1
     simulate_checked(program, model, tmp_path)
+
+
+def test_pool_kmeans_counts_a_shared_weight_once():
+    """weight-pool's k-means sees the LSTM's distinct weights (told apart here by content, not
+    by the importer's tags), not one copy of R^T per step; 8-long vectors and 16 pool rows, so
+    the k-means has more vectors than rows to fit."""
+    graph = cimc.import_onnx(lstm())
+    chosen, _ = select_layers(graph, skip_first=True, skip_depthwise=True, skip_last=True)
+    weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in chosen}
+    distinct: dict[str, np.ndarray] = {}
+    for name, w in weights.items():
+        if not any(np.array_equal(w, d) for d in distinct.values()):
+            distinct[name] = w
+    # of each direction's W^T and R^T, the first layer (d0's W^T) is left out of the pool
+    assert (len(weights), len(distinct)) == (DIRS * (1 + SEQ) - 2, 2 * DIRS - 1)
+    pooled = cimc.run_passes(graph, "weight-pool{vector=8,pool=16}")
+    pool = pooled.values[POOL_VALUE].data
+    assert np.array_equal(pool, build_pool(distinct, 16, 8, "kmeans", 0))
+    assert not np.array_equal(pool, build_pool(weights, 16, 8, "kmeans", 0))
 
 
 def test_a_model_that_fits_only_when_shared_compiles():
