@@ -58,15 +58,17 @@ ROW_BLOCK = 256  # input rows per instruction: the unit of pipelining and of wei
 class Emitter:
     """Appends instructions (in NumPy chunks) and remembers, per array, the last MVM that used
     each of its two weight buffers (for double-buffered weight loads) and which tiles its memory
-    holds: ``(share group, tile)`` keys with their bytes, least recently used first (the share
-    group is the layer index of its first layer)."""
+    holds: ``(share group, tile)`` keys (the share group is the layer index of its first layer)
+    with their bytes."""
 
     def __init__(self, target: Target):
         self.target = target
         self.chunks: list[np.ndarray] = []
         self.count = 0
         self.buffers = np.full((target.num_arrays, 2), -1, np.int64)
-        self.held: list[tuple[tuple[tuple[int, int], int], ...]] = [()] * target.num_arrays
+        # per array: (bytes held, {tile: bytes} least recently used first); never changed in
+        # place, so a fork shares them
+        self.held: list[tuple[int, dict[Key, int]]] = [(0, {})] * target.num_arrays
 
     def emit(
         self,
@@ -109,16 +111,18 @@ class Emitter:
     def holds(self, ma: int, span: int, tile: Key) -> bool:
         """Whether the ``span`` arrays from ``ma`` all still hold ``tile``."""
         n = self.target.num_arrays
-        return all(any(k == tile for k, _ in self.held[(ma + i) % n]) for i in range(span))
+        return all(tile in self.held[(ma + i) % n][1] for i in range(span))
 
     def store(self, array: int, tile: Key, nbytes: int) -> None:
         """``tile`` is now the most recently used on ``array``; the least recently used tiles
         make room for it (a tile larger than the array evicts them all)."""
-        kept = [(k, b) for k, b in self.held[array] if k != tile]
-        total = sum(b for _, b in kept)
-        while kept and total + nbytes > self.target.MA_mem_size:
-            total -= kept.pop(0)[1]
-        self.held[array] = (*kept, (tile, nbytes))
+        total, tiles = self.held[array]
+        tiles = dict(tiles)
+        total -= tiles.pop(tile, 0)
+        while tiles and total + nbytes > self.target.MA_mem_size:
+            total -= tiles.pop(next(iter(tiles)))
+        tiles[tile] = nbytes
+        self.held[array] = (total + nbytes, tiles)
 
     def used(self, arrays: np.ndarray, mvms: np.ndarray) -> None:
         """The MVMs ``mvms`` read the current weight buffer of ``arrays``."""
@@ -192,7 +196,9 @@ def emit_cim_layer(
     waves = weight_waves(tiling, t) if written is None else 1
     weights = li if weights < 0 else weights
     stream = t.weights == "dram" and written is None
-    reuse = stream and waves == 1  # tiles an earlier layer of its group left need no load
+    # tiles an earlier layer of its share group left need no load (a group's first layer finds
+    # none: its tiles are on no array before it loads them)
+    reuse = stream and waves == 1 and weights != li
     per_wave = math.ceil(tiles / waves)
     blocks = [
         (r, s, min(s + ROW_BLOCK, min((r + 1) * rows_per_copy, work.rows)))
