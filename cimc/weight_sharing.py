@@ -12,7 +12,9 @@ correction may differ per step). The check compares a layer with the first of it
 one byte comparison per later layer, nothing hashed, and layers without the key cost nothing.
 
 ``tile`` places a share group once, ``lower`` reuses the arrays, and the storage report counts
-the group's bits once; all three read :func:`share_leaders`.
+the group's bits once; all three read :func:`share_leaders`. Before compression, the pool's
+k-means sees each source's weight once (:func:`distinct_weights`) and the compression targets
+the steps' mean calibration moments (:func:`tie_moments`).
 """
 
 from __future__ import annotations
@@ -80,3 +82,17 @@ def tie_moments(graph: Graph, moments: dict[str, np.ndarray]) -> dict[str, np.nd
         mean = np.mean([moments[n] for n in names], axis=0)
         tied.update(dict.fromkeys(names, mean))
     return tied
+
+
+def distinct_weights(graph: Graph, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``weights`` (layer name -> float weight matrix) without the later layers of a weight
+    source whose matrix equals its first layer's: a weight the steps share is one stored weight,
+    so statistics over the network's weights (the pool's k-means) count it once, not per step."""
+    first: dict[str, np.ndarray] = {}
+    kept: dict[str, np.ndarray] = {}
+    for name, w in weights.items():
+        source = graph.node(name).meta.get(SOURCE_KEY)
+        lead = w if source is None else first.setdefault(source, w)
+        if lead is w or not np.array_equal(lead, w):
+            kept[name] = w
+    return kept

@@ -35,7 +35,7 @@ from cimc.errors import OptionError
 from cimc.ir import Graph, Node
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 from cimc.sensitivity import mark_sensitive, most_sensitive
-from cimc.weight_sharing import tie_moments
+from cimc.weight_sharing import distinct_weights, tie_moments
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -163,8 +163,9 @@ class WeightPool(Pass):
         pool_from: list[Node],
         geometry: tuple[int, int],
     ) -> None:
-        """Build the pool from the ``pool_from`` layers and assign every chosen layer's vectors
-        to it; ``geometry``: (vector, pool size)."""
+        """Build the pool from the ``pool_from`` layers (a weight the steps of a recurrent layer
+        share counted once) and assign every chosen layer's vectors to it; ``geometry``:
+        (vector, pool size)."""
         vector, size = geometry
         weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in pool_from}
         vecs = {name: pack_vectors(w, vector) for name, w in weights.items()}
@@ -173,7 +174,8 @@ class WeightPool(Pass):
             attrs = {n.name: unfold_attrs(n, graph) for n in chosen}
             moments = tie_moments(graph, slot_moments(graph, ctx.calibration, attrs, vector))
             ctx.slot_moments = SlotMoments(moments)
-        pool = build_pool(weights, size, vector, self.init, self.seed, vecs)
+        distinct = distinct_weights(graph, weights)
+        pool = build_pool(distinct, size, vector, self.init, self.seed, vecs)
         pool_value = add_pool(graph, pool)
         for n in chosen:
             w = weights[n.name]

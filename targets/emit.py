@@ -12,10 +12,11 @@ double-buffered: a load waits only for the MVMs that used the buffer it overwrit
 
 Layers that hold the same weights (``cimc.weight_sharing``: the steps of a recurrent layer) sit
 on the same arrays. On chip (``weights = "sram"``) no layer loads weights: they are resident.
-From DRAM, a layer whose weights are all still on its arrays loads nothing: each array
-remembers whose weights it last received, and a later layer of the same share group skips its
-loads when none of its arrays has been loaded with other weights since and the layer fits in
-one wave; otherwise it reloads them as any layer would (no partial reuse: a conservative rule).
+From DRAM, each array's ``MA_mem_size`` bytes hold the tiles loaded into it, least recently used
+evicted first (the capacity ``weight_waves`` counts tiles against), so a small recurrent weight
+stays beside other weights while they fit. A later layer of a share group that fits in one wave
+loads only those of its tiles that are no longer on their arrays; a layer in several waves
+overwrites its own tiles and loads all of them.
 
 A vector layer occupies the vector unit for its real work (``cimc.ops.vector_work``): element
 operations at ``vector_width`` per cycle, MACs at ``vector_macs_per_cycle``. With ``attention =
@@ -48,6 +49,7 @@ from .timing import (
 )
 
 F = FIELDS
+Key = tuple[int, int]  # a tile of a share group's weights: (share group, tile index)
 
 PSUM_BYTES = 4  # a 32-bit partial sum
 ROW_BLOCK = 256  # input rows per instruction: the unit of pipelining and of weight reloads
@@ -55,15 +57,18 @@ ROW_BLOCK = 256  # input rows per instruction: the unit of pipelining and of wei
 
 class Emitter:
     """Appends instructions (in NumPy chunks) and remembers, per array, the last MVM that used
-    each of its two weight buffers (for double-buffered weight loads) and whose weights it last
-    received (the layer index of their share group's first layer; -1: none)."""
+    each of its two weight buffers (for double-buffered weight loads) and which tiles its memory
+    holds: ``(share group, tile)`` keys (the share group is the layer index of its first layer)
+    with their bytes."""
 
     def __init__(self, target: Target):
         self.target = target
         self.chunks: list[np.ndarray] = []
         self.count = 0
         self.buffers = np.full((target.num_arrays, 2), -1, np.int64)
-        self.holds = np.full(target.num_arrays, -1, np.int64)
+        # per array: (bytes held, {tile: bytes} least recently used first); never changed in
+        # place, so a fork shares them
+        self.held: list[tuple[int, dict[Key, int]]] = [(0, {})] * target.num_arrays
 
     def emit(
         self,
@@ -92,20 +97,32 @@ class Emitter:
         self.count += cols.shape[1]
         return first
 
-    def load_weights(self, layer: int, ma: int, span: int, nbytes: int, weights: int) -> int:
-        """Load the weights of share group ``weights`` into ``span`` arrays from ``ma``."""
+    def load_weights(self, layer: int, ma: int, span: int, nbytes: int, tile: Key) -> int:
+        """Load ``tile`` (``nbytes`` per copy) into ``span`` arrays from ``ma``."""
         arrays = (ma + np.arange(span)) % self.target.num_arrays
         wait = int(self.buffers[arrays, 0].max(initial=-1))
         idx = self.emit("LOAD_W", layer, ma, span, 1, 0, nbytes, 0, 0, 0, wait)
         self.buffers[arrays, 0] = self.buffers[arrays, 1]
         self.buffers[arrays, 1] = -1
-        self.holds[arrays] = weights
+        for a in arrays:
+            self.store(int(a), tile, nbytes)
         return idx
 
-    def resident(self, first: int, span: int, weights: int) -> bool:
-        """Whether the ``span`` arrays from ``first`` all still hold share group ``weights``."""
-        arrays = (first + np.arange(span)) % self.target.num_arrays
-        return bool(np.all(self.holds[arrays] == weights))
+    def holds(self, ma: int, span: int, tile: Key) -> bool:
+        """Whether the ``span`` arrays from ``ma`` all still hold ``tile``."""
+        n = self.target.num_arrays
+        return all(tile in self.held[(ma + i) % n][1] for i in range(span))
+
+    def store(self, array: int, tile: Key, nbytes: int) -> None:
+        """``tile`` is now the most recently used on ``array``; the least recently used tiles
+        make room for it (a tile larger than the array evicts them all)."""
+        total, tiles = self.held[array]
+        tiles = dict(tiles)
+        total -= tiles.pop(tile, 0)
+        while tiles and total + nbytes > self.target.MA_mem_size:
+            total -= tiles.pop(next(iter(tiles)))
+        tiles[tile] = nbytes
+        self.held[array] = (total + nbytes, tiles)
 
     def used(self, arrays: np.ndarray, mvms: np.ndarray) -> None:
         """The MVMs ``mvms`` read the current weight buffer of ``arrays``."""
@@ -126,7 +143,7 @@ class Emitter:
         twin.chunks = list(self.chunks)
         twin.count = self.count
         twin.buffers = self.buffers.copy()
-        twin.holds = self.holds.copy()
+        twin.held = list(self.held)
         return twin
 
 
@@ -179,8 +196,9 @@ def emit_cim_layer(
     waves = weight_waves(tiling, t) if written is None else 1
     weights = li if weights < 0 else weights
     stream = t.weights == "dram" and written is None
-    if stream and waves == 1 and em.resident(first, tiles * rep, weights):
-        stream = False  # an earlier layer of its share group left them on these arrays
+    # tiles an earlier layer of its share group left need no load (a group's first layer finds
+    # none: its tiles are on no array before it loads them)
+    reuse = stream and waves == 1 and weights != li
     per_wave = math.ceil(tiles / waves)
     blocks = [
         (r, s, min(s + ROW_BLOCK, min((r + 1) * rows_per_copy, work.rows)))
@@ -193,9 +211,16 @@ def emit_cim_layer(
     psum_bytes = tiling.chan_per_tile * PSUM_BYTES
 
     def loads(w: int) -> np.ndarray:
+        wave = range(w * per_wave, min((w + 1) * per_wave, tiles))
+        held = {tt for tt in wave if reuse and em.holds(first + tt * rep, rep, (weights, tt))}
+        for tt in sorted(held):  # used again, so the loads below evict other tiles first
+            for r in range(rep):
+                em.store((first + tt * rep + r) % n, (weights, tt), tiling.tile_bytes)
         loaded = np.full(tiles, -1, np.int64)
-        for tt in range(w * per_wave, min((w + 1) * per_wave, tiles)):
-            loaded[tt] = em.load_weights(li, first + tt * rep, rep, tiling.tile_bytes, weights)
+        for tt in wave:
+            if tt not in held:
+                key = (weights, tt)
+                loaded[tt] = em.load_weights(li, first + tt * rep, rep, tiling.tile_bytes, key)
         return loaded
 
     def compute(w: int, r: int, start: int, stop: int, loaded: np.ndarray | None) -> None:

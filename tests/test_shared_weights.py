@@ -18,6 +18,8 @@ from cimc.targets.simulator import simulate
 from test_recurrent import HID, IN, SEQ, feeds_of, recurrent_model
 
 import cimc
+from cimc.cim_ops import weight_matrix
+from cimc.compress import POOL_VALUE, build_pool, select_layers
 from cimc.errors import CimcError
 from cimc.program import OP
 from cimc.weight_sharing import SOURCE_KEY
@@ -137,6 +139,25 @@ def test_pool_steps_share_one_compression(tmp_path):
     simulate_checked(program, model, tmp_path)
 
 
+def test_pool_kmeans_counts_a_shared_weight_once():
+    """weight-pool's k-means sees the LSTM's distinct weights (told apart here by content, not
+    by the importer's tags), not one copy of R^T per step; 8-long vectors and 16 pool rows, so
+    the k-means has more vectors than rows to fit."""
+    graph = cimc.import_onnx(lstm())
+    chosen, _ = select_layers(graph, skip_first=True, skip_depthwise=True, skip_last=True)
+    weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in chosen}
+    distinct: dict[str, np.ndarray] = {}
+    for name, w in weights.items():
+        if not any(np.array_equal(w, d) for d in distinct.values()):
+            distinct[name] = w
+    # of each direction's W^T and R^T, the first layer (d0's W^T) is left out of the pool
+    assert (len(weights), len(distinct)) == (DIRS * (1 + SEQ) - 2, 2 * DIRS - 1)
+    pooled = cimc.run_passes(graph, "weight-pool{vector=8,pool=16}")
+    pool = pooled.values[POOL_VALUE].data
+    assert np.array_equal(pool, build_pool(distinct, 16, 8, "kmeans", 0))
+    assert not np.array_equal(pool, build_pool(weights, 16, 8, "kmeans", 0))
+
+
 def test_a_model_that_fits_only_when_shared_compiles():
     """Two arrays holding six tiles: the LSTM's four distinct tiles fit, its twelve layers'
     would not, and do not when the share marks are removed."""
@@ -154,17 +175,52 @@ def test_a_model_that_fits_only_when_shared_compiles():
         compile_model(model, "int8-sram", graph=graph, **small)
 
 
-def test_dram_reloads_weights_another_layer_overwrote(tmp_path):
-    """GRU (linear_before_reset=0) runs two recurrent products per step, with R_zr and R_h. On
-    a single array each overwrites the other, so every step reloads both; the cycles still
-    agree with the simulator."""
+def gru_on_one_array(**overrides) -> tuple[onnx.ModelProto, cimc.Program]:
+    """GRU (linear_before_reset=0): per step two recurrent products, with R_zr^T [h, 2h] and
+    R_h^T [h, h], compiled for one DRAM array after the input projection W^T [in, 3h]."""
     model = recurrent_model("GRU", states_as_inputs=True)
-    one = dict(L1_num_child=1, MA_num_child=1)
-    program = compile_model(model, "cimnet", **one)
-    maps = mappings(program)
-    assert sum("shares" in m for m in maps.values()) == 2 * (SEQ - 1)
-    assert weight_loads(program) == sum(m["tiles"] for m in maps.values())
-    wide = compile_model(model, "cimnet")  # 64 arrays: R_zr and R_h stay put
-    own = [m for m in mappings(wide).values() if "shares" not in m]
-    assert weight_loads(wide) == sum(m["tiles"] for m in own) < weight_loads(program)
+    program = compile_model(model, "cimnet", L1_num_child=1, MA_num_child=1, **overrides)
+    assert sum("shares" in m for m in mappings(program).values()) == 2 * (SEQ - 1)
+    return model, program
+
+
+def loads_per_layer(program: cimc.Program) -> list[int]:
+    """LOAD_W instructions of each CiM layer, in execution order."""
+    ins = program.instructions
+    layers = ins["layer"][ins["op"] == OP["LOAD_W"]]
+    cim = [li for li, e in enumerate(program.layers) if e["kind"] == "cim"]
+    return [int(np.sum(layers == li)) for li in cim]
+
+
+def test_dram_keeps_weights_that_fit_side_by_side(tmp_path):
+    """An array whose memory holds R_zr and R_h together loads each once, though each step
+    loads the other onto the same array in between."""
+    target = load_target("cimnet")
+    zr, h = (int_bytes(out, HID, target)[1] for out in (2 * HID, HID))
+    model, program = gru_on_one_array(MA_mem_size=zr + h)
+    assert loads_per_layer(program) == [1, 1, 1] + [0, 0] * (SEQ - 1)
+    simulate_checked(program, model, tmp_path)
+
+
+def test_dram_reloads_weights_another_layer_overwrote(tmp_path):
+    """A byte less and the array holds only one of R_zr and R_h: each evicts the other, so
+    every step reloads both; the cycles still agree with the simulator."""
+    target = load_target("cimnet")
+    zr, h = (int_bytes(out, HID, target)[1] for out in (2 * HID, HID))
+    model, program = gru_on_one_array(MA_mem_size=zr + h - 1)
+    assert loads_per_layer(program) == [1] + [1, 1] * SEQ
+    simulate_checked(program, model, tmp_path)
+
+
+def test_dram_reloads_only_the_tiles_overwritten(tmp_path):
+    """32-column arrays split R_zr^T into two tiles (4 channels each) and R_h^T into one, all of
+    one size. The array holds two of them: R_h evicts the R_zr tile used longest ago, so each
+    later step reloads that one tile of R_zr (its other tile stays) and R_h, which it evicts."""
+    target = load_target("cimnet", overrides={"array_cols": 32})
+    tiles, nbytes = int_bytes(2 * HID, HID, target)
+    tile = nbytes // tiles
+    assert tiles == 2 and int_bytes(HID, HID, target) == (1, tile)
+    model, program = gru_on_one_array(array_cols=32, MA_mem_size=3 * tile - 1)
+    w_tiles = next(iter(mappings(program).values()))["tiles"]  # the input projection
+    assert loads_per_layer(program) == [w_tiles, 2, 1] + [1, 1] * (SEQ - 1)
     simulate_checked(program, model, tmp_path)
