@@ -44,7 +44,7 @@ from cimc.ir import Graph, Node
 from cimc.pass_manager import load_calibration
 from cimc.program import graph_digest
 from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
-from cimc.weight_sharing import SOURCE_KEY
+from cimc.weight_sharing import SOURCE_KEY, distinct_weights
 
 from .export import assignment_fields
 from .finetune import random_shift
@@ -192,7 +192,8 @@ class CompressedGraph(GraphModule):
         pooled = [n for n in self.layer_nodes if self.roles[n.name][0] == "pool"]
         if pooled:
             weights = {n.name: weight_matrix(n, graph).astype(np.float64) for n in pooled}
-            pool = build_pool(weights, scheme.pool, scheme.vector, scheme.init, scheme.seed)
+            distinct = distinct_weights(graph, weights)  # the pool weight-pool builds
+            pool = build_pool(distinct, scheme.pool, scheme.vector, scheme.init, scheme.seed)
             for n in pooled:
                 self.layer(n.name).pool = torch.from_numpy(pool.copy())
         self.capturing = False  # forward also returns every CiM layer's float input
