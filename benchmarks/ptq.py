@@ -10,6 +10,8 @@ For each kit model (../shared/devkit; build it with make_devkit.sh) the task met
   int4-<m>      the same with 4-bit weights (int4-sram);
   ...-sq, -bc   with smooth-act (SmoothQuant scales into the weights) and with
                 quantize-act{bias-correction=true};
+  ...-gq        weights rounded by GPTQ (quantize-weights{rounding=gptq}) instead of to nearest:
+                int8-percentile-gq is the int8-sram preset's default pipeline;
   ort-<m>       onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations,
                 Conv/MatMul/Gemm, calibration MinMax, Percentile or Entropy.
 Every method sees the same calibration feeds: the kit's first ``--calib`` inputs of each model
@@ -49,9 +51,9 @@ from cimc.calibration import METHODS
 CONFIGS = (
     ["fp32"]
     + [f"int8-{m}" for m in METHODS]
-    + ["int8-mse-sq", "int8-mse-bc"]
+    + ["int8-mse-sq", "int8-mse-bc", "int8-percentile-gq"]
     + [f"int4-{m}" for m in METHODS]
-    + ["int4-mse-sq-bc"]
+    + ["int4-mse-sq-bc", "int4-percentile-gq"]
     + ["ort-minmax", "ort-percentile", "ort-entropy"]
 )
 
