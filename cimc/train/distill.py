@@ -43,6 +43,7 @@ from cimc.errors import CimcError, FeedError
 from cimc.ir import Graph, Node
 from cimc.pass_manager import load_calibration
 from cimc.program import graph_digest
+from cimc.recurrent import constant_name, direction_from_weights, direction_weights, weight_tags
 from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
 from cimc.weight_sharing import SOURCE_KEY, distinct_weights
 
@@ -497,56 +498,167 @@ def imported_names(graph: onnx.GraphProto, prefix: str = "") -> dict[str, onnx.N
     return out
 
 
+def recurrent_weights(nodes: dict[str, onnx.NodeProto]) -> dict[str, tuple[str, int, str]]:
+    """The weight constants the importer unrolls the LSTM/GRU nodes into (constant name ->
+    (node name, direction, tag of :func:`cimc.recurrent.weight_tags`)): the CiM layers whose
+    tuned weights go back into the node's W and R."""
+    found = {}
+    for name, n in nodes.items():
+        if n.op_type not in ("LSTM", "GRU"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        dirs = 2 if attrs.get("direction") == b"bidirectional" else 1
+        for d in range(dirs):
+            for tag in weight_tags(n.op_type, bool(attrs.get("linear_before_reset", 0))):
+                found[constant_name(name, d, tag)] = (name, d, tag)
+    return found
+
+
+def _initializer_array(proto: onnx.ModelProto, name: str, source: str | Path) -> np.ndarray | None:
+    """The value of initializer ``name`` of the main graph (None if it is not one)."""
+    for t in proto.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t, base_dir=str(Path(source).parent))
+    return None
+
+
 def check_exportable(
-    graph: Graph, source: str | Path, nodes: dict[str, onnx.NodeProto] | None = None
+    graph: Graph,
+    source: str | Path,
+    proto: onnx.ModelProto | None = None,
+    scheme: Scheme | None = None,
 ) -> None:
-    """Refuse, before any training, a model whose tuned weights the ONNX file cannot carry:
-    every CiM layer and BatchNorm must be a node of ``source`` (``nodes``: its
-    :func:`imported_names`), not one the importer made by unrolling a recurrence."""
-    if nodes is None:
-        nodes = imported_names(onnx.load(str(source), load_external_data=False).graph)
+    """Refuse, before any training, a model whose tuned weights the ONNX file cannot carry.
+
+    Every CiM layer and BatchNorm must be a node of ``source`` (``proto``, when loaded) or read
+    an LSTM/GRU weight (:func:`recurrent_weights`); the node's W and R must be initializers and
+    its initial hidden state not a nonzero constant (the importer folds the first step's
+    product with the original R into a constant). With ``scheme``, the steps of a recurrent
+    weight must be compressed alike, since the node's one R holds them all."""
+    if proto is None:
+        proto = onnx.load(str(source), load_external_data=False)
+    nodes = imported_names(proto.graph)
+    recurrent = recurrent_weights(nodes)
     for node in [*float_cim_layers(graph), *affine_constants(graph).values()]:
-        if node.name not in nodes:
+        if node.name not in nodes and node.inputs[1] not in recurrent:
             raise DistillError(
-                f"layer {node.name!r} of {source} was made by the importer (e.g. by "
-                "unrolling an LSTM/GRU), so the ONNX file cannot carry its fine-tuned weights; "
-                "fine-tuning recurrent models is not supported yet (cimc compile still "
-                "compresses them post-training)"
+                f"layer {node.name!r} of {source} was made by the importer and holds no weight "
+                "of an ONNX node, so the ONNX file cannot carry its fine-tuned weights; "
+                "fine-tuning it is not supported (cimc compile still compresses it post-training)"
             )
+    for name in sorted({node for node, _, _ in recurrent.values()}):
+        n = nodes[name]
+        h0 = n.input[5] if len(n.input) > 5 else ""
+        for i, what in ((1, "W"), (2, "R"), (5, "initial_h")):
+            if i >= len(n.input) or not n.input[i]:
+                continue
+            data = _initializer_array(proto, n.input[i], source)
+            if data is None and what != "initial_h":
+                raise DistillError(
+                    f"{n.op_type} node {name!r} of {source}: its {what} ({n.input[i]!r}) is not an "
+                    "initializer of the main graph, so the fine-tuned weights cannot be written "
+                    "back; make it one (e.g. with onnxsim) and fine-tune again"
+                )
+            if what == "initial_h" and data is not None and np.any(data):
+                raise DistillError(
+                    f"{n.op_type} node {name!r} of {source} starts from the constant nonzero "
+                    f"state {h0!r}, whose product with R the importer folds with the original R; "
+                    "fine-tuning it is not supported: feed the state as a graph input instead"
+                )
+    if scheme is not None:
+        _check_steps_alike(graph, scheme, recurrent)
+
+
+def _check_steps_alike(
+    graph: Graph, scheme: Scheme, recurrent: dict[str, tuple[str, int, str]]
+) -> None:
+    roles = _roles(graph, scheme)
+    first: dict[str, tuple[str, tuple[str, int]]] = {}
+    for n in float_cim_layers(graph):
+        if n.inputs[1] not in recurrent:
+            continue
+        lead, role = first.setdefault(n.inputs[1], (n.name, roles[n.name]))
+        if roles[n.name] != role:
+            node = recurrent[n.inputs[1]][0]
+            raise DistillError(
+                f"the steps of recurrent node {node!r} share one weight but {scheme.label} "
+                f"compresses step {lead!r} as {role} and step {n.name!r} as {roles[n.name]} (the "
+                "model's first and last CiM layers keep 8 bits), so the node's one R cannot hold "
+                "both; add a layer after the recurrence (an output head) or use an int8 target"
+            )
+
+
+def _write_recurrent(
+    proto: onnx.ModelProto,
+    node: onnx.NodeProto,
+    parts: dict[tuple[int, str], np.ndarray],
+    source: str | Path,
+) -> None:
+    """Replace ``node``'s W and R by the ones whose unrolled constants are ``parts`` ((direction,
+    tag) -> constant); a constant no CiM layer read (R of a one-step sequence) keeps its value."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    lbr = bool(attrs.get("linear_before_reset", 0))
+    w, r = (_initializer_array(proto, node.input[i], source) for i in (1, 2))
+    new_w, new_r = np.empty_like(w), np.empty_like(r)
+    for d in range(len(w)):
+        base = direction_weights(node.op_type, lbr, w[d], r[d])
+        mine = {tag: c for (dd, tag), c in parts.items() if dd == d}
+        new_w[d], new_r[d] = direction_from_weights(base | mine)
+    node.input[1] = _initializer(proto, f"{node.input[1]}.finetuned", new_w)
+    node.input[2] = _initializer(proto, f"{node.input[2]}.finetuned", new_r)
 
 
 def export(
     model: CompressedGraph, source: str | Path, onnx_path: str | Path, npz_path: str | Path
 ) -> str:
     """Write ``source`` with the fine-tuned CiM weights at ``onnx_path`` and, for CIMPool, the
-    assignment at ``npz_path``; returns the pipeline that compiles them to these numbers."""
+    assignment at ``npz_path``; returns the pipeline that compiles them to these numbers.
+
+    An LSTM/GRU's tuned input projection and recurrent weight (one per direction, shared by
+    its steps) go back into the node's W and R through :func:`cimc.recurrent.
+    direction_from_weights`; their assignment is keyed by the constant the importer makes of
+    them. Its biases are added on the vector unit and not trained: B is written unchanged."""
     model.eval()
     proto = onnx.load(str(source))
     by_name = imported_names(proto.graph)
-    check_exportable(model.graph, source, by_name)
+    check_exportable(model.graph, source, proto, model.scheme)
+    recurrent = recurrent_weights(by_name)
     graph = model.graph
     layers: dict[str, dict[str, np.ndarray]] = {}
+    tuned: dict[str, dict[tuple[int, str], np.ndarray]] = {}  # LSTM/GRU node -> its constants
+    done: set[str] = set()
 
     for node in model.layer_nodes:
-        target = by_name[node.name]
+        const = node.inputs[1]
+        if const in done:
+            continue  # a later step of a recurrent weight: compressed as the first (checked)
         m = model.layer(node.name)
         with torch.no_grad():
             w = _onnx_weight(node, m.effective_weight()).detach().numpy()
-        value = graph.values[node.inputs[1]]
-        name = f"{node.inputs[1]}.finetuned"
-        target.input[1] = _initializer(proto, name, w.reshape(value.shape).astype(np.float32))
-        if m.layer.bias is not None:
-            b = m.layer.bias.detach().numpy()  # [O]; Gemm's C may have been one broadcast value
-            shape = graph.values[node.inputs[2]].shape
-            b = b.reshape(shape) if math.prod(shape) == b.size else b
-            target.input[2] = _initializer(proto, f"{node.inputs[2]}.finetuned", b)
+        w = w.reshape(graph.values[const].shape).astype(np.float32)
+        if const in recurrent:
+            done.add(const)
+            name, d, tag = recurrent[const]
+            tuned.setdefault(name, {})[d, tag] = w
+            key = const  # the importer names it so in the exported model too
+        else:
+            target = by_name[node.name]
+            key = f"{const}.finetuned"
+            target.input[1] = _initializer(proto, key, w)
+            if m.layer.bias is not None:
+                b = m.layer.bias.detach().numpy()  # [O]; Gemm's C may be one broadcast value
+                shape = graph.values[node.inputs[2]].shape
+                b = b.reshape(shape) if math.prod(shape) == b.size else b
+                target.input[2] = _initializer(proto, f"{node.inputs[2]}.finetuned", b)
         if m.role == "pool":
-            layers[name] = assignment_fields(m)
+            layers[key] = assignment_fields(m)
+    for name, parts in tuned.items():
+        _write_recurrent(proto, by_name[name], parts, source)
     for name, node in affine_constants(graph).items():
         target = by_name[node.name]
         pos = list(node.inputs).index(name)
-        tuned = model.constant(name).detach().numpy()
-        target.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
+        tuned_value = model.constant(name).detach().numpy()
+        target.input[pos] = _initializer(proto, f"{name}.finetuned", tuned_value)
     used = {i for n in subgraph_nodes(proto.graph) for i in n.input}  # branches read them too
     dropped = {t.name for t in proto.graph.initializer if t.name not in used}
     kept = [t for t in proto.graph.initializer if t.name not in dropped]
@@ -569,6 +681,7 @@ __all__ = [
     "Downstream",
     "calibrate",
     "check_exportable",
+    "recurrent_weights",
     "distill",
     "export",
     "load_samples",
