@@ -25,6 +25,7 @@ from cimc.train.distill import (  # noqa: E402
     DistillConfig,
     DistillError,
     calibrate,
+    check_exportable,
     distill,
     export,
     load_samples,
@@ -339,18 +340,164 @@ def _lstm(tmp_path: Path, steps: int = 3) -> Path:
     return tmp_path / "m.onnx"
 
 
-def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
-    # an LSTM is unrolled at import into MatMuls no ONNX node holds: nothing to write back into
-    _lstm(tmp_path)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.standard_normal((48, 1, 4)).astype(np.float32))
-    out = tmp_path / "out"
-    code = main(
-        ["finetune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "-o", str(out)]
+# ---- LSTM/GRU: tuned weights written back into W and R ------------------------------------------
+def _with_head(model: onnx.ModelProto, classes: int = 5) -> onnx.ModelProto:
+    """``model`` (one recurrent node, tests/test_recurrent.py) with its Y flattened per batch
+    row into a MatMul head: the recurrence is then neither the first nor the last CiM layer
+    but its input projection of direction 0, as real models have it."""
+    from test_recurrent import BATCH, HID, SEQ
+
+    g = model.graph
+    dirs = 2 if "bidirectional" in g.name else 1
+    k = SEQ * dirs * HID
+    head = np.random.default_rng(3).uniform(-0.5, 0.5, (k, classes)).astype(np.float32)
+    g.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(head, "head"),
+            onnx.numpy_helper.from_array(np.array([BATCH, k], np.int64), "flat_shape"),
+        ]
     )
-    err = capsys.readouterr().err
-    assert code == 2 and "unrolling an LSTM/GRU" in err and err.count("\n") == 1, err
-    assert not out.exists()  # refused before any training
+    h = onnx.helper
+    g.node.extend(
+        [
+            h.make_node("Transpose", ["Y"], ["Y_bt"], perm=[2, 0, 1, 3]),
+            h.make_node("Reshape", ["Y_bt", "flat_shape"], ["flat"]),
+            h.make_node("MatMul", ["flat", "head"], ["logits"]),
+        ]
+    )
+    del g.output[:]
+    g.output.append(h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [BATCH, classes]))
+    return model
+
+
+RNN_CASES = [  # bidirectional: a forward and a reverse direction
+    ("LSTM", dict(direction="bidirectional")),
+    ("GRU", dict(direction="bidirectional")),  # R^T split in two: the reset gate comes between
+    ("GRU", dict(direction="reverse", linear_before_reset=1, states_as_inputs=True)),
+]
+RNN_IDS = [f"{op}-{'-'.join(map(str, kw.values()))}" for op, kw in RNN_CASES]
+
+
+def _rnn(
+    tmp_path: Path, op: str, kw: dict, head: bool = True, n: int = 48
+) -> tuple[Path, cimc.Graph, dict]:
+    """The recurrent model (with a head) saved as tmp_path/rnn.onnx, its graph and ``n`` random
+    samples per input, also saved (stacked along the first axis) as tmp_path/d.npz."""
+    from test_recurrent import recurrent_model
+
+    path = tmp_path / "rnn.onnx"
+    model = recurrent_model(op, **kw)
+    onnx.save(_with_head(model) if head else model, path)
+    graph = cimc.import_onnx(path)
+    rng = np.random.default_rng(0)
+    x = {i: rng.uniform(-1, 1, (n, *graph.values[i].shape)).astype("f4") for i in graph.inputs}
+    np.savez(tmp_path / "d.npz", **{k: v.reshape(-1, *v.shape[2:]) for k, v in x.items()})
+    return path, graph, x
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    proto = onnx.load(str(path))
+    node = next(n for n in proto.graph.node if n.op_type in ("LSTM", "GRU"))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    return {k: inits[name] for k, name in zip("WRB", node.input[1:4]) if name}
+
+
+@pytest.mark.parametrize(("op", "kw"), RNN_CASES, ids=RNN_IDS)
+def test_an_unchanged_recurrent_weight_writes_back_bit_identical(tmp_path, op, kw):
+    # fp32: every CiM layer holds its float weight untouched, so the inversion of the
+    # importer's transposes and split must give W and R back bit for bit
+    path, graph, _ = _rnn(tmp_path, op, kw)
+    model = CompressedGraph(graph, get_scheme("fp32", act_bits=0))
+    export(model, path, tmp_path / "out.onnx", tmp_path / "out.npz")
+    before, after = _initializers(path), _initializers(tmp_path / "out.onnx")
+    assert before.keys() == after.keys() == set("WRB")
+    for k in before:
+        assert after[k].dtype == before[k].dtype and np.array_equal(after[k], before[k]), k
+
+
+@pytest.mark.parametrize(
+    ("op", "kw", "head"),
+    [(*case, True) for case in RNN_CASES[:2]] + [("LSTM", {}, False)],
+    ids=[*RNN_IDS[:2], "LSTM-without-head"],
+)
+def test_a_fine_tuned_recurrent_model_round_trips(tmp_path, op, kw, head):
+    # without a head the last step is the model's last CiM layer: the compiler keeps it at
+    # 8 bits, quantising the R that holds the other steps' pooled weight, and so does torch
+    import onnxruntime as ort
+
+    path, graph, x = _rnn(tmp_path, op, kw, head)
+    data = load_samples(tmp_path / "d.npz", graph, 16)
+    cfg = DistillConfig(steps=6, batch_size=16, lr=3e-3)
+    model = distill(graph, get_scheme("cimpool-keep0.5"), data, cfg)
+    pipeline = export(model, path, tmp_path / "out.onnx", tmp_path / "out.npz")
+    before, after = _initializers(path), _initializers(tmp_path / "out.onnx")
+    for k in "WR":  # every direction's W and R were tuned; the vector unit adds B, not trained
+        assert all(not np.array_equal(a, b) for a, b in zip(after[k], before[k])), k
+    assert np.array_equal(after["B"], before["B"])
+    # onnxruntime runs the written model; with float activations it is the tuned module (float32
+    # rounding: the same products summed in another order, ~1e-7 on outputs of magnitude ~1),
+    # except, without a head, the last step: onnxruntime runs it with R, not its int8 rounding
+    sess = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {k: v[:8] for k, v in data.items()}
+    model.quantizing = False
+    with torch.no_grad():
+        float_act = run_batched(model, feeds, graph.inputs)[0].numpy()
+    model.quantizing = True
+    onnx_out = np.stack([sess.run(None, {k: v[i] for k, v in x.items()})[0] for i in range(8)])
+    gap = np.abs(onnx_out - float_act.reshape(onnx_out.shape))  # [sample, step, ...] without head
+    assert (gap if head else gap[:, :-1]).max() <= 1e-5 and gap.max() <= 1e-2
+    program = cimc.compile(
+        tmp_path / "out.onnx",
+        "cimpool-sram",
+        pipeline=pipeline,
+        calibration=str(tmp_path / "d.npz"),
+    )
+    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    # pooled: direction 1's projection and the recurrent weights of every step but the last
+    # CiM layer's
+    assert len(learned) == sum(role == "pool" for role, _ in model.roles.values()) >= 3
+    out = graph.outputs[0]
+    got = np.stack(
+        [cimc.interpret(program.graph, {k: v[i] for k, v in x.items()})[out] for i in range(16)]
+    )
+    with torch.no_grad():
+        ref = run_batched(model, {k: v[:16] for k, v in data.items()}, graph.inputs)[0].numpy()
+    ref = ref.reshape(got.shape)
+    # as for the digits: the same weights and ranges, an activation on a rounding boundary may
+    # flip by one step (measured here: <= 3e-7 of outputs of magnitude ~1)
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_cli_finetunes_a_gru_and_the_output_compiles(tmp_path, capsys):
+    path, graph, _ = _rnn(tmp_path, *RNN_CASES[2])
+    out = tmp_path / "out"
+    args = ["finetune", str(path), "--data", str(tmp_path / "d.npz"), "--steps", "3"]
+    assert main([*args, "--batch-size", "8", "-o", str(out)]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    program = cimc.compile(
+        out / "model.onnx",
+        "cimpool-sram",
+        pipeline=summary["pipeline"],
+        calibration=str(out / "calibration.npz"),
+    )
+    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    assert len(learned) == 5  # R, shared by the 5 steps (h0 is an input: no step is folded)
+
+
+def test_a_constant_nonzero_initial_state_is_refused(tmp_path):
+    # the importer folds the first step's h0 @ R^T with the original R: a tuned R would differ
+    from test_recurrent import recurrent_model
+
+    model = _with_head(recurrent_model("LSTM", states_as_inputs=True))
+    g = model.graph
+    h0 = next(i for i in g.input if i.name == "h0")
+    shape = [d.dim_value for d in h0.type.tensor_type.shape.dim]
+    g.input.remove(h0)
+    g.initializer.append(onnx.numpy_helper.from_array(np.full(shape, 0.5, "f4"), "h0"))
+    onnx.save(model, tmp_path / "m.onnx")
+    graph = cimc.import_onnx(tmp_path / "m.onnx")
+    with pytest.raises(DistillError, match="constant nonzero state 'h0'"):
+        check_exportable(graph, tmp_path / "m.onnx")
 
 
 def test_teacher_data_feeds_the_teacher_sample_for_sample():

@@ -37,7 +37,7 @@ from torch import nn
 
 from cimc.atomic import atomic_path
 from cimc.cim_ops import bias_vector, float_cim_layers, weight_matrix
-from cimc.compress import build_pool, select_layers, write_assignment
+from cimc.compress import build_pool, quantized_weights, select_layers, write_assignment
 from cimc.control_flow import subgraph_nodes
 from cimc.errors import CimcError, FeedError
 from cimc.ir import Graph, Node
@@ -156,6 +156,17 @@ def _onnx_weight(node: Node, w: torch.Tensor) -> torch.Tensor:
     return w.T
 
 
+def _recompressed(m: CimLayer, lead: CimLayer) -> torch.Tensor:
+    """The weight of a step whose role (``float`` or ``int``) differs from its recurrence's
+    first step (the model's last CiM layer keeps 8 bits): the ONNX R holds the first step's
+    compressed weight, and the compiler compresses that again for this step."""
+    w = lead.effective_weight()
+    if m.role == "float":
+        return w
+    hat = torch.from_numpy(quantized_weights(w.detach().double().numpy(), m.bits)).to(w.dtype)
+    return w + (hat - w).detach() if (m.training and torch.is_grad_enabled()) else hat
+
+
 def affine_constants(graph: Graph) -> dict[str, Node]:
     """The scale and shift of every BatchNormalization (constant name -> node): trained with
     the weights, they give each channel the free scale the pool's per-layer alpha lacks."""
@@ -179,15 +190,18 @@ class CompressedGraph(GraphModule):
         self.layer_nodes = [n for n in float_cim_layers(graph)]
         self.cim = nn.ModuleDict()
         self._key = {}
-        tied: dict[str, nn.Module] = {}  # weight source -> the first layer reading it
+        self._lead: dict[str, str] = {}  # a step compressed otherwise -> the first step
+        tied: dict[str, tuple[str, nn.Module]] = {}  # weight source -> its first layer
         for i, n in enumerate(self.layer_nodes):
             role, bits = self.roles[n.name]
             layer = _torch_layer(n, graph)
-            first = tied.setdefault(n.meta.get(SOURCE_KEY, n.name), layer)
+            lead, first = tied.setdefault(n.meta.get(SOURCE_KEY, n.name), (n.name, layer))
             if first is not layer and first.weight.shape == layer.weight.shape:
                 # the steps of an unrolled recurrence: one trainable weight, so they cannot drift
                 # apart (each keeps its own activation quantizer)
                 layer.weight = first.weight
+                if self.roles[lead] != (role, bits):
+                    self._lead[n.name] = lead
             self._key[n.name] = f"l{i}"
             self.cim[f"l{i}"] = CimLayer(layer, role, bits, scheme)
         pooled = [n for n in self.layer_nodes if self.roles[n.name][0] == "pool"]
@@ -219,7 +233,10 @@ class CompressedGraph(GraphModule):
             self._captured[node.name] = x
         if self.quantizing:
             x = m.act.quantize(x)
-        w = _onnx_weight(node, m.effective_weight())
+        if node.name in self._lead:
+            w = _onnx_weight(node, _recompressed(m, self.layer(self._lead[node.name])))
+        else:
+            w = _onnx_weight(node, m.effective_weight())
         bias = [] if m.layer.bias is None else [m.layer.bias]  # MatMul takes none
         return [TORCH_OPS[node.op](node, x, w, *bias)]
 
@@ -522,6 +539,14 @@ def _initializer_array(proto: onnx.ModelProto, name: str, source: str | Path) ->
     return None
 
 
+def _constant_array(proto: onnx.ModelProto, name: str, source: str | Path) -> np.ndarray | None:
+    """The value of ``name`` when an initializer or a Constant node of the main graph holds it."""
+    for n in proto.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name and n.attribute[0].name == "value":
+            return numpy_helper.to_array(n.attribute[0].t)
+    return _initializer_array(proto, name, source)
+
+
 def check_exportable(
     graph: Graph,
     source: str | Path,
@@ -547,45 +572,56 @@ def check_exportable(
                 "fine-tuning it is not supported (cimc compile still compresses it post-training)"
             )
     for name in sorted({node for node, _, _ in recurrent.values()}):
-        n = nodes[name]
-        h0 = n.input[5] if len(n.input) > 5 else ""
-        for i, what in ((1, "W"), (2, "R"), (5, "initial_h")):
-            if i >= len(n.input) or not n.input[i]:
-                continue
-            data = _initializer_array(proto, n.input[i], source)
-            if data is None and what != "initial_h":
-                raise DistillError(
-                    f"{n.op_type} node {name!r} of {source}: its {what} ({n.input[i]!r}) is not an "
-                    "initializer of the main graph, so the fine-tuned weights cannot be written "
-                    "back; make it one (e.g. with onnxsim) and fine-tune again"
-                )
-            if what == "initial_h" and data is not None and np.any(data):
-                raise DistillError(
-                    f"{n.op_type} node {name!r} of {source} starts from the constant nonzero "
-                    f"state {h0!r}, whose product with R the importer folds with the original R; "
-                    "fine-tuning it is not supported: feed the state as a graph input instead"
-                )
+        _check_recurrent_node(proto, name, nodes[name], source)
     if scheme is not None:
         _check_steps_alike(graph, scheme, recurrent)
+
+
+def _check_recurrent_node(
+    proto: onnx.ModelProto, name: str, node: onnx.NodeProto, source: str | Path
+) -> None:
+    inits = {t.name for t in proto.graph.initializer}
+    for i, what in ((1, "W"), (2, "R")):
+        if node.input[i] not in inits:
+            raise DistillError(
+                f"{node.op_type} node {name!r} of {source}: its {what} ({node.input[i]!r}) is not "
+                "an initializer of the main graph, so the fine-tuned weights cannot be written "
+                "back; make it one (e.g. with onnxsim) and fine-tune again"
+            )
+    h0 = node.input[5] if len(node.input) > 5 else ""
+    state = _constant_array(proto, h0, source) if h0 else None
+    if state is not None and np.any(state):
+        raise DistillError(
+            f"{node.op_type} node {name!r} of {source} starts from the constant nonzero state "
+            f"{h0!r}, whose product with R the importer folds using the original R; fine-tuning "
+            "it is not supported: feed the initial state as a graph input instead"
+        )
 
 
 def _check_steps_alike(
     graph: Graph, scheme: Scheme, recurrent: dict[str, tuple[str, int, str]]
 ) -> None:
+    """A later step may be compressed otherwise than the first step of its weight only if it
+    is not pooled: the ONNX R holds the first step's compressed weight, which a pooled step's
+    assignment could not reproduce."""
     roles = _roles(graph, scheme)
     first: dict[str, tuple[str, tuple[str, int]]] = {}
     for n in float_cim_layers(graph):
         if n.inputs[1] not in recurrent:
             continue
         lead, role = first.setdefault(n.inputs[1], (n.name, roles[n.name]))
-        if roles[n.name] != role:
+        if roles[n.name] != role and roles[n.name][0] == "pool":
             node = recurrent[n.inputs[1]][0]
             raise DistillError(
                 f"the steps of recurrent node {node!r} share one weight but {scheme.label} "
-                f"compresses step {lead!r} as {role} and step {n.name!r} as {roles[n.name]} (the "
-                "model's first and last CiM layers keep 8 bits), so the node's one R cannot hold "
-                "both; add a layer after the recurrence (an output head) or use an int8 target"
+                f"compresses step {lead!r} as {_role_text(role)} and the later step {n.name!r} "
+                "on the pool, so the node's one R cannot hold both; fine-tuning such a model "
+                "is not supported (cimc compile still compresses it post-training)"
             )
+
+
+def _role_text(role: tuple[str, int]) -> str:
+    return f"int{role[1]}" if role[0] == "int" else role[0]
 
 
 def _write_recurrent(
