@@ -4,6 +4,7 @@ bundled digits CNN, the assignment round trip through the compiler, and bad inpu
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from cimc.train.distill import (  # noqa: E402
     DistillConfig,
     DistillError,
     calibrate,
-    check_exportable,
     distill,
     export,
     load_samples,
@@ -484,20 +484,44 @@ def test_cli_finetunes_a_gru_and_the_output_compiles(tmp_path, capsys):
     assert len(learned) == 5  # R, shared by the 5 steps (h0 is an input: no step is folded)
 
 
-def test_a_constant_nonzero_initial_state_is_refused(tmp_path):
-    # the importer folds the first step's h0 @ R^T with the original R: a tuned R would differ
+def _constant_h0(model: onnx.ModelProto) -> None:
+    """h0 from a graph input into a nonzero initializer."""
+    h0 = next(i for i in model.graph.input if i.name == "h0")
+    shape = [d.dim_value for d in h0.type.tensor_type.shape.dim]
+    model.graph.input.remove(h0)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full(shape, 0.5, "f4"), "h0"))
+
+
+def _w_from_a_constant_node(model: onnx.ModelProto) -> None:
+    """W held by a Constant node instead of an initializer."""
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    model.graph.initializer.remove(w)
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["W"], value=w))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # the importer folds the first step's h0 @ R^T with the original R: a tuned R would differ
+        (_constant_h0, "'LSTM_0' of .* starts from the constant nonzero state 'h0'"),
+        (_w_from_a_constant_node, "'LSTM_1' of .*: its W \\('W'\\) is not an initializer"),
+    ],
+)
+def test_cli_refuses_recurrent_weights_it_cannot_write_back(tmp_path, capsys, change, message):
     from test_recurrent import recurrent_model
 
     model = _with_head(recurrent_model("LSTM", states_as_inputs=True))
-    g = model.graph
-    h0 = next(i for i in g.input if i.name == "h0")
-    shape = [d.dim_value for d in h0.type.tensor_type.shape.dim]
-    g.input.remove(h0)
-    g.initializer.append(onnx.numpy_helper.from_array(np.full(shape, 0.5, "f4"), "h0"))
+    change(model)
     onnx.save(model, tmp_path / "m.onnx")
-    graph = cimc.import_onnx(tmp_path / "m.onnx")
-    with pytest.raises(DistillError, match="constant nonzero state 'h0'"):
-        check_exportable(graph, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", X=rng.standard_normal((5 * 48, 2, 6)).astype("f4"))
+    out = tmp_path / "out"
+    code = main(
+        ["finetune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "-o", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and err.count("\n") == 1, err
+    assert not out.exists()  # refused before any training
 
 
 def test_teacher_data_feeds_the_teacher_sample_for_sample():
