@@ -4,8 +4,8 @@ bundled digits CNN, the assignment round trip through the compiler, and bad inpu
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 from pathlib import Path
 
 import numpy as np
