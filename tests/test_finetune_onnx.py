@@ -20,6 +20,7 @@ import cimc  # noqa: E402
 from cimc.cli import main  # noqa: E402
 from cimc.errors import FeedError  # noqa: E402
 from cimc.models import zoo  # noqa: E402
+from cimc.program import Program  # noqa: E402
 from cimc.torch_backend import GraphModule, TorchOpError, run_batched  # noqa: E402
 from cimc.train.distill import (  # noqa: E402
     CompressedGraph,
@@ -144,6 +145,16 @@ def tuned(tmp_path_factory):
     return graph, data, scheme, cfg, model, out
 
 
+def _compile(model: Path, pipeline: str, calibration: Path, **kw) -> tuple[Program, list]:
+    """``model`` compiled for cimpool-sram, and its layers whose pool assignment came from the
+    assignment file."""
+    program = cimc.compile(
+        model, "cimpool-sram", pipeline=pipeline, calibration=str(calibration), **kw
+    )
+    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    return program, learned
+
+
 def _top1(graph, model, x):
     with torch.no_grad():
         return run_batched(model, x, graph.inputs)[0].reshape(len(x["input"]), -1).argmax(-1)
@@ -168,14 +179,9 @@ def test_the_compiled_assignment_reproduces_the_tuned_model(tuned):
     graph, data, _, _, model, out = tuned
     pipeline = export(model, DIGITS, out / "model.onnx", out / "model.npz")
     assert "weight-pool{" in pipeline and f"assignment={out / 'model.npz'}" in pipeline
-    program = cimc.compile(
-        out / "model.onnx",
-        "cimpool-sram",
-        pipeline=pipeline,
-        input_shapes=SHAPE,
-        calibration=str(DATA / "digits_calib.npz"),
+    program, learned = _compile(
+        out / "model.onnx", pipeline, DATA / "digits_calib.npz", input_shapes=SHAPE
     )
-    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
     # seven convs and the FC: the first conv and the FC stay 8-bit, the six others are pooled
     assert len(learned) == 6 == sum(role == "pool" for role, _ in model.roles.values())
     x = np.load(DATA / "digits_test.npz")["input"][:40]
@@ -285,14 +291,10 @@ def test_kit_mnist8_fine_tuned_compiles_to_the_torch_models_numbers(tmp_path):
     cfg = DistillConfig(steps=20, batch_size=16, lr=3e-3)
     model = distill(graph, get_scheme("cimpool-keep0.25"), data, cfg)
     pipeline = export(model, src, tmp_path / "model.onnx", tmp_path / "model.npz")
-    program = cimc.compile(
-        tmp_path / "model.onnx",
-        "cimpool-sram",
-        pipeline=pipeline,
-        calibration=str(tmp_path / "unlabelled.npz"),
-        overrides={"error_rows": 32},  # keep 1/4 of the 128 rows
+    keep_quarter = {"error_rows": 32}  # keep 1/4 of the 128 rows
+    program, learned = _compile(
+        tmp_path / "model.onnx", pipeline, tmp_path / "unlabelled.npz", overrides=keep_quarter
     )
-    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
     assert len(learned) == 1  # the middle conv; the first conv and the FC stay 8-bit
     _compiled_equals_tuned(program, model, graph, images[1000:1040])  # not distilled on
 
@@ -313,13 +315,7 @@ def test_layers_inside_an_if_branch_are_exported_and_compiled(tmp_path):
     branch = next(a.g for n in proto.graph.node if n.op_type == "If" for a in n.attribute)
     gemms = [n for n in branch.node if n.op_type == "Gemm"]
     assert gemms and all(n.input[1].endswith(".finetuned") for n in gemms)
-    program = cimc.compile(
-        tmp_path / "model.onnx",
-        "cimpool-sram",
-        pipeline=pipeline,
-        calibration=str(tmp_path / "unlabelled.npz"),
-    )
-    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    program, learned = _compile(tmp_path / "model.onnx", pipeline, tmp_path / "unlabelled.npz")
     assert len(learned) == len(pooled)
     _compiled_equals_tuned(program, model, graph, x[:16, 0])
 
@@ -446,13 +442,7 @@ def test_a_fine_tuned_recurrent_model_round_trips(tmp_path, op, kw, head):
     onnx_out = np.stack([sess.run(None, {k: v[i] for k, v in x.items()})[0] for i in range(8)])
     gap = np.abs(onnx_out - float_act.reshape(onnx_out.shape))  # [sample, step, ...] without head
     assert (gap if head else gap[:, :-1]).max() <= 1e-5 and gap.max() <= 1e-2
-    program = cimc.compile(
-        tmp_path / "out.onnx",
-        "cimpool-sram",
-        pipeline=pipeline,
-        calibration=str(tmp_path / "d.npz"),
-    )
-    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    program, learned = _compile(tmp_path / "out.onnx", pipeline, tmp_path / "d.npz")
     # pooled: direction 1's projection and the recurrent weights of every step but the last
     # CiM layer's
     assert len(learned) == sum(role == "pool" for role, _ in model.roles.values()) >= 3
@@ -474,13 +464,7 @@ def test_cli_finetunes_a_gru_and_the_output_compiles(tmp_path, capsys):
     args = ["finetune", str(path), "--data", str(tmp_path / "d.npz"), "--steps", "3"]
     assert main([*args, "--batch-size", "8", "-o", str(out)]) == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
-    program = cimc.compile(
-        out / "model.onnx",
-        "cimpool-sram",
-        pipeline=summary["pipeline"],
-        calibration=str(out / "calibration.npz"),
-    )
-    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    program, learned = _compile(out / "model.onnx", summary["pipeline"], out / "calibration.npz")
     assert len(learned) == 5  # R, shared by the 5 steps (h0 is an input: no step is folded)
 
 
