@@ -558,8 +558,8 @@ def check_exportable(
     Every CiM layer and BatchNorm must be a node of ``source`` (``proto``, when loaded) or read
     an LSTM/GRU weight (:func:`recurrent_weights`); the node's W and R must be initializers and
     its initial hidden state not a nonzero constant (the importer folds the first step's
-    product with the original R into a constant). With ``scheme``, the steps of a recurrent
-    weight must be compressed alike, since the node's one R holds them all."""
+    product with the original R into a constant). With ``scheme``, no later step of a recurrent
+    weight may be pooled unless its first step is (:func:`_check_steps_alike`)."""
     if proto is None:
         proto = onnx.load(str(source), load_external_data=False)
     nodes = imported_names(proto.graph)
@@ -580,6 +580,7 @@ def check_exportable(
 def _check_recurrent_node(
     proto: onnx.ModelProto, name: str, node: onnx.NodeProto, source: str | Path
 ) -> None:
+    """Refuse an LSTM/GRU whose W and R cannot be replaced or whose first step was folded."""
     inits = {t.name for t in proto.graph.initializer}
     for i, what in ((1, "W"), (2, "R")):
         if node.input[i] not in inits:
@@ -667,7 +668,7 @@ def export(
     for node in model.layer_nodes:
         const = node.inputs[1]
         if const in done:
-            continue  # a later step of a recurrent weight: compressed as the first (checked)
+            continue  # a later step of a recurrent weight: R holds the first step's weight
         m = model.layer(node.name)
         with torch.no_grad():
             w = _onnx_weight(node, m.effective_weight()).detach().numpy()
