@@ -198,6 +198,44 @@ def gru(node: Node, x, w, r, b=None, lens=None, h0=None) -> tuple:
     return _outputs(node, spec, dtype, np.stack(ys, 1), np.stack(hs))
 
 
+# ---- the weight constants of the unrolled graph -----------------------------------------------
+def weight_tags(kind: str, linear_before_reset: bool) -> tuple[str, ...]:
+    """The constants one direction's CiM layers read, by tag: ``WT`` (the input projection),
+    then ``RT``, or for a GRU without ``linear_before_reset`` ``RT_zr`` and ``RT_h`` (the reset
+    gate multiplies the state before its product with R's candidate rows)."""
+    split = kind == "GRU" and not linear_before_reset
+    return ("WT", "RT_zr", "RT_h") if split else ("WT", "RT")
+
+
+def constant_name(node: str, d: int, tag: str) -> str:
+    """The name the unrolling gives direction ``d``'s weight constant ``tag`` of ``node``
+    (unless that name was taken: the graph then adds a suffix)."""
+    return f"{node}.d{d}.{tag}"
+
+
+def direction_weights(
+    kind: str, linear_before_reset: bool, w: np.ndarray, r: np.ndarray
+) -> dict[str, np.ndarray]:
+    """tag -> constant of one direction's W [gates*hidden, in] and R [gates*hidden, hidden]:
+    the transposes the MatMuls read (gate order unchanged), R^T split by columns where the
+    tags say so. :func:`direction_from_weights` inverts it exactly."""
+    rt = r.T
+    tags = weight_tags(kind, linear_before_reset)
+    parts = {"WT": w.T}
+    if "RT" in tags:
+        parts["RT"] = rt
+    else:
+        hid = r.shape[1]
+        parts.update(RT_zr=rt[:, : 2 * hid], RT_h=rt[:, 2 * hid :])
+    return {k: np.ascontiguousarray(v) for k, v in parts.items()}
+
+
+def direction_from_weights(parts: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(W, R) of one direction from its constants (``direction_weights``' output)."""
+    rt = parts["RT"] if "RT" in parts else np.concatenate([parts["RT_zr"], parts["RT_h"]], 1)
+    return np.ascontiguousarray(parts["WT"].T), np.ascontiguousarray(rt.T)
+
+
 # ---- unrolling ---------------------------------------------------------------------------------
 class _Emitter:
     """Adds nodes and constants named after the recurrent node they replace."""
@@ -319,13 +357,20 @@ class _Direction:
     def __init__(self, e: _Emitter, spec: _Spec, d: int, w, r, b):
         self.e, self.spec, self.d = e, spec, d
         self.tag = f"d{d}"
-        self.w, self.r, self.b = w, r, b
+        self.w, self.b = w, b
+        self.weights = direction_weights(spec.kind, spec.linear_before_reset, w, r)
         self.hid = spec.hidden
+
+    def weight(self, tag: str) -> str:
+        """The constant ``tag`` of :func:`direction_weights`, named by :func:`constant_name`."""
+        graph = self.e.graph
+        name = graph.unique_name(constant_name(self.e.prefix, self.d, tag))
+        return graph.add_constant(name, self.weights[tag]).name
 
     def project_inputs(self, x: str, bias: np.ndarray | None) -> str:
         """x[seq, batch, in] @ W^T (+ bias): every step's input projection, one CiM layer."""
         e = self.e
-        xw = e.op("MatMul", [x, e.const(np.ascontiguousarray(self.w.T), f"{self.tag}.WT")], "xw")
+        xw = e.op("MatMul", [x, self.weight("WT")], "xw")
         if bias is not None:
             xw = e.op("Add", [xw, e.const(bias.astype(self.w.dtype), f"{self.tag}.bias")], "xw_b")
         return xw
@@ -351,7 +396,7 @@ class _LstmDirection(_Direction):
         f, g, h_act = self.spec.acts[self.d]
         bias = None if self.b is None else self.b[: 4 * hid] + self.b[4 * hid :]
         xw = self.project_inputs(x, bias)
-        rt = e.const(np.ascontiguousarray(self.r.T), f"{self.tag}.RT")
+        rt = self.weight("RT")
         peep = None
         if p is not None:
             peep = [e.const(v, f"{self.tag}.P{k}") for k, v in zip("iof", np.split(p[self.d], 3))]
@@ -392,18 +437,15 @@ class _GruDirection(_Direction):
         if self.b is not None:
             bias = wb + np.concatenate([rb[: 2 * hid], np.zeros(hid) if lbr else rb[2 * hid :]])
         xw = self.project_inputs(x, bias)
-        rt = np.ascontiguousarray(self.r.T)
+        dtype = self.w.dtype
         h = self.initial(h0)
-        one = e.const(np.ones((), dtype=rt.dtype), "one")
+        one = e.const(np.ones((), dtype=dtype), "one")
         ys: list[str] = [""] * n
         if lbr:
-            r_all = e.const(rt, f"{self.tag}.RT")
-            rb_h = (
-                None if rb is None else e.const(rb[2 * hid :].astype(rt.dtype), f"{self.tag}.Rbh")
-            )
+            r_all = self.weight("RT")
+            rb_h = None if rb is None else e.const(rb[2 * hid :].astype(dtype), f"{self.tag}.Rbh")
         else:
-            r_zr = e.const(np.ascontiguousarray(rt[:, : 2 * hid]), f"{self.tag}.RT_zr")
-            r_h = e.const(np.ascontiguousarray(rt[:, 2 * hid :]), f"{self.tag}.RT_h")
+            r_zr, r_h = self.weight("RT_zr"), self.weight("RT_h")
         for t in self.steps(n):
             xz, xr, xh = e.op("Split", [self.step_input(xw, t)], "split_x", n_out=3, axis=-1)
             if lbr:

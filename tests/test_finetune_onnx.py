@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import cimc  # noqa: E402
 from cimc.cli import main  # noqa: E402
 from cimc.errors import FeedError  # noqa: E402
 from cimc.models import zoo  # noqa: E402
+from cimc.program import Program  # noqa: E402
 from cimc.torch_backend import GraphModule, TorchOpError, run_batched  # noqa: E402
 from cimc.train.distill import (  # noqa: E402
     CompressedGraph,
@@ -143,6 +145,16 @@ def tuned(tmp_path_factory):
     return graph, data, scheme, cfg, model, out
 
 
+def _compile(model: Path, pipeline: str, calibration: Path, **kw) -> tuple[Program, list]:
+    """``model`` compiled for cimpool-sram, and its layers whose pool assignment came from the
+    assignment file."""
+    program = cimc.compile(
+        model, "cimpool-sram", pipeline=pipeline, calibration=str(calibration), **kw
+    )
+    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    return program, learned
+
+
 def _top1(graph, model, x):
     with torch.no_grad():
         return run_batched(model, x, graph.inputs)[0].reshape(len(x["input"]), -1).argmax(-1)
@@ -167,14 +179,9 @@ def test_the_compiled_assignment_reproduces_the_tuned_model(tuned):
     graph, data, _, _, model, out = tuned
     pipeline = export(model, DIGITS, out / "model.onnx", out / "model.npz")
     assert "weight-pool{" in pipeline and f"assignment={out / 'model.npz'}" in pipeline
-    program = cimc.compile(
-        out / "model.onnx",
-        "cimpool-sram",
-        pipeline=pipeline,
-        input_shapes=SHAPE,
-        calibration=str(DATA / "digits_calib.npz"),
+    program, learned = _compile(
+        out / "model.onnx", pipeline, DATA / "digits_calib.npz", input_shapes=SHAPE
     )
-    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
     # seven convs and the FC: the first conv and the FC stay 8-bit, the six others are pooled
     assert len(learned) == 6 == sum(role == "pool" for role, _ in model.roles.values())
     x = np.load(DATA / "digits_test.npz")["input"][:40]
@@ -284,14 +291,10 @@ def test_kit_mnist8_fine_tuned_compiles_to_the_torch_models_numbers(tmp_path):
     cfg = DistillConfig(steps=20, batch_size=16, lr=3e-3)
     model = distill(graph, get_scheme("cimpool-keep0.25"), data, cfg)
     pipeline = export(model, src, tmp_path / "model.onnx", tmp_path / "model.npz")
-    program = cimc.compile(
-        tmp_path / "model.onnx",
-        "cimpool-sram",
-        pipeline=pipeline,
-        calibration=str(tmp_path / "unlabelled.npz"),
-        overrides={"error_rows": 32},  # keep 1/4 of the 128 rows
+    keep_quarter = {"error_rows": 32}  # keep 1/4 of the 128 rows
+    program, learned = _compile(
+        tmp_path / "model.onnx", pipeline, tmp_path / "unlabelled.npz", overrides=keep_quarter
     )
-    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
     assert len(learned) == 1  # the middle conv; the first conv and the FC stay 8-bit
     _compiled_equals_tuned(program, model, graph, images[1000:1040])  # not distilled on
 
@@ -312,13 +315,7 @@ def test_layers_inside_an_if_branch_are_exported_and_compiled(tmp_path):
     branch = next(a.g for n in proto.graph.node if n.op_type == "If" for a in n.attribute)
     gemms = [n for n in branch.node if n.op_type == "Gemm"]
     assert gemms and all(n.input[1].endswith(".finetuned") for n in gemms)
-    program = cimc.compile(
-        tmp_path / "model.onnx",
-        "cimpool-sram",
-        pipeline=pipeline,
-        calibration=str(tmp_path / "unlabelled.npz"),
-    )
-    learned = [n for n in program.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    program, learned = _compile(tmp_path / "model.onnx", pipeline, tmp_path / "unlabelled.npz")
     assert len(learned) == len(pooled)
     _compiled_equals_tuned(program, model, graph, x[:16, 0])
 
@@ -339,17 +336,175 @@ def _lstm(tmp_path: Path, steps: int = 3) -> Path:
     return tmp_path / "m.onnx"
 
 
-def test_cli_refuses_a_recurrent_model_before_training(tmp_path, capsys):
-    # an LSTM is unrolled at import into MatMuls no ONNX node holds: nothing to write back into
-    _lstm(tmp_path)
+# ---- LSTM/GRU: tuned weights written back into W and R ------------------------------------------
+def _with_head(model: onnx.ModelProto, classes: int = 5) -> onnx.ModelProto:
+    """``model`` (one recurrent node, tests/test_recurrent.py) with its Y flattened per batch
+    row into a MatMul head: the recurrence is then neither the first nor the last CiM layer
+    but its input projection of direction 0, as real models have it."""
+    from test_recurrent import BATCH, HID, SEQ
+
+    g = model.graph
+    dirs = 2 if "bidirectional" in g.name else 1
+    k = SEQ * dirs * HID
+    head = np.random.default_rng(3).uniform(-0.5, 0.5, (k, classes)).astype(np.float32)
+    g.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(head, "head"),
+            onnx.numpy_helper.from_array(np.array([BATCH, k], np.int64), "flat_shape"),
+        ]
+    )
+    h = onnx.helper
+    g.node.extend(
+        [
+            h.make_node("Transpose", ["Y"], ["Y_bt"], perm=[2, 0, 1, 3]),
+            h.make_node("Reshape", ["Y_bt", "flat_shape"], ["flat"]),
+            h.make_node("MatMul", ["flat", "head"], ["logits"]),
+        ]
+    )
+    del g.output[:]
+    g.output.append(h.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [BATCH, classes]))
+    return model
+
+
+RNN_CASES = [  # bidirectional: a forward and a reverse direction
+    ("LSTM", dict(direction="bidirectional")),
+    ("GRU", dict(direction="bidirectional")),  # R^T split in two: the reset gate comes between
+    ("GRU", dict(direction="reverse", linear_before_reset=1, states_as_inputs=True)),
+]
+RNN_IDS = [f"{op}-{'-'.join(map(str, kw.values()))}" for op, kw in RNN_CASES]
+
+
+def _rnn(
+    tmp_path: Path, op: str, kw: dict, head: bool = True, n: int = 48
+) -> tuple[Path, cimc.Graph, dict]:
+    """The recurrent model (with a head) saved as tmp_path/rnn.onnx, its graph and ``n`` random
+    samples per input, also saved (stacked along the first axis) as tmp_path/d.npz."""
+    from test_recurrent import recurrent_model
+
+    path = tmp_path / "rnn.onnx"
+    model = recurrent_model(op, **kw)
+    onnx.save(_with_head(model) if head else model, path)
+    graph = cimc.import_onnx(path)
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.standard_normal((48, 1, 4)).astype(np.float32))
+    x = {i: rng.uniform(-1, 1, (n, *graph.values[i].shape)).astype("f4") for i in graph.inputs}
+    np.savez(tmp_path / "d.npz", **{k: v.reshape(-1, *v.shape[2:]) for k, v in x.items()})
+    return path, graph, x
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    proto = onnx.load(str(path))
+    node = next(n for n in proto.graph.node if n.op_type in ("LSTM", "GRU"))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    return {k: inits[name] for k, name in zip("WRB", node.input[1:4]) if name}
+
+
+@pytest.mark.parametrize(("op", "kw"), RNN_CASES, ids=RNN_IDS)
+def test_an_unchanged_recurrent_weight_writes_back_bit_identical(tmp_path, op, kw):
+    # fp32: every CiM layer holds its float weight untouched, so the inversion of the
+    # importer's transposes and split must give W and R back bit for bit
+    path, graph, _ = _rnn(tmp_path, op, kw)
+    model = CompressedGraph(graph, get_scheme("fp32", act_bits=0))
+    export(model, path, tmp_path / "out.onnx", tmp_path / "out.npz")
+    before, after = _initializers(path), _initializers(tmp_path / "out.onnx")
+    assert before.keys() == after.keys() == set("WRB")
+    for k in before:
+        assert after[k].dtype == before[k].dtype and np.array_equal(after[k], before[k]), k
+
+
+@pytest.mark.parametrize(
+    ("op", "kw", "head"),
+    [(*case, True) for case in RNN_CASES[:2]] + [("LSTM", {}, False)],
+    ids=[*RNN_IDS[:2], "LSTM-without-head"],
+)
+def test_a_fine_tuned_recurrent_model_round_trips(tmp_path, op, kw, head):
+    # without a head the last step is the model's last CiM layer: the compiler keeps it at
+    # 8 bits, quantising the R that holds the other steps' pooled weight, and so does torch
+    import onnxruntime as ort
+
+    path, graph, x = _rnn(tmp_path, op, kw, head)
+    data = load_samples(tmp_path / "d.npz", graph, 16)
+    cfg = DistillConfig(steps=6, batch_size=16, lr=3e-3)
+    model = distill(graph, get_scheme("cimpool-keep0.5"), data, cfg)
+    pipeline = export(model, path, tmp_path / "out.onnx", tmp_path / "out.npz")
+    before, after = _initializers(path), _initializers(tmp_path / "out.onnx")
+    for k in "WR":  # every direction's W and R were tuned; the vector unit adds B, not trained
+        assert all(not np.array_equal(a, b) for a, b in zip(after[k], before[k])), k
+    assert np.array_equal(after["B"], before["B"])
+    # onnxruntime runs the written model; with float activations it is the tuned module (float32
+    # rounding: the same products summed in another order, ~1e-7 on outputs of magnitude ~1),
+    # except, without a head, the last step: onnxruntime runs it with R, not its int8 rounding
+    sess = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {k: v[:8] for k, v in data.items()}
+    model.quantizing = False
+    with torch.no_grad():
+        float_act = run_batched(model, feeds, graph.inputs)[0].numpy()
+    model.quantizing = True
+    onnx_out = np.stack([sess.run(None, {k: v[i] for k, v in x.items()})[0] for i in range(8)])
+    gap = np.abs(onnx_out - float_act.reshape(onnx_out.shape))  # [sample, step, ...] without head
+    assert (gap if head else gap[:, :-1]).max() <= 1e-5 and gap.max() <= 1e-2
+    program, learned = _compile(tmp_path / "out.onnx", pipeline, tmp_path / "d.npz")
+    # pooled: direction 1's projection and the recurrent weights of every step but the last
+    # CiM layer's
+    assert len(learned) == sum(role == "pool" for role, _ in model.roles.values()) >= 3
+    out = graph.outputs[0]
+    got = np.stack(
+        [cimc.interpret(program.graph, {k: v[i] for k, v in x.items()})[out] for i in range(16)]
+    )
+    with torch.no_grad():
+        ref = run_batched(model, {k: v[:16] for k, v in data.items()}, graph.inputs)[0].numpy()
+    ref = ref.reshape(got.shape)
+    # as for the digits: the same weights and ranges, an activation on a rounding boundary may
+    # flip by one step (measured here: <= 3e-7 of outputs of magnitude ~1)
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+
+
+def test_cli_finetunes_a_gru_and_the_output_compiles(tmp_path, capsys):
+    path, graph, _ = _rnn(tmp_path, *RNN_CASES[2])
+    out = tmp_path / "out"
+    args = ["finetune", str(path), "--data", str(tmp_path / "d.npz"), "--steps", "3"]
+    assert main([*args, "--batch-size", "8", "-o", str(out)]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    program, learned = _compile(out / "model.onnx", summary["pipeline"], out / "calibration.npz")
+    assert len(learned) == 5  # R, shared by the 5 steps (h0 is an input: no step is folded)
+
+
+def _constant_h0(model: onnx.ModelProto) -> None:
+    """h0 from a graph input into a nonzero initializer."""
+    h0 = next(i for i in model.graph.input if i.name == "h0")
+    shape = [d.dim_value for d in h0.type.tensor_type.shape.dim]
+    model.graph.input.remove(h0)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.full(shape, 0.5, "f4"), "h0"))
+
+
+def _w_from_a_constant_node(model: onnx.ModelProto) -> None:
+    """W held by a Constant node instead of an initializer."""
+    w = next(t for t in model.graph.initializer if t.name == "W")
+    model.graph.initializer.remove(w)
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["W"], value=w))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # the importer folds the first step's h0 @ R^T with the original R: a tuned R would differ
+        (_constant_h0, "'LSTM_0' of .* starts from the constant nonzero state 'h0'"),
+        (_w_from_a_constant_node, "'LSTM_1' of .*: its W \\('W'\\) is not an initializer"),
+    ],
+)
+def test_cli_refuses_recurrent_weights_it_cannot_write_back(tmp_path, capsys, change, message):
+    from test_recurrent import recurrent_model
+
+    model = _with_head(recurrent_model("LSTM", states_as_inputs=True))
+    change(model)
+    onnx.save(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", X=rng.standard_normal((5 * 48, 2, 6)).astype("f4"))
     out = tmp_path / "out"
     code = main(
         ["finetune", str(tmp_path / "m.onnx"), "--data", str(tmp_path / "d.npz"), "-o", str(out)]
     )
     err = capsys.readouterr().err
-    assert code == 2 and "unrolling an LSTM/GRU" in err and err.count("\n") == 1, err
+    assert code == 2 and re.search(message, err) and err.count("\n") == 1, err
     assert not out.exists()  # refused before any training
 
 

@@ -94,7 +94,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     graph = import_onnx(args.model, parse_input_shapes(args.input_shape))
-    check_exportable(graph, args.model)
+    check_exportable(graph, args.model, scheme=scheme)
     data = load_samples(args.data, graph, cfg.min_samples)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

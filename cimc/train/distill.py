@@ -37,12 +37,13 @@ from torch import nn
 
 from cimc.atomic import atomic_path
 from cimc.cim_ops import bias_vector, float_cim_layers, weight_matrix
-from cimc.compress import build_pool, select_layers, write_assignment
+from cimc.compress import build_pool, quantized_weights, select_layers, write_assignment
 from cimc.control_flow import subgraph_nodes
 from cimc.errors import CimcError, FeedError
 from cimc.ir import Graph, Node
 from cimc.pass_manager import load_calibration
 from cimc.program import graph_digest
+from cimc.recurrent import constant_name, direction_from_weights, direction_weights, weight_tags
 from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
 from cimc.weight_sharing import SOURCE_KEY, distinct_weights
 
@@ -155,6 +156,17 @@ def _onnx_weight(node: Node, w: torch.Tensor) -> torch.Tensor:
     return w.T
 
 
+def _recompressed(m: CimLayer, lead: CimLayer) -> torch.Tensor:
+    """The weight of a step whose role (``float`` or ``int``) differs from its recurrence's
+    first step (the model's last CiM layer keeps 8 bits): the ONNX R holds the first step's
+    compressed weight, and the compiler compresses that again for this step."""
+    w = lead.effective_weight()
+    if m.role == "float":
+        return w
+    hat = torch.from_numpy(quantized_weights(w.detach().double().numpy(), m.bits)).to(w.dtype)
+    return w + (hat - w).detach() if (m.training and torch.is_grad_enabled()) else hat
+
+
 def affine_constants(graph: Graph) -> dict[str, Node]:
     """The scale and shift of every BatchNormalization (constant name -> node): trained with
     the weights, they give each channel the free scale the pool's per-layer alpha lacks."""
@@ -178,15 +190,18 @@ class CompressedGraph(GraphModule):
         self.layer_nodes = [n for n in float_cim_layers(graph)]
         self.cim = nn.ModuleDict()
         self._key = {}
-        tied: dict[str, nn.Module] = {}  # weight source -> the first layer reading it
+        self._lead: dict[str, str] = {}  # a step compressed otherwise -> the first step
+        tied: dict[str, tuple[str, nn.Module]] = {}  # weight source -> its first layer
         for i, n in enumerate(self.layer_nodes):
             role, bits = self.roles[n.name]
             layer = _torch_layer(n, graph)
-            first = tied.setdefault(n.meta.get(SOURCE_KEY, n.name), layer)
+            lead, first = tied.setdefault(n.meta.get(SOURCE_KEY, n.name), (n.name, layer))
             if first is not layer and first.weight.shape == layer.weight.shape:
                 # the steps of an unrolled recurrence: one trainable weight, so they cannot drift
                 # apart (each keeps its own activation quantizer)
                 layer.weight = first.weight
+                if self.roles[lead] != (role, bits):
+                    self._lead[n.name] = lead
             self._key[n.name] = f"l{i}"
             self.cim[f"l{i}"] = CimLayer(layer, role, bits, scheme)
         pooled = [n for n in self.layer_nodes if self.roles[n.name][0] == "pool"]
@@ -218,7 +233,10 @@ class CompressedGraph(GraphModule):
             self._captured[node.name] = x
         if self.quantizing:
             x = m.act.quantize(x)
-        w = _onnx_weight(node, m.effective_weight())
+        if node.name in self._lead:
+            w = _onnx_weight(node, _recompressed(m, self.layer(self._lead[node.name])))
+        else:
+            w = _onnx_weight(node, m.effective_weight())
         bias = [] if m.layer.bias is None else [m.layer.bias]  # MatMul takes none
         return [TORCH_OPS[node.op](node, x, w, *bias)]
 
@@ -497,56 +515,187 @@ def imported_names(graph: onnx.GraphProto, prefix: str = "") -> dict[str, onnx.N
     return out
 
 
+def recurrent_weights(nodes: dict[str, onnx.NodeProto]) -> dict[str, tuple[str, int, str]]:
+    """The weight constants the importer unrolls the LSTM/GRU nodes into (constant name ->
+    (node name, direction, tag of :func:`cimc.recurrent.weight_tags`)): the CiM layers whose
+    tuned weights go back into the node's W and R."""
+    found = {}
+    for name, n in nodes.items():
+        if n.op_type not in ("LSTM", "GRU"):
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        dirs = 2 if attrs.get("direction") == b"bidirectional" else 1
+        for d in range(dirs):
+            for tag in weight_tags(n.op_type, bool(attrs.get("linear_before_reset", 0))):
+                found[constant_name(name, d, tag)] = (name, d, tag)
+    return found
+
+
+def _initializer_array(proto: onnx.ModelProto, name: str, source: str | Path) -> np.ndarray | None:
+    """The value of initializer ``name`` of the main graph (None if it is not one)."""
+    for t in proto.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t, base_dir=str(Path(source).parent))
+    return None
+
+
+def _constant_array(proto: onnx.ModelProto, name: str, source: str | Path) -> np.ndarray | None:
+    """The value of ``name`` when an initializer or a Constant node of the main graph holds it."""
+    for n in proto.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name and n.attribute[0].name == "value":
+            return numpy_helper.to_array(n.attribute[0].t)
+    return _initializer_array(proto, name, source)
+
+
 def check_exportable(
-    graph: Graph, source: str | Path, nodes: dict[str, onnx.NodeProto] | None = None
+    graph: Graph,
+    source: str | Path,
+    proto: onnx.ModelProto | None = None,
+    scheme: Scheme | None = None,
 ) -> None:
-    """Refuse, before any training, a model whose tuned weights the ONNX file cannot carry:
-    every CiM layer and BatchNorm must be a node of ``source`` (``nodes``: its
-    :func:`imported_names`), not one the importer made by unrolling a recurrence."""
-    if nodes is None:
-        nodes = imported_names(onnx.load(str(source), load_external_data=False).graph)
+    """Refuse, before any training, a model whose tuned weights the ONNX file cannot carry.
+
+    Every CiM layer and BatchNorm must be a node of ``source`` (``proto``, when loaded) or read
+    an LSTM/GRU weight (:func:`recurrent_weights`); the node's W and R must be initializers and
+    its initial hidden state not a nonzero constant (the importer folds the first step's
+    product with the original R into a constant). With ``scheme``, no later step of a recurrent
+    weight may be pooled unless its first step is (:func:`_check_steps_alike`)."""
+    if proto is None:
+        proto = onnx.load(str(source), load_external_data=False)
+    nodes = imported_names(proto.graph)
+    recurrent = recurrent_weights(nodes)
     for node in [*float_cim_layers(graph), *affine_constants(graph).values()]:
-        if node.name not in nodes:
+        if node.name not in nodes and node.inputs[1] not in recurrent:
             raise DistillError(
-                f"layer {node.name!r} of {source} was made by the importer (e.g. by "
-                "unrolling an LSTM/GRU), so the ONNX file cannot carry its fine-tuned weights; "
-                "fine-tuning recurrent models is not supported yet (cimc compile still "
-                "compresses them post-training)"
+                f"layer {node.name!r} of {source} was made by the importer and holds no weight "
+                "of an ONNX node, so the ONNX file cannot carry its fine-tuned weights; "
+                "fine-tuning it is not supported (cimc compile still compresses it post-training)"
             )
+    for name in sorted({node for node, _, _ in recurrent.values()}):
+        _check_recurrent_node(proto, name, nodes[name], source)
+    if scheme is not None:
+        _check_steps_alike(graph, scheme, recurrent)
+
+
+def _check_recurrent_node(
+    proto: onnx.ModelProto, name: str, node: onnx.NodeProto, source: str | Path
+) -> None:
+    """Refuse an LSTM/GRU whose W and R cannot be replaced or whose first step was folded."""
+    inits = {t.name for t in proto.graph.initializer}
+    for i, what in ((1, "W"), (2, "R")):
+        if node.input[i] not in inits:
+            raise DistillError(
+                f"{node.op_type} node {name!r} of {source}: its {what} ({node.input[i]!r}) is not "
+                "an initializer of the main graph, so the fine-tuned weights cannot be written "
+                "back; make it one (e.g. with onnxsim) and fine-tune again"
+            )
+    h0 = node.input[5] if len(node.input) > 5 else ""
+    state = _constant_array(proto, h0, source) if h0 else None
+    if state is not None and np.any(state):
+        raise DistillError(
+            f"{node.op_type} node {name!r} of {source} starts from the constant nonzero state "
+            f"{h0!r}, whose product with R the importer folds using the original R; fine-tuning "
+            "it is not supported: feed the initial state as a graph input instead"
+        )
+
+
+def _check_steps_alike(
+    graph: Graph, scheme: Scheme, recurrent: dict[str, tuple[str, int, str]]
+) -> None:
+    """A later step may be compressed otherwise than the first step of its weight only if it
+    is not pooled: the ONNX R holds the first step's compressed weight, which a pooled step's
+    assignment could not reproduce."""
+    roles = _roles(graph, scheme)
+    first: dict[str, tuple[str, tuple[str, int]]] = {}
+    for n in float_cim_layers(graph):
+        if n.inputs[1] not in recurrent:
+            continue
+        lead, role = first.setdefault(n.inputs[1], (n.name, roles[n.name]))
+        if roles[n.name] != role and roles[n.name][0] == "pool":
+            node = recurrent[n.inputs[1]][0]
+            raise DistillError(
+                f"the steps of recurrent node {node!r} share one weight but {scheme.label} "
+                f"compresses step {lead!r} as {_role_text(role)} and the later step {n.name!r} "
+                "on the pool, so the node's one R cannot hold both; fine-tuning such a model "
+                "is not supported (cimc compile still compresses it post-training)"
+            )
+
+
+def _role_text(role: tuple[str, int]) -> str:
+    return f"int{role[1]}" if role[0] == "int" else role[0]
+
+
+def _write_recurrent(
+    proto: onnx.ModelProto,
+    node: onnx.NodeProto,
+    parts: dict[tuple[int, str], np.ndarray],
+    source: str | Path,
+) -> None:
+    """Replace ``node``'s W and R by the ones whose unrolled constants are ``parts`` ((direction,
+    tag) -> constant); a constant no CiM layer read (R of a one-step sequence) keeps its value."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    lbr = bool(attrs.get("linear_before_reset", 0))
+    w, r = (_initializer_array(proto, node.input[i], source) for i in (1, 2))
+    new_w, new_r = np.empty_like(w), np.empty_like(r)
+    for d in range(len(w)):
+        base = direction_weights(node.op_type, lbr, w[d], r[d])
+        mine = {tag: c for (dd, tag), c in parts.items() if dd == d}
+        new_w[d], new_r[d] = direction_from_weights(base | mine)
+    node.input[1] = _initializer(proto, f"{node.input[1]}.finetuned", new_w)
+    node.input[2] = _initializer(proto, f"{node.input[2]}.finetuned", new_r)
 
 
 def export(
     model: CompressedGraph, source: str | Path, onnx_path: str | Path, npz_path: str | Path
 ) -> str:
     """Write ``source`` with the fine-tuned CiM weights at ``onnx_path`` and, for CIMPool, the
-    assignment at ``npz_path``; returns the pipeline that compiles them to these numbers."""
+    assignment at ``npz_path``; returns the pipeline that compiles them to these numbers.
+
+    An LSTM/GRU's tuned input projection and recurrent weight (one per direction, shared by
+    its steps) go back into the node's W and R through :func:`cimc.recurrent.
+    direction_from_weights`; their assignment is keyed by the constant the importer makes of
+    them. Its biases are added on the vector unit and not trained: B is written unchanged."""
     model.eval()
     proto = onnx.load(str(source))
     by_name = imported_names(proto.graph)
-    check_exportable(model.graph, source, by_name)
+    check_exportable(model.graph, source, proto, model.scheme)
+    recurrent = recurrent_weights(by_name)
     graph = model.graph
     layers: dict[str, dict[str, np.ndarray]] = {}
+    tuned: dict[str, dict[tuple[int, str], np.ndarray]] = {}  # LSTM/GRU node -> its constants
+    done: set[str] = set()
 
     for node in model.layer_nodes:
-        target = by_name[node.name]
+        const = node.inputs[1]
+        if const in done:
+            continue  # a later step of a recurrent weight: R holds the first step's weight
         m = model.layer(node.name)
         with torch.no_grad():
             w = _onnx_weight(node, m.effective_weight()).detach().numpy()
-        value = graph.values[node.inputs[1]]
-        name = f"{node.inputs[1]}.finetuned"
-        target.input[1] = _initializer(proto, name, w.reshape(value.shape).astype(np.float32))
-        if m.layer.bias is not None:
-            b = m.layer.bias.detach().numpy()  # [O]; Gemm's C may have been one broadcast value
-            shape = graph.values[node.inputs[2]].shape
-            b = b.reshape(shape) if math.prod(shape) == b.size else b
-            target.input[2] = _initializer(proto, f"{node.inputs[2]}.finetuned", b)
+        w = w.reshape(graph.values[const].shape).astype(np.float32)
+        if const in recurrent:
+            done.add(const)
+            name, d, tag = recurrent[const]
+            tuned.setdefault(name, {})[d, tag] = w
+            key = const  # the importer names it so in the exported model too
+        else:
+            target = by_name[node.name]
+            key = f"{const}.finetuned"
+            target.input[1] = _initializer(proto, key, w)
+            if m.layer.bias is not None:
+                b = m.layer.bias.detach().numpy()  # [O]; Gemm's C may be one broadcast value
+                shape = graph.values[node.inputs[2]].shape
+                b = b.reshape(shape) if math.prod(shape) == b.size else b
+                target.input[2] = _initializer(proto, f"{node.inputs[2]}.finetuned", b)
         if m.role == "pool":
-            layers[name] = assignment_fields(m)
+            layers[key] = assignment_fields(m)
+    for name, parts in tuned.items():
+        _write_recurrent(proto, by_name[name], parts, source)
     for name, node in affine_constants(graph).items():
         target = by_name[node.name]
         pos = list(node.inputs).index(name)
-        tuned = model.constant(name).detach().numpy()
-        target.input[pos] = _initializer(proto, f"{name}.finetuned", tuned)
+        tuned_value = model.constant(name).detach().numpy()
+        target.input[pos] = _initializer(proto, f"{name}.finetuned", tuned_value)
     used = {i for n in subgraph_nodes(proto.graph) for i in n.input}  # branches read them too
     dropped = {t.name for t in proto.graph.initializer if t.name not in used}
     kept = [t for t in proto.graph.initializer if t.name not in dropped]
@@ -569,6 +718,7 @@ __all__ = [
     "Downstream",
     "calibrate",
     "check_exportable",
+    "recurrent_weights",
     "distill",
     "export",
     "load_samples",
