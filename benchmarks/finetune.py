@@ -17,8 +17,8 @@ all 235 kit files. Each model file the kit runs (the mel front end of openwakewo
 is fine-tuned on the feeds the kit's scorer gives it on the distillation inputs (openwakeword:
 the embedding a clip's windows at a time, through its fp32 heads; then the heads on the
 compiled fine-tuned embedding's outputs); activation ranges of every compiled row come from
-the first ~256 rows of those feeds (shuffled samples). "agree" is top-1 agreement with fp32 on the scored inputs (for
-openwakeword the clip's 4-way decision). Every row is the compiled graph run by the reference
+the samples distill calibrates on. "agree" is top-1 agreement with fp32 on the scored inputs
+(for openwakeword the clip's 4-way decision). Every row is the compiled graph run by the reference
 interpreter (bit-identical to the simulator); wall time includes compiling, scoring and training.
 """
 
