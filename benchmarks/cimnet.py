@@ -249,9 +249,7 @@ def pooled(table: dict[str, dict], configs: list[dict], second: dict[str, float]
     return out
 
 
-def fronts(
-    target: Any, family: str, folder: Path, args: argparse.Namespace, table: dict[str, dict]
-) -> dict[str, Any]:
+def fronts(target: Any, family: str, folder: Path, args: argparse.Namespace) -> dict[str, Any]:
     """The guided loop on arch-only, hardware-only and joint spaces at equal budgets."""
     objectives = tuple(OBJECTIVES[o] for o in default_objectives(family))
     out: dict[str, Any] = {}
@@ -288,12 +286,14 @@ LOSSES = (0.0, 0.01, 0.02)
 
 def speedups(res: dict[str, Any], baseline: dict[str, Any], objectives: list[str]) -> None:
     """Per search: the fastest point at least as accurate as the largest subnet on the preset
-    hierarchy, less each of ``LOSSES``; its speed-up over that baseline and its area."""
+    hierarchy, less each of ``LOSSES`` (the smallest area among equally fast ones); its speed-up
+    over that baseline and its area."""
     acc0, cyc0 = baseline.get("accuracy"), baseline["cycles"]
     all_pts = np.concatenate([np.array(f["points"]) for f in res.values() if f["points"]])
     ref = reference_point(all_pts)
     for f in res.values():
         pts = np.array(f["points"]).reshape(-1, len(objectives))
+        areas = np.array(f["areas"])
         f["hypervolume"] = hypervolume(pts, ref)
         if acc0 is None or "accuracy" not in objectives:
             continue
@@ -301,11 +301,11 @@ def speedups(res: dict[str, Any], baseline: dict[str, Any], objectives: list[str
         f["speedups"] = {}
         for loss in LOSSES:
             good = np.flatnonzero(-pts[:, ia] >= acc0 - loss - 1e-9)  # accuracy stored negated
-            fastest = good[np.argmin(pts[good, ic])] if len(good) else None
+            fastest = good[np.lexsort((areas[good], pts[good, ic]))[0]] if len(good) else None
             f["speedups"][f"{loss:g}"] = (
                 None
                 if fastest is None
-                else {"speedup": float(cyc0 / pts[fastest, ic]), "area": f["areas"][fastest]}
+                else {"speedup": float(cyc0 / pts[fastest, ic]), "area": float(areas[fastest])}
             )
         f["best_accuracy"] = float((-pts[:, ia]).max()) if len(pts) else None
 
@@ -353,7 +353,7 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     res["baseline"] = table[config_hash(kinds["arch"][0])]
     res["seconds"] = [m["seconds"] for m in table.values()]
     if not args.quick:
-        res["fronts"] = fronts(target, family, folder, args, table)
+        res["fronts"] = fronts(target, family, folder, args)
         names = list(default_objectives(family))
         speedups(res["fronts"], res["baseline"], names)
         joint = res["fronts"]["joint"]

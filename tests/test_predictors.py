@@ -27,3 +27,21 @@ def test_noise_ceiling_is_a_perfect_predictors_tau(monkeypatch):
     four = true + 0.003 * rng.standard_normal(2000)  # 4x the samples: half the noise sd
     assert c["ceiling_tau_4x"] == pytest.approx(kendalltau(true, four).statistic, abs=0.03)
     assert c["tau_two_sets"] < c["ceiling_tau"] < c["ceiling_tau_4x"] < 1
+
+
+def test_speedups_take_the_fastest_then_smallest_point(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cimnet = importlib.import_module("cimnet")
+    # (negated accuracy, cycles) and areas: two points tie at 1,000 cycles within 1 point
+    fronts = {
+        "joint": {
+            "points": [[-0.93, 2000.0], [-0.925, 1000.0], [-0.925, 1000.0], [-0.90, 500.0]],
+            "areas": [538.0, 1076.0, 270.0, 69.0],
+        }
+    }
+    cimnet.speedups(fronts, {"accuracy": 0.93, "cycles": 2000}, ["accuracy", "cycles"])
+    s = fronts["joint"]["speedups"]
+    assert s["0"] == {"speedup": 1.0, "area": 538.0}
+    assert s["0.01"] == {"speedup": 2.0, "area": 270.0}  # not the first of the tied points
+    assert s["0.02"] == s["0.01"]  # 0.90 is 3 points below
+    assert fronts["joint"]["best_accuracy"] == 0.93

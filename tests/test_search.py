@@ -162,12 +162,15 @@ def test_first_round_starts_from_the_baseline():
 
 
 def test_rerun_recomputes_nothing(finished_study, hw_space):
-    before = sqlite3.connect(finished_study / "study.db").execute(
-        "SELECT hash, finished FROM evals ORDER BY hash").fetchall()  # fmt: skip
+    """Neither the rows nor the rounds' history (a rerun once recorded every round with the
+    final count of evaluations)."""
+    query = "SELECT hash, finished FROM evals ORDER BY hash"
+    db = sqlite3.connect(finished_study / "study.db")
+    before, rounds = db.execute(query).fetchall(), Study(finished_study).rounds()
+    assert [r["evaluations"] for r in rounds] == [8, 16]
     assert main(_search(finished_study, hw_space, 16, 8)) == 0
-    after = sqlite3.connect(finished_study / "study.db").execute(
-        "SELECT hash, finished FROM evals ORDER BY hash").fetchall()  # fmt: skip
-    assert after == before
+    assert db.execute(query).fetchall() == before
+    assert Study(finished_study).rounds() == rounds
 
 
 @pytest.mark.parametrize(

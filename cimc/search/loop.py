@@ -84,6 +84,7 @@ def run_loop(
 ) -> None:
     """Run (or resume) the search until ``settings.budget`` true evaluations are stored."""
     stored = {r.hash: r for r in study.rows()}
+    recorded = {info["round"]: info for info in study.rounds()}
     number = 0
     while True:
         earlier = sorted((r for r in stored.values() if r.round < number), key=lambda r: r.hash)
@@ -105,10 +106,13 @@ def run_loop(
             row = Row(config_hash(config), number, config, metrics.to_dict(), pred, metrics.seconds)
             study.add(row)
             stored[row.hash] = row
-        batch = [stored[config_hash(c)] for c in configs if config_hash(c) in stored]
-        info = _round_info(study, number, list(stored.values()), batch, settings, fitted)
-        info["wall_s"] = time.perf_counter() - start
-        study.set_round(number, info)
+        if todo or number not in recorded:  # a resumed round keeps what it recorded when it ran
+            batch = [stored[config_hash(c)] for c in configs if config_hash(c) in stored]
+            info = _round_info(study, number, list(stored.values()), batch, settings, fitted)
+            info["wall_s"] = time.perf_counter() - start
+            study.set_round(number, info)
+        else:
+            info = recorded[number]
         if progress is not None:
             progress(info)
         number += 1
