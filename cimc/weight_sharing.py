@@ -19,6 +19,8 @@ the steps' mean calibration moments (:func:`tie_moments`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from .cim_ops import CIM_OPS
@@ -67,20 +69,24 @@ def _same_value(graph: Graph, x: str, y: str) -> bool:
     return vx.data.dtype == vy.data.dtype and np.array_equal(vx.data, vy.data)
 
 
+def weight_groups(graph: Graph, names: Iterable[str]) -> dict[str, list[str]]:
+    """The layers ``names`` grouped by the weight they read: the steps of one recurrent weight
+    together (keyed by its source), every other layer alone (keyed by its name)."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(graph.node(name).meta.get(SOURCE_KEY, name), []).append(name)
+    return groups
+
+
 def tie_moments(graph: Graph, moments: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Calibration moments per layer, each replaced by the mean over the layers that read the
     same weight source. One stored weight serves all those layers, so its compression should
     minimise their summed output error, tr(dW (sum_t C_t) dW^T); and the same weight with the
     same moments compresses to the same constants, which the arrays then hold once."""
-    groups: dict[str, list[str]] = {}
-    for name in moments:
-        source = graph.node(name).meta.get(SOURCE_KEY)
-        if source is not None:
-            groups.setdefault(source, []).append(name)
     tied = dict(moments)
-    for names in groups.values():
-        mean = np.mean([moments[n] for n in names], axis=0)
-        tied.update(dict.fromkeys(names, mean))
+    for names in weight_groups(graph, moments).values():
+        if len(names) > 1:
+            tied.update(dict.fromkeys(names, np.mean([moments[n] for n in names], axis=0)))
     return tied
 
 

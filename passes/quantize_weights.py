@@ -14,7 +14,7 @@ from cimc.errors import OptionError
 from cimc.ir import Graph, Node
 from cimc.passes_base import Pass, PassContext, PassResult, register_pass
 from cimc.sensitivity import mark_sensitive, most_sensitive
-from cimc.weight_sharing import SOURCE_KEY, tie_moments
+from cimc.weight_sharing import tie_moments, weight_groups
 
 
 @register_pass
@@ -96,8 +96,7 @@ def _calibration_rows(graph: Graph, layers: list[Node], feeds: int) -> dict[str,
         shape = graph.values[node.outputs[0]].shape
         spatial = shape[:1] + shape[2:] if node.op == "Conv" else shape[:-1]
         per_layer[node.name] = int(np.prod(spatial, dtype=np.int64)) * feeds
-    total: dict[str, int] = {}
-    for node in layers:
-        key = node.meta.get(SOURCE_KEY, node.name)
-        total[key] = total.get(key, 0) + per_layer[node.name]
-    return {n.name: total[n.meta.get(SOURCE_KEY, n.name)] for n in layers}
+    out = {}
+    for names in weight_groups(graph, per_layer).values():
+        out.update(dict.fromkeys(names, sum(per_layer[n] for n in names)))
+    return out

@@ -32,7 +32,7 @@ def quantize_per_channel(
     amax = np.abs(w).max(axis=1).astype(np.float64)
     scale = np.where(amax > 0, amax / qmax, 1.0)
     if hessian is None:
-        wq = np.clip(np.round(w / scale[:, None]), -qmax, qmax)
+        wq = _nearest(w, scale, qmax)
     else:
         group = hessian.shape[0]
         og = w.shape[0] // group
@@ -45,6 +45,10 @@ def quantize_per_channel(
     return wq.astype(np.int8), scale
 
 
+def _nearest(w: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
+    return np.clip(np.round(w / scale[:, None]), -qmax, qmax)
+
+
 def _gptq(w: np.ndarray, scale: np.ndarray, qmax: int, h: np.ndarray) -> np.ndarray:
     """Integer weights of one group, columns rounded with the error compensated, the inputs
     of largest second moment first (GPTQ's activation order: their errors are the costliest,
@@ -53,7 +57,7 @@ def _gptq(w: np.ndarray, scale: np.ndarray, qmax: int, h: np.ndarray) -> np.ndar
     # one BLAS thread: the factorisations and updates must round alike on every machine
     with threadpool_limits(1, user_api="blas"):
         if not determined(h):
-            return np.clip(np.round(w / scale[:, None]), -qmax, qmax)
+            return _nearest(w, scale, qmax)
         h = h.astype(np.float64)
         dead = np.flatnonzero(np.diag(h) == 0)  # inputs zero on every calibration row:
         h[dead, dead] = 1.0  # decoupled, so rounded to nearest (not zeroed: other data reach them)
