@@ -112,6 +112,16 @@ class Space:
     def names(self) -> list[str]:
         return [v.name for v in self.variables]
 
+    def blocks(self) -> tuple[np.ndarray, ...]:
+        """Column indices of the variables searched (more than one choice) per block: the
+        family's architecture, then the passes and hardware. CiMNet's space is hierarchical, a
+        network and the hierarchy that runs it; the loop varies one block at a time at a rate
+        (``Settings.block_rate``). A space without an architecture axis is one block."""
+        arch = [v.members[0].startswith("arch.") for v in self.variables]
+        searched = np.array([len(v.choices) > 1 for v in self.variables], bool)
+        groups = (searched & np.array(arch, bool), searched & ~np.array(arch, bool))
+        return tuple(np.flatnonzero(g) for g in groups if g.any())
+
     @property
     def size(self) -> int:
         return math.prod(len(v.choices) for v in self.variables)
