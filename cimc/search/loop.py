@@ -394,6 +394,7 @@ def _block_mating(mating: Any, blocks: tuple[np.ndarray, ...], rate: float) -> A
 
     class BlockMating(Mating):
         def _do(self, problem, pop, n_offsprings, parents=None, random_state=None, **kwargs):
+            # the parents are selected here (as Mating does) to know each offspring's own
             n_matings = math.ceil(n_offsprings / self.crossover.n_offsprings)
             parents = self.selection(
                 problem,

@@ -117,10 +117,9 @@ class Space:
         family's architecture, then the passes and hardware. CiMNet's space is hierarchical, a
         network and the hierarchy that runs it; the loop varies one block at a time at a rate
         (``Settings.block_rate``). A space without an architecture axis is one block."""
-        arch = [v.members[0].startswith("arch.") for v in self.variables]
+        arch = np.array([v.members[0].startswith("arch.") for v in self.variables], bool)
         searched = np.array([len(v.choices) > 1 for v in self.variables], bool)
-        groups = (searched & np.array(arch, bool), searched & ~np.array(arch, bool))
-        return tuple(np.flatnonzero(g) for g in groups if g.any())
+        return tuple(np.flatnonzero(g) for g in (searched & arch, searched & ~arch) if g.any())
 
     @property
     def size(self) -> int:
