@@ -55,11 +55,11 @@ def test_block_variations_redraw_one_block_of_each_parent_in_turn():
         not np.array_equal(r[blocks[j % 2]], parents[(j // 2) % 2][blocks[j % 2]])
         for j, r in enumerate(rows)
     ]
-    assert np.mean(redrawn) > 0.8  # and the block itself is redrawn (3^6 or 4^4 choices)
+    assert np.mean(redrawn) > 0.8  # and the block itself is redrawn (3^16 or 4^6 choices)
 
 
 def _children(rate: float, blocks: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """600 offspring of one mating of a converged-free NSGA-II population, and each one's own
+    """600 offspring of one mating of NSGA-II's first (random) population, and each one's own
     parent (the one SBX's offspring descends from)."""
     from pymoo.core.problem import Problem
     from pymoo.optimize import minimize
@@ -97,14 +97,14 @@ def _changed_blocks(children: np.ndarray, own: np.ndarray, blocks) -> np.ndarray
 
 
 def test_offspring_differ_from_their_parent_in_one_block_at_the_rate():
-    """Plain SBX + polynomial mutation changes both blocks of many offspring (a third of these
-    10 variables; more of CiMNet's 31); block-wise mating
-    keeps the parent outside one block for a share ``rate`` of them. Tolerance: 600 offspring
-    give each share a binomial sd of at most 0.02, the difference of two shares 0.03; 0.08 is
-    about 3 sd."""
+    """Plain SBX + polynomial mutation changes both blocks of most offspring (two thirds of
+    these 22 variables); block-wise mating keeps the parent outside one block for a share
+    ``rate`` of them, so about ``1 - rate`` as many change both. Tolerance: 600 offspring give
+    each share a binomial sd of at most 0.02, the difference of two shares at most 0.03; 0.08
+    is over 2.5 sd."""
     blocks = synthetic_space().blocks()
     plain = _changed_blocks(*_children(0.0, blocks), blocks).all(axis=1).mean()
-    assert plain > 0.25  # the premise: ordinary variation often moves both blocks at once
+    assert plain > 0.5  # the premise: ordinary variation moves both blocks at once
     half = _changed_blocks(*_children(0.5, blocks), blocks).all(axis=1).mean()
     assert abs(half - 0.5 * plain) < 0.08
     assert _changed_blocks(*_children(1.0, blocks), blocks).all(axis=1).mean() == 0.0
@@ -123,9 +123,9 @@ def test_one_block_space_is_varied_as_before():
 
 
 def evaluate(config: dict) -> Metrics:
-    """Accuracy from the architecture only, the largest network (every ``a`` at 2) 2 points
-    above any other, like the elastic supernets; cycles from the network's size times the
-    slowest of the hierarchy levels (each ``h`` a throughput); area grows with the hierarchy."""
+    """Accuracy from the architecture only, the largest network (every ``a`` at 2) 3 points
+    above any other, like the elastic supernets; cycles: the network's size times the sum of
+    the levels' transfer times (each ``h`` a throughput); area grows with the hierarchy."""
     a = np.array([config[f"arch.a{i}"] for i in range(ARCH)])
     h = np.array([config[f"h{i}"] for i in range(HW)])
     accuracy = 0.93 if a.min() == 2 else 0.88 + 0.02 * a.mean() / 2 - 0.003 * a.std()
