@@ -8,6 +8,11 @@ fixed config and no teacher trains an architecture alone (:func:`train_alone`), 
 compared at an equal number of steps. :func:`subnet_accuracy` extracts a subnet, recalibrates its
 BatchNorm statistics on training images (as OFA and DyNAS-T do before every evaluation) and
 scores it.
+
+The CNN families train with Adam (L2 on every tensor) and plain cosine decay; a ViT needs the
+transformer recipe (``RECIPES``): AdamW with decoupled decay on its matrices only (not on
+biases, LayerNorm, the position embedding or the class token), a linear warm-up and gradient
+clipping.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
+from cimc.errors import OptionError
 from cimc.models.elastic import Config, ElasticFamily, recalibrate_bn
 
 from .data import Splits
@@ -34,6 +41,9 @@ class ElasticTrainConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
+    optimizer: str = "adam"  # "adam": L2 on every tensor; "adamw": decoupled, matrices only
+    warmup: int = 0  # steps of linear warm-up before the cosine decay
+    clip: float = 0.0  # max global gradient norm; 0 leaves gradients as they are
     shift: int = 2
     randoms: int = 2  # random subnets per step besides the largest and the smallest
     bn_images: int = 1024  # training images BatchNorm is recalibrated on before evaluation
@@ -42,6 +52,50 @@ class ElasticTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "elastic-vit-chars": {
+        "optimizer": "adamw",
+        "lr": 3e-3,
+        "weight_decay": 0.05,
+        "warmup": 50,
+        "clip": 1.0,
+    },
+}
+"""Per-family departures from :class:`ElasticTrainConfig`'s defaults (the CNN recipe)."""
+
+NO_DECAY = ("pos_embedding", "class_token")
+"""Parameters AdamW leaves undecayed besides every 1-d one (biases, norms)."""
+
+
+def recipe(name: str, **overrides: Any) -> ElasticTrainConfig:
+    """The training config of family ``name``: its recipe, then ``overrides``."""
+    return ElasticTrainConfig(**(RECIPES.get(name, {}) | overrides))
+
+
+def _optimizer(net: nn.Module, cfg: ElasticTrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer != "adamw":
+        raise OptionError(f"optimizer {cfg.optimizer!r} is not one of ['adam', 'adamw']")
+    decay, rest = [], []
+    for name, p in net.named_parameters():
+        (rest if p.dim() < 2 or name.endswith(NO_DECAY) else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _schedule(opt: torch.optim.Optimizer, cfg: ElasticTrainConfig) -> LRScheduler:
+    """Cosine decay over the steps after ``cfg.warmup`` linear warm-up steps."""
+    cosine = CosineAnnealingLR(opt, T_max=cfg.steps - cfg.warmup)
+    if not cfg.warmup:
+        return cosine
+    warm = LinearLR(opt, start_factor=1 / cfg.warmup, total_iters=cfg.warmup)
+    return SequentialLR(opt, [warm, cosine], milestones=[cfg.warmup])
 
 
 LogFn = Callable[[dict[str, Any]], None]
@@ -56,14 +110,14 @@ def _fit(
     log: LogFn | None,
     label: str,
 ) -> None:
-    """Adam with per-step cosine decay; each step trains ``configs(rng)`` on one batch, the
-    first on the labels and the rest (``distil``) on its soft outputs."""
+    """``cfg``'s optimiser and schedule, stepped per batch; each step trains ``configs(rng)``
+    on one batch, the first on the labels and the rest (``distil``) on its soft outputs."""
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     x_tr, y_tr = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     net = fam.supernet.train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    opt = _optimizer(net, cfg)
+    sched = _schedule(opt, cfg)
     perm, pos, t0 = torch.randperm(len(x_tr), generator=gen), 0, time.perf_counter()
     for step in range(1, cfg.steps + 1):
         if pos + cfg.batch_size > len(perm):
@@ -82,6 +136,8 @@ def _fit(
                 loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
             loss.backward()
             losses.append(loss.item())
+        if cfg.clip:
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
         opt.step()
         sched.step()
         if log and (step % cfg.log_every == 0 or step == cfg.steps):

@@ -1,0 +1,85 @@
+"""Weight-sharing training recipes: the CNN families keep Adam with plain cosine decay; the ViT
+gets AdamW (no decay on biases, norms and embeddings), a linear warm-up and clipping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cimc.errors import OptionError
+from cimc.models.elastic import family
+from cimc.train.elastic import (
+    RECIPES,
+    ElasticTrainConfig,
+    _optimizer,
+    _schedule,
+    recipe,
+)
+
+
+def lrs(cfg: ElasticTrainConfig) -> list[float]:
+    """The learning rate each of ``cfg.steps`` optimiser steps uses."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=cfg.lr)
+    sched = _schedule(opt, cfg)
+    out = []
+    for _ in range(cfg.steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("name", ["elastic-resnet-chars", "elastic-mbv3-chars"])
+def test_cnn_recipe_is_the_committed_one(name):
+    """Their committed weights came from Adam, L2 1e-4, torch's cosine schedule, no clipping."""
+    cfg = recipe(name, steps=40)
+    assert cfg == ElasticTrainConfig(steps=40)
+    opt = _optimizer(family(name, trained=False).supernet, cfg)
+    assert type(opt) is torch.optim.Adam and opt.defaults["weight_decay"] == 1e-4
+    p = torch.nn.Parameter(torch.zeros(1))
+    ref_opt = torch.optim.Adam([p], lr=cfg.lr)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=cfg.steps)
+    expected = []
+    for _ in range(cfg.steps):
+        expected.append(ref_opt.param_groups[0]["lr"])
+        ref_opt.step()
+        ref.step()
+    assert lrs(cfg) == expected  # bit for bit
+
+
+def test_warmup_rises_linearly_then_decays_to_zero():
+    cfg = ElasticTrainConfig(steps=30, lr=1e-2, warmup=10)
+    got = lrs(cfg)
+    # lr / warmup at the first step, linearly up to lr at step ``warmup``; LinearLR's factors
+    # are chained products, a few ulps off the closed form.
+    warm = [1e-2 * (0.1 + 0.9 * s / 10) for s in range(10)]
+    assert got[:10] == pytest.approx(warm, rel=1e-9)
+    cosine = [1e-2 * (1 + math.cos(math.pi * s / 20)) / 2 for s in range(20)]
+    assert got[10:] == pytest.approx(cosine, rel=1e-9, abs=1e-12)
+
+
+def test_adamw_decays_matrices_only():
+    cfg = recipe("elastic-vit-chars")
+    assert cfg.optimizer == "adamw" and cfg.warmup > 0 and cfg.clip > 0
+    net = family("elastic-vit-chars", trained=False).supernet
+    opt = _optimizer(net, cfg)
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {n for n, p in net.named_parameters() if id(p) in decay}
+    assert "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" in names
+    assert {"conv_proj.weight", "heads.head.weight"} <= names
+    kept = {n for n, _ in net.named_parameters()} - names
+    assert {"encoder.pos_embedding", "class_token", "encoder.ln.weight"} <= kept
+    assert not any(n.endswith("bias") for n in names)
+    assert all(
+        g["weight_decay"] in (0.0, RECIPES["elastic-vit-chars"]["weight_decay"])
+        for g in opt.param_groups
+    )
+
+
+def test_unknown_optimizer_is_named():
+    net = torch.nn.Linear(2, 2)
+    with pytest.raises(OptionError, match="'sgd' is not one of"):
+        _optimizer(net, ElasticTrainConfig(optimizer="sgd"))
