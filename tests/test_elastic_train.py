@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from cimc.errors import OptionError
 from cimc.models.elastic import family
+from cimc.train.data import Splits
 from cimc.train.elastic import (
     RECIPES,
     ElasticTrainConfig,
     _optimizer,
     _schedule,
     recipe,
+    train_supernet,
 )
 
 
@@ -83,3 +86,16 @@ def test_unknown_optimizer_is_named():
     net = torch.nn.Linear(2, 2)
     with pytest.raises(OptionError, match="'sgd' is not one of"):
         _optimizer(net, ElasticTrainConfig(optimizer="sgd"))
+
+
+def test_largest_first_then_the_sandwich():
+    """``largest_first`` steps train the largest alone (one loss), then every step runs the
+    largest, the smallest and ``randoms`` random subnets (four losses)."""
+    g = np.random.default_rng(0)
+    x = g.random((16, 1, 32, 32), dtype=np.float32)
+    y = g.integers(0, 36, 16)
+    data = Splits("noise", tuple(map(str, range(36))), x, y, x, y, x, y)
+    records = []
+    cfg = recipe("elastic-vit-chars", steps=3, largest_first=2, warmup=1, batch_size=4, log_every=1)
+    train_supernet(family("elastic-vit-chars", trained=False), data, cfg, records.append)
+    assert [len(r["losses"]) for r in records] == [1, 1, 2 + cfg.randoms]

@@ -12,7 +12,9 @@ scores it.
 The CNN families train with Adam (L2 on every tensor) and plain cosine decay; a ViT needs the
 transformer recipe (``RECIPES``): AdamW with decoupled decay on its matrices only (not on
 biases, LayerNorm, the position embedding or the class token), a linear warm-up and gradient
-clipping.
+clipping; and its largest subnet first (``largest_first`` steps, OFA's first phase): a sandwich
+from scratch kept it at chance, the smaller subnets' distillation towards a still uninformed
+teacher outweighing its own label gradient on the shared weights.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ElasticTrainConfig:
     optimizer: str = "adam"  # "adam": L2 on every tensor; "adamw": decoupled, matrices only
     warmup: int = 0  # steps of linear warm-up before the cosine decay
     clip: float = 0.0  # max global gradient norm; 0 leaves gradients as they are
+    largest_first: int = 0  # steps that train the largest alone before the sandwich (OFA)
     shift: int = 2
     randoms: int = 2  # random subnets per step besides the largest and the smallest
     bn_images: int = 1024  # training images BatchNorm is recalibrated on before evaluation
@@ -60,6 +63,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lr": 3e-3,
         "weight_decay": 0.05,
         "warmup": 50,
+        "largest_first": 180,
         "clip": 1.0,
     },
 }
@@ -105,12 +109,12 @@ def _fit(
     fam: ElasticFamily,
     data: Splits,
     cfg: ElasticTrainConfig,
-    configs: Callable[[np.random.Generator], list[Config]],
+    configs: Callable[[np.random.Generator, int], list[Config]],
     distil: bool,
     log: LogFn | None,
     label: str,
 ) -> None:
-    """``cfg``'s optimiser and schedule, stepped per batch; each step trains ``configs(rng)``
+    """``cfg``'s optimiser and schedule, stepped per batch; each step trains ``configs(rng, step)``
     on one batch, the first on the labels and the rest (``distil``) on its soft outputs."""
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -127,7 +131,7 @@ def _fit(
         x, y = random_shift(x_tr[idx], cfg.shift, gen), y_tr[idx]
         opt.zero_grad(set_to_none=True)
         losses, teacher = [], None
-        for i, config in enumerate(configs(rng)):
+        for i, config in enumerate(configs(rng, step)):
             logits = fam.runner(config)(x)
             if i == 0 or not distil:
                 loss = F.cross_entropy(logits, y)
@@ -159,7 +163,9 @@ def train_supernet(
 ) -> ElasticFamily:
     """Sandwich-rule training with in-place distillation, in place; returns ``fam``."""
 
-    def sandwich(rng: np.random.Generator) -> list[Config]:
+    def sandwich(rng: np.random.Generator, step: int) -> list[Config]:
+        if step <= cfg.largest_first:
+            return [fam.largest()]
         return [fam.largest(), fam.smallest(), *(fam.sample(rng) for _ in range(cfg.randoms))]
 
     _fit(fam, data, cfg, sandwich, True, log, fam.name)
@@ -170,7 +176,7 @@ def train_alone(
     fam: ElasticFamily, config: Config, data: Splits, cfg: ElasticTrainConfig, log: LogFn | None
 ) -> nn.Module:
     """``config`` trained from ``fam``'s (fresh) weights for as many steps, alone; its subnet."""
-    _fit(fam, data, cfg, lambda _rng: [config], False, log, f"{fam.name}/alone")
+    _fit(fam, data, cfg, lambda _rng, _step: [config], False, log, f"{fam.name}/alone")
     return fam.subnet(config)
 
 
