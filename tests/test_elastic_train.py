@@ -15,6 +15,7 @@ from cimc.train.data import Splits
 from cimc.train.elastic import (
     RECIPES,
     ElasticTrainConfig,
+    _drop_conflict,
     _optimizer,
     _schedule,
     recipe,
@@ -99,3 +100,15 @@ def test_largest_first_then_the_sandwich():
     cfg = recipe("elastic-vit-chars", steps=3, largest_first=2, warmup=1, batch_size=4, log_every=1)
     train_supernet(family("elastic-vit-chars", trained=False), data, cfg, records.append)
     assert [len(r["losses"]) for r in records] == [1, 1, 2 + cfg.randoms]
+
+
+def test_conflicting_gradient_loses_its_component_against_the_largest():
+    """lead (1, 0), others (-1, 1): the others keep only (0, 1); agreeing ones are untouched."""
+    p = torch.nn.Parameter(torch.zeros(2))
+    lead = [torch.tensor([1.0, 0.0])]
+    p.grad = lead[0] + torch.tensor([-1.0, 1.0])
+    _drop_conflict([p], lead)
+    assert p.grad.tolist() == [1.0, 1.0]
+    p.grad = lead[0] + torch.tensor([0.5, 1.0])
+    _drop_conflict([p], lead)
+    assert p.grad.tolist() == [1.5, 1.0]

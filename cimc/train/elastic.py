@@ -12,9 +12,9 @@ scores it.
 The CNN families train with Adam (L2 on every tensor) and plain cosine decay; a ViT needs the
 transformer recipe (``RECIPES``): AdamW with decoupled decay on its matrices only (not on
 biases, LayerNorm, the position embedding or the class token), a linear warm-up and gradient
-clipping; and its largest subnet first (``largest_first`` steps, OFA's first phase): a sandwich
-from scratch kept it at chance, the smaller subnets' distillation towards a still uninformed
-teacher outweighing its own label gradient on the shared weights.
+clipping; its largest subnet first (``largest_first`` steps, OFA's first phase); and, as NASViT
+does, the smaller subnets' gradient stripped of its component against the largest's when the
+two conflict: without both, the sandwich drove the largest subnet back to chance.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class ElasticTrainConfig:
     warmup: int = 0  # steps of linear warm-up before the cosine decay
     clip: float = 0.0  # max global gradient norm; 0 leaves gradients as they are
     largest_first: int = 0  # steps that train the largest alone before the sandwich (OFA)
+    project: bool = False  # drop the other subnets' gradient component against the first's
     shift: int = 2
     randoms: int = 2  # random subnets per step besides the largest and the smallest
     bn_images: int = 1024  # training images BatchNorm is recalibrated on before evaluation
@@ -64,6 +65,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "weight_decay": 0.05,
         "warmup": 50,
         "largest_first": 180,
+        "project": True,
         "clip": 1.0,
     },
 }
@@ -102,6 +104,19 @@ def _schedule(opt: torch.optim.Optimizer, cfg: ElasticTrainConfig) -> LRSchedule
     return SequentialLR(opt, [warm, cosine], milestones=[cfg.warmup])
 
 
+def _drop_conflict(params: list[nn.Parameter], lead: list[torch.Tensor]) -> None:
+    """NASViT's gradient-conflict rule: when the other subnets' summed gradient (``.grad``
+    minus the first subnet's ``lead``) points against ``lead``, remove its component along
+    ``lead``, so the shared step does not undo the largest subnet's own."""
+    rest = [p.grad - g for p, g in zip(params, lead, strict=True)]
+    dot = sum((r * g).sum() for r, g in zip(rest, lead, strict=True))
+    if dot >= 0:
+        return
+    scale = dot / sum((g * g).sum() for g in lead)
+    for p, g, r in zip(params, lead, rest, strict=True):
+        p.grad = g + r - scale * g
+
+
 LogFn = Callable[[dict[str, Any]], None]
 
 
@@ -120,6 +135,7 @@ def _fit(
     rng = np.random.default_rng(cfg.seed)
     x_tr, y_tr = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     net = fam.supernet.train()
+    params = list(net.parameters())
     opt = _optimizer(net, cfg)
     sched = _schedule(opt, cfg)
     perm, pos, t0 = torch.randperm(len(x_tr), generator=gen), 0, time.perf_counter()
@@ -140,8 +156,12 @@ def _fit(
                 loss = F.kl_div(F.log_softmax(logits, 1), teacher, reduction="batchmean")
             loss.backward()
             losses.append(loss.item())
+            if i == 0 and cfg.project:
+                lead = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in params]
+        if cfg.project and len(losses) > 1:
+            _drop_conflict(params, lead)
         if cfg.clip:
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
+            nn.utils.clip_grad_norm_(params, cfg.clip)
         opt.step()
         sched.step()
         if log and (step % cfg.log_every == 0 or step == cfg.steps):
