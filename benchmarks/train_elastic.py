@@ -2,21 +2,24 @@
 weight-sharing gap.
 
     python benchmarks/train_elastic.py [--families elastic-resnet-chars,...] [--steps 300]
-        [--lr 3e-3] [--seed 0] [--out DIR] [--weights cimc/data/elastic]
+        [--lr LR] [--seed 0] [--out DIR] [--weights cimc/data/elastic]
 
-Per family (one torch thread): sandwich-rule training with in-place distillation
+Per family (one torch thread), with its recipe (cimc.train.elastic.recipe; --steps and --lr
+override it): sandwich-rule training with in-place distillation
 (cimc.train.elastic, seeded) for --steps steps; then the validation accuracy, after BatchNorm
 recalibration on 1,024 training images, of the largest, the smallest and 20 seeded random
 subnets; then the largest, the smallest and the first 3 random architectures trained alone from
 fresh weights for the same number of steps (3 of 20, for time), and the gap. Progress lines go to
 stderr and <out>/<family>.log.jsonl; results to <out>/<family>.json; trained weights to
-<weights>/<family>.pt.
+<weights>/<family>.pt. The results record the machine's load average (other jobs slow the
+run down; they do not change its numbers).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -28,7 +31,13 @@ import torch
 from cimc.atomic import atomic_path
 from cimc.models.elastic import WEIGHTS, family
 from cimc.train.data import load
-from cimc.train.elastic import ElasticTrainConfig, subnet_accuracy, train_alone, train_supernet
+from cimc.train.elastic import (
+    ElasticTrainConfig,
+    recipe,
+    subnet_accuracy,
+    train_alone,
+    train_supernet,
+)
 
 FAMILIES = ("elastic-resnet-chars", "elastic-mbv3-chars", "elastic-vit-chars")
 RANDOM_SUBNETS = 20
@@ -45,7 +54,7 @@ def run_family(name: str, cfg: ElasticTrainConfig, out: Path, weights: Path) -> 
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    t0 = time.perf_counter()
+    load_before, t0 = os.getloadavg()[1], time.perf_counter()
     fam = train_supernet(family(name, cfg.seed, trained=False), data, cfg, log)
     train_seconds = time.perf_counter() - t0
     weights.mkdir(parents=True, exist_ok=True)
@@ -81,6 +90,7 @@ def run_family(name: str, cfg: ElasticTrainConfig, out: Path, weights: Path) -> 
         "family": name,
         "train": cfg.to_dict(),
         "train_seconds": round(train_seconds, 1),
+        "load_average_5min": [round(load_before, 1), round(os.getloadavg()[1], 1)],
         "rows": rows,
         "mean_shared_val_acc_random": statistics.mean(r["shared_val_acc"] for r in rows[2:]),
         "mean_gap_pp": 100
@@ -95,7 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--steps", type=int, default=ElasticTrainConfig.steps)
-    ap.add_argument("--lr", type=float, default=ElasticTrainConfig.lr)
+    ap.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/elastic")
     ap.add_argument("--weights", default=str(WEIGHTS))
@@ -103,8 +113,9 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = ElasticTrainConfig(steps=args.steps, lr=args.lr, seed=args.seed)
     for name in args.families.split(","):
+        lr = {} if args.lr is None else {"lr": args.lr}
+        cfg = recipe(name, steps=args.steps, seed=args.seed, **lr)
         res = run_family(name, cfg, out, Path(args.weights))
         print(f"{name}: trained {res['train_seconds']} s")
         print(f"{'subnet':10} {'params':>8} {'shared':>7} {'alone':>7}")
