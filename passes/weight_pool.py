@@ -27,6 +27,7 @@ from cimc.compress import (
     build_pool,
     install_assignment,
     pack_vectors,
+    read_assignment,
     select_layers,
     to_quant_mvm,
     write_pool_layer,
@@ -57,7 +58,8 @@ class WeightPool(Pass):
     ``keep_sensitive`` N leaves out, besides, the N layers whose pooling alone costs the most
     output fidelity on the calibration data (ranked by :mod:`cimc.sensitivity` without the error
     term); like the other layers left out they become ``others``-bit integers (mixed precision;
-    clamped to the layers there are)."""
+    clamped to the layers there are). With ``assignment`` they are not ranked again: the kept
+    layers are the ones the file leaves out (the fine-tuning kept those)."""
 
     name = "weight-pool"
     vector: int = 0
@@ -134,10 +136,28 @@ class WeightPool(Pass):
             )
         return vector, pool
 
+    def _kept_by_file(self, chosen: list[Node]) -> set[str]:
+        """The ``keep_sensitive`` chosen layers whose weight the assignment file does not list:
+        fine-tuning kept them at ``others`` bits, so the compiled graph must too."""
+        if not self.keep_sensitive:
+            return set()
+        listed = read_assignment(self.assignment)[1]
+        kept = {n.name for n in chosen if n.inputs[1] not in listed}
+        if len(kept) != min(self.keep_sensitive, len(chosen)):
+            raise OptionError(
+                f"weight-pool: keep_sensitive={self.keep_sensitive} but the assignment file "
+                f"{self.assignment} leaves {len(kept)} of the {len(chosen)} layers out; give "
+                f"keep_sensitive={len(kept)}, the number the model was fine-tuned with"
+            )
+        return kept
+
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         chosen, left = select_layers(graph, self.skip_first, self.skip_depthwise, self.skip_last)
-        alone = str(replace(self, keep_sensitive=0))
-        sensitive = most_sensitive(graph, ctx, alone, chosen, self.keep_sensitive)
+        if self.assignment:
+            sensitive = self._kept_by_file(chosen)
+        else:
+            alone = str(replace(self, keep_sensitive=0))
+            sensitive = most_sensitive(graph, ctx, alone, chosen, self.keep_sensitive)
         pool_from = chosen  # the pool stays that of keep_sensitive=0: kept layers change alone
         left += [n for n in chosen if n.name in sensitive]
         chosen = [n for n in chosen if n.name not in sensitive]

@@ -1,5 +1,6 @@
 """Label-free fine-tuning of imported ONNX models: the torch conversion, distillation on the
-bundled digits CNN, the assignment round trip through the compiler, and bad input."""
+bundled digits CNN, the assignment round trip through the compiler (with layers kept at 8
+bits: keep_sensitive), and bad input."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from helpers import light_inputs, light_path, with_seeded_weights  # noqa: E402
 
 import cimc  # noqa: E402
 from cimc.cli import main  # noqa: E402
-from cimc.errors import FeedError  # noqa: E402
+from cimc.errors import CimcError, FeedError  # noqa: E402
 from cimc.models import zoo  # noqa: E402
 from cimc.program import Program  # noqa: E402
 from cimc.torch_backend import GraphModule, TorchOpError, run_batched  # noqa: E402
@@ -196,6 +197,60 @@ def test_the_compiled_assignment_reproduces_the_tuned_model(tuned):
     # rounding boundary may flip by one step: allow 1% of the output scale, and equal top-1.
     assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
     assert (got.argmax(1) == ref.argmax(1)).mean() == 1.0
+
+
+def _sensitive(graph: cimc.Graph) -> set[str]:
+    return {n.name for n in graph.nodes() if n.meta.get("compression", {}).get("sensitive")}
+
+
+def test_kept_layers_train_at_8_bits_and_compile_so(tmp_path):
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    data = load_samples(DATA / "digits_calib.npz", graph, 16)
+    scheme = get_scheme("cimpool-keep0.5")
+    model = distill(graph, scheme, data, DistillConfig(steps=20, lr=3e-3), keep_sensitive=2)
+    # the two layers weight-pool{keep_sensitive=2} keeps post-training on the same samples
+    post = cimc.compile(
+        DIGITS,
+        "cimpool-sram",
+        pipeline="zpack,weight-pool{keep_sensitive=2},quantize-act",
+        input_shapes=SHAPE,
+        calibration=str(DATA / "digits_calib.npz"),
+    )
+    assert len(model.kept) == 2 and model.kept == _sensitive(post.graph)
+    assert all(model.roles[name] == ("int", 8) for name in model.kept)
+    # seven convs and the FC: first and last at 8 bits, two kept, four on the pool
+    assert sum(role == "pool" for role, _ in model.roles.values()) == 4
+
+    pipeline = export(model, DIGITS, tmp_path / "m.onnx", tmp_path / "m.npz")
+    assert "keep_sensitive=2" in pipeline
+    tuned = cimc.compile(
+        tmp_path / "m.onnx",
+        "cimpool-sram",
+        pipeline,
+        input_shapes=SHAPE,
+        calibration=str(DATA / "digits_calib.npz"),
+    )
+    learned = [n for n in tuned.graph.nodes() if n.meta.get("compression", {}).get("learned")]
+    assert len(learned) == 4 and _sensitive(tuned.graph) == model.kept
+    x = np.load(DATA / "digits_test.npz")["input"][:40]
+    got = np.concatenate([cimc.interpret(tuned.graph, {"input": s[None]})["logits"] for s in x])
+    with torch.no_grad():
+        ref = run_batched(model, {"input": torch.from_numpy(x[:, None])}, ["input"])[0][:, 0]
+    ref = ref.numpy()
+    # as for the fully pooled model (above): an activation on a rounding boundary
+    # may flip by one step, so 1% of the output scale, and the same top-1
+    assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
+    assert (got.argmax(1) == ref.argmax(1)).all()
+
+    wrong = pipeline.replace("keep_sensitive=2", "keep_sensitive=1")
+    with pytest.raises(CimcError, match="leaves 2 of the 6 layers out; give keep_sensitive=2"):
+        cimc.compile(
+            tmp_path / "m.onnx",
+            "cimpool-sram",
+            wrong,
+            input_shapes=SHAPE,
+            calibration=str(DATA / "digits_calib.npz"),
+        )
 
 
 def test_a_checkpoint_resumes_and_a_foreign_one_is_refused(tmp_path):

@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from cimc.ir import Graph, Node
 from cimc.pass_manager import load_calibration
 from cimc.program import graph_digest
 from cimc.recurrent import constant_name, direction_from_weights, direction_weights, weight_tags
+from cimc.sensitivity import layer_sensitivity
 from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
 from cimc.weight_sharing import SOURCE_KEY, distinct_weights
 
@@ -116,8 +117,11 @@ class Downstream:
         return tuple(results)
 
 
-def _roles(graph: Graph, scheme: Scheme) -> dict[str, tuple[str, int]]:
-    """node name -> (CimLayer role, bits), as weight-pool / quantize-weights choose them."""
+def _roles(
+    graph: Graph, scheme: Scheme, kept: frozenset[str] = frozenset()
+) -> dict[str, tuple[str, int]]:
+    """node name -> (CimLayer role, bits), as weight-pool / quantize-weights choose them;
+    ``kept``: layers weight-pool would pool that stay at ``others`` bits (its keep_sensitive)."""
     layers = float_cim_layers(graph)
     if scheme.kind == "fp32":
         return {n.name: ("float", 0) for n in layers}
@@ -126,9 +130,27 @@ def _roles(graph: Graph, scheme: Scheme) -> dict[str, tuple[str, int]]:
         return {n.name: ("int", 8 if n.name in edges else scheme.bits) for n in layers}
     chosen, left = select_layers(graph, True, True, True)
     roles = {n.name: ("pool", 0) for n in chosen}
-    kept = ("int", scheme.others) if scheme.others else ("float", 0)
-    roles.update({n.name: kept for n in left})
+    other = ("int", scheme.others) if scheme.others else ("float", 0)
+    roles.update({n.name: other for n in left + [n for n in chosen if n.name in kept]})
     return roles
+
+
+def sensitive_layers(
+    graph: Graph, scheme: Scheme, data: dict[str, torch.Tensor], n: int
+) -> frozenset[str]:
+    """The ``n`` pooled layers whose pooling alone costs the most output fidelity on ``data``
+    (ranked by :mod:`cimc.sensitivity` as ``weight-pool{keep_sensitive=n}`` ranks them): a
+    deep chain of weak pooled copies loses its signal, so these stay at ``others`` bits."""
+    pooled = [name for name, (role, _) in _roles(graph, scheme).items() if role == "pool"]
+    if n <= 0 or not pooled:
+        return frozenset()
+    if n >= len(pooled):
+        return frozenset(pooled)
+    count = len(next(iter(data.values())))
+    feeds = [{k: v[i].numpy() for k, v in data.items()} for i in range(count)]
+    alone = replace(scheme, keep=None, act_bits=0).pipeline()  # the pool, no error term
+    rows = layer_sensitivity(graph, feeds, alone, layers=pooled)
+    return frozenset(r["layer"] for r in rows[:n])
 
 
 def _torch_layer(node: Node, graph: Graph) -> nn.Module:
@@ -181,12 +203,13 @@ def affine_constants(graph: Graph) -> dict[str, Node]:
 
 class CompressedGraph(GraphModule):
     """The graph with every CiM layer compressed as the compiler compresses it under
-    ``scheme`` (latent float weights trained through a straight-through estimator)."""
+    ``scheme`` (latent float weights trained through a straight-through estimator), the
+    layers named in ``kept`` at ``others`` bits instead of on the pool."""
 
-    def __init__(self, graph: Graph, scheme: Scheme) -> None:
+    def __init__(self, graph: Graph, scheme: Scheme, kept: frozenset[str] = frozenset()) -> None:
         super().__init__(graph, trainable=set(affine_constants(graph)))
-        self.scheme = scheme
-        self.roles = _roles(graph, scheme)
+        self.scheme, self.kept = scheme, kept
+        self.roles = _roles(graph, scheme, kept)
         self.layer_nodes = [n for n in float_cim_layers(graph)]
         self.cim = nn.ModuleDict()
         self._key = {}
@@ -364,10 +387,17 @@ def _run(model: nn.Module, feeds: dict[str, torch.Tensor], inputs: list[str]) ->
 
 # ---- the loop -----------------------------------------------------------------------------------
 def fingerprint(
-    graph: Graph, scheme: Scheme, cfg: DistillConfig, downstream: Downstream | None = None
+    graph: Graph,
+    scheme: Scheme,
+    cfg: DistillConfig,
+    downstream: Downstream | None = None,
+    kept: frozenset[str] = frozenset(),
 ) -> str:
-    """What a checkpoint belongs to: the graph, the scheme (pipeline) and the recipe."""
-    parts = [graph_digest(graph), scheme.to_dict(), cfg.to_dict()]
+    """What a checkpoint belongs to: the graph, the scheme (pipeline, kept layers) and the
+    recipe."""
+    parts = [graph_digest(graph), scheme.to_dict(), cfg.to_dict()] + (
+        [sorted(kept)] if kept else []
+    )
     text = json.dumps(parts + (downstream.digest() if downstream else []), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -385,6 +415,7 @@ def distill(
     *,
     teacher_data: dict[str, torch.Tensor] | None = None,
     downstream: Downstream | None = None,
+    keep_sensitive: int = 0,
     log_path: str | Path | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -396,14 +427,17 @@ def distill(
     ``teacher_data``: the fp32 model's inputs, sample for sample, when they differ from the
     student's (a pipeline stage fed by an already compressed stage learns to undo its error);
     the teacher sees them without augmentation. ``downstream``: frozen graphs fed the first
-    output, whose outputs are distilled as well (their kinds detected as for ``loss="auto"``)."""
+    output, whose outputs are distilled as well (their kinds detected as for ``loss="auto"``).
+    ``keep_sensitive``: that many pooled layers, the most sensitive on the calibration samples
+    (:func:`sensitive_layers`), stay at ``others`` bits; :func:`export`'s pipeline keeps them."""
     torch.manual_seed(cfg.seed)
     teacher: nn.Module = GraphModule(graph).eval()
-    student = CompressedGraph(graph, scheme)
+    calib = {k: v[: cfg.calib] for k, v in data.items()}
+    kept = sensitive_layers(graph, scheme, calib, keep_sensitive)
+    student = CompressedGraph(graph, scheme, kept)
     if cfg.features:  # both return their CiM layers' inputs too
         teacher = CompressedGraph(graph, Scheme(kind="fp32", keep=None, act_bits=0)).eval()
         teacher.capturing = student.capturing = True
-    calib = {k: v[: cfg.calib] for k, v in data.items()}
     stds = {k: float(v.double().std()) if v.is_floating_point() else 0.0 for k, v in data.items()}
     n = len(next(iter(data.values())))
     with torch.no_grad():
@@ -417,7 +451,7 @@ def distill(
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
     gen = torch.Generator().manual_seed(cfg.seed)
-    mark = fingerprint(graph, scheme, cfg, downstream)
+    mark = fingerprint(graph, scheme, cfg, downstream, kept)
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and ckpt.is_file():
@@ -552,6 +586,7 @@ def check_exportable(
     source: str | Path,
     proto: onnx.ModelProto | None = None,
     scheme: Scheme | None = None,
+    kept: frozenset[str] = frozenset(),
 ) -> None:
     """Refuse, before any training, a model whose tuned weights the ONNX file cannot carry.
 
@@ -574,7 +609,7 @@ def check_exportable(
     for name in sorted({node for node, _, _ in recurrent.values()}):
         _check_recurrent_node(proto, name, nodes[name], source)
     if scheme is not None:
-        _check_steps_alike(graph, scheme, recurrent)
+        _check_steps_alike(graph, scheme, recurrent, kept)
 
 
 def _check_recurrent_node(
@@ -600,12 +635,15 @@ def _check_recurrent_node(
 
 
 def _check_steps_alike(
-    graph: Graph, scheme: Scheme, recurrent: dict[str, tuple[str, int, str]]
+    graph: Graph,
+    scheme: Scheme,
+    recurrent: dict[str, tuple[str, int, str]],
+    kept: frozenset[str] = frozenset(),
 ) -> None:
     """A later step may be compressed otherwise than the first step of its weight only if it
     is not pooled: the ONNX R holds the first step's compressed weight, which a pooled step's
     assignment could not reproduce."""
-    roles = _roles(graph, scheme)
+    roles = _roles(graph, scheme, kept)
     first: dict[str, tuple[str, tuple[str, int]]] = {}
     for n in float_cim_layers(graph):
         if n.inputs[1] not in recurrent:
@@ -658,7 +696,7 @@ def export(
     model.eval()
     proto = onnx.load(str(source))
     by_name = imported_names(proto.graph)
-    check_exportable(model.graph, source, proto, model.scheme)
+    check_exportable(model.graph, source, proto, model.scheme, model.kept)
     recurrent = recurrent_weights(by_name)
     graph = model.graph
     layers: dict[str, dict[str, np.ndarray]] = {}
@@ -709,7 +747,7 @@ def export(
         return model.scheme.pipeline()
     pool = next(m.pool for _, m in model.cim.items() if m.role == "pool").numpy()
     write_assignment(npz_path, pool, layers, json.dumps(model.scheme.to_dict()))
-    return model.scheme.pipeline(str(npz_path))
+    return model.scheme.pipeline(str(npz_path), len(model.kept))
 
 
 __all__ = [
@@ -720,6 +758,7 @@ __all__ = [
     "check_exportable",
     "recurrent_weights",
     "distill",
+    "sensitive_layers",
     "export",
     "load_samples",
 ]

@@ -96,9 +96,10 @@ class Scheme:
             return "cimpool-pool-only"
         return f"cimpool-keep{self.keep:g}"
 
-    def stages(self, assignment: str = "") -> list[tuple[str, dict[str, Any]]]:
+    def stages(self, assignment: str = "", kept: int = 0) -> list[tuple[str, dict[str, Any]]]:
         """(pass name, options) of the compiler pipeline that reproduces a model tuned with this
-        scheme (no fold-bn: BatchNorm stays after the compressed layer, on the vector unit)."""
+        scheme (no fold-bn: BatchNorm stays after the compressed layer, on the vector unit);
+        ``kept``: pooled layers the tuning kept at ``others`` bits (weight-pool keep_sensitive)."""
         if self.kind == "fp32":
             return []
         if self.kind == "int":
@@ -107,25 +108,27 @@ class Scheme:
             opts: dict[str, Any] = {"vector": self.vector, "pool": self.pool, "others": self.others}
             if assignment:
                 opts["assignment"] = assignment
+            if kept:
+                opts["keep_sensitive"] = kept
             stages = [("zpack", {"vector": self.vector}), ("weight-pool", opts)]
         if self.act_bits:
             # the training's activation quantisers take the calibration set's extremes
             stages.append(("quantize-act", {"bits": self.act_bits, "method": "max"}))
         return stages
 
-    def passes(self, assignment: str = "") -> Pipeline:
+    def passes(self, assignment: str = "", kept: int = 0) -> Pipeline:
         """The pipeline as pass objects, made through the pass registry (which checks them)."""
         return Pipeline(
-            tuple(make_pass(name, _texts(opts)) for name, opts in self.stages(assignment))
+            tuple(make_pass(name, _texts(opts)) for name, opts in self.stages(assignment, kept))
         )
 
-    def pipeline(self, assignment: str = "") -> str:
+    def pipeline(self, assignment: str = "", kept: int = 0) -> str:
         """The pipeline string, naming every option the scheme sets (defaults included, so it
         states the vector and bits a model was tuned with); it parses back to :meth:`passes`."""
-        self.passes(assignment)
+        self.passes(assignment, kept)
         return ",".join(
             name + "{" + ",".join(f"{k}={v}" for k, v in _texts(opts).items()) + "}"
-            for name, opts in self.stages(assignment)
+            for name, opts in self.stages(assignment, kept)
         )
 
     def to_dict(self) -> dict[str, Any]:
