@@ -52,10 +52,10 @@ CALIB = 256  # samples that calibrate activation ranges (DistillConfig.calib)
 # Per model: error-term fraction kept (the most that stays <= 0.56 bit per compressed weight),
 # steps and batch (each model file's training within about 10 min on one core).
 KEEP = {"digits": 0.25, "mnist8": 0.25, "magika": 0.5, "openwakeword": 0.25}
-STEPS = {"digits": 4000, "mnist8": 3000, "magika": 500, "openwakeword": 600}
+STEPS = {"digits": 4000, "mnist8": 3000, "magika": 200, "openwakeword": 600}
 STEPS.update({f"openwakeword/{h}_v0.1.onnx": 800 for h in ("hey_jarvis", "alexa", "hey_marvin")})
-# magika: its 655 k-weight conv runs at ~1 s per step of 8 samples; the embedding: a sample is
-# a clip's 34 windows
+# magika: a step of 8 samples costs ~1.1 s of one core (its 655 k-weight conv over 512
+# positions, forward and backward: 0.5 s); the embedding: a sample is a clip's 34 windows
 BATCH = {"magika": 8, "openwakeword/embedding_model.onnx": 1}
 LOSS = {"openwakeword/embedding_model.onnx": "mse"}  # an embedding, not class scores
 # Weight of the per-layer loss (distill's DistillConfig.features): post-training CIMPool's

@@ -370,32 +370,32 @@ def _run(model: nn.Module, feeds: dict[str, torch.Tensor], inputs: list[str]) ->
 class _Targets:
     """The teacher's (outputs, layer inputs) for a step's picked samples. When it sees its
     samples unaugmented (``fixed``) and captures no layer inputs, each sample's outputs are
-    computed once, with the fixed chunk of ``chunk`` samples holding it (the same numbers
-    whatever the order of the picks, or a resume), and kept: a step runs only the student."""
+    computed once, alone (the same numbers whatever the order of the picks, or a resume), and
+    kept: a step then runs only the student, and no sample runs more often than without."""
 
     def __init__(self, teacher: nn.Module, samples: dict[str, torch.Tensor], fixed: bool) -> None:
         self.teacher, self.samples = teacher, samples
         self.inputs = list(samples)
         self.keep = fixed and not getattr(teacher, "capturing", False)
-        self.n = len(next(iter(samples.values())))
-        self.done = torch.zeros(self.n, dtype=torch.bool)
+        self.done = torch.zeros(len(next(iter(samples.values()))), dtype=torch.bool)
         self.outs: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def __call__(
-        self, pick: torch.Tensor, batch: dict[str, torch.Tensor], chunk: int = 64
-    ) -> tuple:
+    def __call__(self, pick: torch.Tensor, batch: dict[str, torch.Tensor] | None) -> tuple:
+        """For ``pick``: ``batch`` (None: the samples picked) through the teacher, or the kept
+        outputs."""
         if not self.keep:
             fed = {k: v[pick] for k, v in self.samples.items()} if batch is None else batch
             return _run(self.teacher, fed, self.inputs)
-        for c in torch.unique(pick[~self.done[pick]] // chunk).tolist():
-            part = slice(c * chunk, min(self.n, (c + 1) * chunk))
-            out = _run(self.teacher, {k: v[part] for k, v in self.samples.items()}, self.inputs)[0]
+        for i in torch.unique(pick[~self.done[pick]]).tolist():
+            one = {k: v[i : i + 1] for k, v in self.samples.items()}
+            out = _run(self.teacher, one, self.inputs)[0]
             if not self.outs:
-                self.outs = [torch.empty((self.n, *o.shape[1:]), dtype=o.dtype) for o in out]
+                n = len(self.done)
+                self.outs = [torch.empty((n, *o.shape[1:]), dtype=o.dtype) for o in out]
             for kept, o in zip(self.outs, out):
-                kept[part] = o
-            self.done[part] = True
+                kept[i] = o[0]
+            self.done[i] = True
         return tuple(kept[pick] for kept in self.outs), ()
 
 
