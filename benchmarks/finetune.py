@@ -3,7 +3,7 @@ distillation from the fp32 model (no labels), each compiled and scored, on the b
 CNN and on the devkit's real models (../shared/devkit).
 
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword] [--steps N]
-                                  [--keep 0.25] [--threads 1] [--json out.json]
+                                  [--keep 0.25] [--threads 1] [--tuned-only] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -323,13 +323,16 @@ def kit_rows(
     cfg = DistillConfig(lr=args.lr, batch_size=BATCH.get(name, 32), shift=shift)
     pool = pool_target(keep)
     rows = []
-    for label, runner in [
-        ("fp32", kit.ort_run()),
+    baselines = [
         ("int8 (post-training)", CimcRunner("int8-sram", None, calib)),
         (
             f"CIMPool keep {keep:g}, post-training",
             CimcRunner("cimpool-sram", post_training(keep), calib, overrides=pool),
         ),
+    ]
+    for label, runner in [
+        ("fp32", kit.ort_run()),
+        *([] if args.tuned_only else baselines),
         (f"CIMPool keep {keep:g}, fine-tuned without labels", None),
     ]:
         t0 = time.perf_counter()
@@ -384,6 +387,11 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--keep", type=float, help="error-term fraction kept (default: per model)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--tuned-only",
+        action="store_true",
+        help="kit models: fp32 and fine-tuned rows only (int8 and post-training do not change)",
+    )
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
