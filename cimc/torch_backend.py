@@ -289,7 +289,13 @@ def _conv(node: Node, x, w, b=None) -> torch.Tensor:
     strides, dil, pads = _conv_params(node, tuple(x.shape), tuple(w.shape[2:]))
     if any(pads):
         x = F.pad(x, _spatial_pad(pads))
-    return _CONV[w.dim() - 2](x, w, b, strides, 0, dil, _a(node, "group", 1))
+    group = _a(node, "group", 1)
+    if w.dim() == 4 and w.shape[3] == 1 and x.shape[3] == 1:
+        # a column (kernel k x 1 over width 1, magika's conv): as a 1-D conv, about 1.5x
+        # faster forward and backward on CPU than the 2-D kernel over a unit axis
+        y = F.conv1d(x[..., 0], w[..., 0], b, strides[:1], 0, dil[:1], group)
+        return y[..., None]
+    return _CONV[w.dim() - 2](x, w, b, strides, 0, dil, group)
 
 
 # ---- pooling: padded explicitly, then cut to the graph's output shape ----------------------------
@@ -484,23 +490,34 @@ class GraphModule(nn.Module):
                 )
         shapes = [tuple(self.graph.values[n].shape) if n else () for n in node.inputs]
         if node.name not in self._moves:
-            maps = _move_map(node, list(args), shapes)
-            total = 1 + sum(math.prod(shapes[i]) for i in data)
-            self._moves[node.name] = [
-                None if np.array_equal(m.ravel(), np.arange(1, total)) else torch.from_numpy(m)
-                for m in maps
-            ]
+            self._moves[node.name] = _gathers(node, list(args), shapes, data)
         moved = [args[i] for i in data]
         dtype = moved[0].dtype
-        fill = _pad_fill(node, args, dtype) if node.op == "Pad" else torch.zeros(1, dtype=dtype)
-        flat = torch.cat([fill] + [m.reshape(-1).to(dtype) for m in moved])
+        flat = [m.reshape(-1).to(dtype) for m in moved]
+        if node.op == "Pad":  # element number 0 is the fill value
+            flat.insert(0, _pad_fill(node, args, dtype))
+        src = flat[0] if len(flat) == 1 else torch.cat(flat)
         outs = []
         for name, m in zip(node.outputs, self._moves[node.name]):
             shape = tuple(self.graph.values[name].shape)
-            outs.append(
-                flat[1:].reshape(shape) if m is None else flat[m.reshape(-1)].reshape(shape)
-            )
+            outs.append(src.reshape(shape) if m is None else src[m].reshape(shape))
         return outs
+
+
+def _gathers(
+    node: Node, args: list[Any], shapes: list[tuple[int, ...]], data: Any
+) -> list[torch.Tensor | None]:
+    """Per output of a move, the flat indices into its moved inputs, concatenated (for Pad,
+    after the fill value); None where the output is them in order (a reshape, no copy)."""
+    maps = _move_map(node, args, shapes)
+    skip = 0 if node.op == "Pad" else 1  # element numbers count from 1 after the fill
+    total = sum(math.prod(shapes[i]) for i in data) + 1 - skip
+    return [
+        None
+        if m.size == total and np.array_equal(m.ravel(), np.arange(skip, skip + total))
+        else torch.from_numpy(m.reshape(-1) - skip)
+        for m in maps
+    ]
 
 
 def run_batched(module: nn.Module, feeds: Mapping[str, torch.Tensor], inputs: list[str]) -> Any:

@@ -290,9 +290,14 @@ def load_samples(path: str | Path, graph: Graph, minimum: int) -> dict[str, torc
     return out
 
 
+def augments(x: torch.Tensor, cfg: DistillConfig) -> bool:
+    """Whether :func:`augment` changes samples ``x`` (float, with noise or shifted images)."""
+    return x.is_floating_point() and bool(cfg.noise or (x.dim() == 5 and cfg.shift))
+
+
 def augment(x: torch.Tensor, cfg: DistillConfig, std: float, gen: torch.Generator) -> torch.Tensor:
     """Random shifts (images: rank-4 samples) and gaussian noise (float inputs)."""
-    if not x.is_floating_point():
+    if not augments(x, cfg):
         return x
     shape = x.shape
     if len(shape) == 5 and cfg.shift:  # [N, 1, C, H, W]: one image per sample
@@ -385,6 +390,38 @@ def _run(model: nn.Module, feeds: dict[str, torch.Tensor], inputs: list[str]) ->
     return out if getattr(model, "capturing", False) else (out, ())
 
 
+class _Targets:
+    """The teacher's (outputs, layer inputs) for a step's picked samples. When it sees its
+    samples unaugmented (``fixed``) and captures no layer inputs, each sample's outputs are
+    computed once, alone (the same numbers whatever the order of the picks, or a resume), and
+    kept: a step then runs only the student, and no sample runs more often than without."""
+
+    def __init__(self, teacher: nn.Module, samples: dict[str, torch.Tensor], fixed: bool) -> None:
+        self.teacher, self.samples = teacher, samples
+        self.inputs = list(samples)
+        self.keep = fixed and not getattr(teacher, "capturing", False)
+        self.done = torch.zeros(len(next(iter(samples.values()))), dtype=torch.bool)
+        self.outs: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def __call__(self, pick: torch.Tensor, batch: dict[str, torch.Tensor] | None) -> tuple:
+        """For ``pick``: ``batch`` (None: the samples picked) through the teacher, or the kept
+        outputs."""
+        if not self.keep:
+            fed = {k: v[pick] for k, v in self.samples.items()} if batch is None else batch
+            return _run(self.teacher, fed, self.inputs)
+        for i in torch.unique(pick[~self.done[pick]]).tolist():
+            one = {k: v[i : i + 1] for k, v in self.samples.items()}
+            out = _run(self.teacher, one, self.inputs)[0]
+            if not self.outs:
+                n = len(self.done)
+                self.outs = [torch.empty((n, *o.shape[1:]), dtype=o.dtype) for o in out]
+            for kept, o in zip(self.outs, out):
+                kept[i] = o[0]
+            self.done[i] = True
+        return tuple(kept[pick] for kept in self.outs), ()
+
+
 # ---- the loop -----------------------------------------------------------------------------------
 def fingerprint(
     graph: Graph,
@@ -468,14 +505,14 @@ def distill(
         start = state["step"]
     if scheme.act_bits and not start:  # a checkpoint holds the ranges it trained with
         calibrate(student, calib)
+    fixed = teacher_data is not None or not any(augments(v, cfg) for v in data.values())
+    targets = _Targets(teacher, {k: (teacher_data or data)[k] for k in graph.inputs}, fixed)
     student.train()
     t0 = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
         pick = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         batch = {k: augment(v[pick], cfg, stds[k], gen) for k, v in data.items()}
-        with torch.no_grad():
-            fed = batch if teacher_data is None else {k: v[pick] for k, v in teacher_data.items()}
-            target, t_feats = _run(teacher, fed, graph.inputs)
+        target, t_feats = targets(pick, batch if teacher_data is None else None)
         out, s_feats = _run(student, batch, graph.inputs)
         loss = distill_loss(out, target, kinds)
         if cfg.features:
