@@ -2,8 +2,8 @@
 distillation from the fp32 model (no labels), each compiled and scored, on the bundled digits
 CNN and on the devkit's real models (../shared/devkit).
 
-    python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword] [--steps N]
-                                  [--keep 0.25] [--threads 1] [--json out.json]
+    python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
+                                  [--steps N] [--keep 0.25] [--threads 1] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -20,6 +20,12 @@ compiled fine-tuned embedding's outputs); activation ranges of every compiled ro
 the samples distill calibrates on. "agree" is top-1 agreement with fp32 on the scored inputs
 (for openwakeword the clip's 4-way decision). Every row is the compiled graph run by the reference
 interpreter (bit-identical to the simulator); wall time includes compiling, scoring and training.
+
+silero_vad distils on the odd clips (24, each a sample of 188 frames) and is scored on the even
+ones (24: every labelled frame); "agree": the speech / no-speech decision of every frame.
+ddddocr distils on two thirds of the images (128 px crops of them) and is scored on every third
+(80); every row, fp32 included, reads the images edge-padded to a multiple of 32 px (6 compiled
+widths, as benchmarks/ptq.py); "agree": the same decoded string.
 """
 
 from __future__ import annotations
@@ -85,8 +91,8 @@ THROUGH = {"openwakeword/embedding_model.onnx": 16}
 VAD, OCR = "silero_vad/silero_vad_16k_sequence.onnx", "ddddocr/common.onnx"
 OCR_WIDTH = 128
 KEEP.update(silero_vad=0.5, ddddocr=0.5)
-STEPS.update(silero_vad=200, ddddocr=120)
-HELD_OUT.update(silero_vad=2, ddddocr=2)
+STEPS.update(silero_vad=200, ddddocr=100)
+HELD_OUT.update(silero_vad=2, ddddocr=3)
 BATCH.update(silero_vad=4, ddddocr=4)
 LOSS[VAD] = "mse"
 WHOLE_FEEDS = {VAD}
