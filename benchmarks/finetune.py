@@ -202,7 +202,7 @@ def decisions(kit: ModuleType, name: str, calls: list) -> np.ndarray:
     """Per scored input, what the kit's scorer decides from the outputs: the class, or for
     openwakeword the clip's wake word (0: none)."""
     if name in DECIDE:
-        return DECIDE[name](calls)
+        return DECIDE[name](kit, calls)
     if name == "magika":
         return calls[0][2][0].argmax(1)
     if name == "mnist8":
@@ -402,15 +402,14 @@ def ocr_crops(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return [{"input1": x[..., s : s + OCR_WIDTH]} for s in starts]
 
 
-def vad_decisions(calls: list) -> np.ndarray:
+def vad_decisions(kit: ModuleType, calls: list) -> np.ndarray:
     """silero_vad: speech (probability > 0.5) or not, for every frame of every scored clip."""
     return np.concatenate([out[0] > 0.5 for _, _, out in calls])
 
 
-def ocr_decisions(calls: list) -> np.ndarray:
+def ocr_decisions(kit: ModuleType, calls: list) -> np.ndarray:
     """ddddocr: the string greedy CTC decoding reads, lower case (as the kit compares)."""
     charset = json.loads((KIT / "models" / "ddddocr" / "charset.json").read_text())
-    kit = check_devkit()
     return np.array([kit.ctc_greedy(out[0][:, 0], charset).lower() for _, _, out in calls])
 
 
