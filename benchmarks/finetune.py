@@ -2,8 +2,8 @@
 distillation from the fp32 model (no labels), each compiled and scored, on the bundled digits
 CNN and on the devkit's real models (../shared/devkit).
 
-    python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword] [--steps N]
-                                  [--keep 0.25] [--keep-sensitive N] [--threads 1]
+    python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
+                                  [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
                                   [--tuned-only] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
@@ -21,6 +21,12 @@ compiled fine-tuned embedding's outputs); activation ranges of every compiled ro
 the samples distill calibrates on. "agree" is top-1 agreement with fp32 on the scored inputs
 (for openwakeword the clip's 4-way decision). Every row is the compiled graph run by the reference
 interpreter (bit-identical to the simulator); wall time includes compiling, scoring and training.
+
+silero_vad distils on the odd clips (24, each a sample of 188 frames) and is scored on the even
+ones (24: every labelled frame); "agree": the speech / no-speech decision of every frame.
+ddddocr distils on two thirds of the images (128 px crops of them) and is scored on every third
+(80); every row, fp32 included, reads the images edge-padded to a multiple of 32 px (6 compiled
+widths, as benchmarks/ptq.py); "agree": the same decoded string.
 """
 
 from __future__ import annotations
@@ -37,7 +43,16 @@ from types import ModuleType
 
 import numpy as np
 import torch
-from kit import FRONT_END, KIT, CimcRunner, check_devkit, key, magika_unlabelled, subset_kit
+from kit import (
+    FRONT_END,
+    KIT,
+    CimcRunner,
+    check_devkit,
+    key,
+    magika_unlabelled,
+    pad_width,
+    subset_kit,
+)
 
 import cimc
 from cimc.atomic import write_text_atomic
@@ -75,6 +90,21 @@ HELD_OUT = {"mnist8": 3, "openwakeword": 2}  # every k-th kit input is scored, t
 # row, and how many consecutive rows of its output the later files read (the wake-word heads
 # read 16 embeddings): it learns through them (distill's Downstream).
 THROUGH = {"openwakeword/embedding_model.onnx": 16}
+
+# silero_vad and ddddocr, each one LSTM-bearing file. silero_vad's sample is a whole clip (the
+# kit's feed: 188 frames the LSTM reads in order, from a zero state); its output is one
+# probability per frame, so MSE rather than a softmax over frames. ddddocr's sample is an image
+# edge-padded to a multiple of 32 px (as benchmarks/ptq.py scores it) and cut into OCR_WIDTH px
+# crops; 16 of them calibrate (each compile calibrates at every padded width it scores).
+VAD, OCR = "silero_vad/silero_vad_16k_sequence.onnx", "ddddocr/common.onnx"
+OCR_WIDTH = 128
+KEEP.update(silero_vad=0.5, ddddocr=0.25)  # ddddocr at 1/2: 0.571 bits
+STEPS.update(silero_vad=200, ddddocr=100)
+HELD_OUT.update(silero_vad=2, ddddocr=3)
+BATCH.update(silero_vad=4, ddddocr=4)
+LOSS[VAD] = "mse"
+WHOLE_FEEDS = {VAD}
+CALIB_ROWS = {OCR: 16}
 
 
 def unlabelled_digits(folder: Path) -> tuple[Path, Path]:
@@ -171,6 +201,7 @@ def record(kit: ModuleType, name: str, where: Path, runner) -> tuple[np.ndarray,
     calls, ort_run = [], kit.ort_run()
 
     def run(model: Path, feeds: dict) -> list:
+        feeds = pad_width(feeds) if key(model) == OCR else feeds
         out = ort_run(model, feeds) if key(model) in FRONT_END else runner(model, feeds)
         calls.append((key(model), feeds, out))
         return out
@@ -181,6 +212,8 @@ def record(kit: ModuleType, name: str, where: Path, runner) -> tuple[np.ndarray,
 def decisions(kit: ModuleType, name: str, calls: list) -> np.ndarray:
     """Per scored input, what the kit's scorer decides from the outputs: the class, or for
     openwakeword the clip's wake word (0: none)."""
+    if name in DECIDE:
+        return DECIDE[name](kit, calls)
     if name == "magika":
         return calls[0][2][0].argmax(1)
     if name == "mnist8":
@@ -210,9 +243,10 @@ def distillation_feeds(kit: ModuleType, name: str, folder: Path, runner=None) ->
     _, calls = record(kit, name, where, runner or kit.ort_run())
     samples: dict[str, dict[str, list]] = {}
     for k, feeds, _ in calls:
-        if k not in FRONT_END:
-            for i, v in feeds.items():
-                rows = [v] if k in THROUGH else [v[j : j + 1] for j in range(len(v))]
+        for one in [] if k in FRONT_END else ocr_crops(feeds) if k == OCR else [feeds]:
+            for i, v in one.items():
+                whole = k in THROUGH or k in WHOLE_FEEDS
+                rows = [v] if whole else [v[j : j + 1] for j in range(len(v))]
                 samples.setdefault(k, {}).setdefault(i, []).extend(rows)
     out = {}
     for k, feeds in samples.items():
@@ -227,14 +261,15 @@ def flat(samples: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {i: v.reshape(-1, *v.shape[2:]) for i, v in samples.items()}
 
 
-def calib_samples(samples: dict[str, np.ndarray]) -> int:
-    """How many samples hold about CALIB rows (the activation-range calibration)."""
-    return max(1, CALIB // len(next(iter(samples.values()))[0]))
+def calib_samples(samples: dict[str, np.ndarray], k: str) -> int:
+    """How many samples of model file ``k`` hold about CALIB rows (the activation-range
+    calibration)."""
+    return max(1, CALIB_ROWS.get(k, CALIB) // len(next(iter(samples.values()))[0]))
 
 
-def calibration(samples: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+def calibration(samples: dict[str, np.ndarray], k: str) -> list[dict[str, np.ndarray]]:
     """The compiler's calibration feeds: the samples distill calibrates on (calib_samples)."""
-    return [flat({i: v[: calib_samples(samples)] for i, v in samples.items()})]
+    return [flat({i: v[: calib_samples(samples, k)] for i, v in samples.items()})]
 
 
 def fine_tune(
@@ -299,12 +334,12 @@ def fine_tuned(
 
             after = distillation_feeds(kit, name, folder / "after", run)
         inputs = fp32 if after is None else after[k]
-        calib[k] = calibration(inputs)
+        calib[k] = calibration(inputs, k)
         cfg_k = replace(
             cfg,
             steps=steps[k],
             loss=LOSS.get(k, "auto"),
-            calib=calib_samples(inputs),
+            calib=calib_samples(inputs, k),
             batch_size=BATCH.get(k, cfg.batch_size),
             features=FEATURES.get(k, 0.0),
         )
@@ -328,12 +363,12 @@ def kit_rows(
     samples = distillation_feeds(kit, name, folder)
     steps = {k: args.steps or STEPS.get(k, STEPS[name]) for k in samples}
     prep = time.perf_counter() - t0  # recording the distillation feeds: charged to fine-tuning
-    calib = {k: calibration(s) for k, s in samples.items()}
+    calib = {k: calibration(s, k) for k, s in samples.items()}
     with np.load(KIT / "data" / f"{name}.npz") as d:
         n = len(d[d.files[0]])
     scored = np.arange(n) % HELD_OUT[name] == 0 if name in HELD_OUT else np.ones(n, bool)
     where = subset_kit(name, scored, folder / "scored")
-    shift = 2 if name == "mnist8" else 0  # random shifts for images only
+    shift = 2 if name in ("mnist8", "ddddocr") else 0  # random shifts for images only
     lr = args.lr or LR.get(name, 3e-3)
     cfg = DistillConfig(lr=lr, batch_size=BATCH.get(name, 32), shift=shift)
     pool = pool_target(keep)
@@ -376,6 +411,30 @@ def kit_rows(
         rows,
         f"{name}: {scored.sum()} scored inputs; distillation: {sizes}",
     )
+
+
+# ---- silero_vad and ddddocr ---------------------------------------------------------------------
+def ocr_crops(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """ddddocr's (padded) image as OCR_WIDTH px crops every OCR_WIDTH / 2 px, the last one
+    flush right: fixed-shape samples covering every glyph."""
+    x = feeds["input1"]
+    width = x.shape[-1]
+    starts = sorted({*range(0, width - OCR_WIDTH + 1, OCR_WIDTH // 2), width - OCR_WIDTH})
+    return [{"input1": x[..., s : s + OCR_WIDTH]} for s in starts]
+
+
+def vad_decisions(kit: ModuleType, calls: list) -> np.ndarray:
+    """silero_vad: speech (probability > 0.5) or not, for every frame of every scored clip."""
+    return np.concatenate([out[0] > 0.5 for _, _, out in calls])
+
+
+def ocr_decisions(kit: ModuleType, calls: list) -> np.ndarray:
+    """ddddocr: the string greedy CTC decoding reads, lower case (as the kit compares)."""
+    charset = json.loads((KIT / "models" / "ddddocr" / "charset.json").read_text())
+    return np.array([kit.ctc_greedy(out[0][:, 0], charset).lower() for _, _, out in calls])
+
+
+DECIDE = {"silero_vad": vad_decisions, "ddddocr": ocr_decisions}
 
 
 def table(rows: list[dict], what: str, load: str) -> str:

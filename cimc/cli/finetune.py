@@ -7,8 +7,14 @@ for calibration; other arrays, such as labels, are ignored). Writes into -o: ``m
 (the model with the fine-tuned weights), ``model.npz`` (the learned assignment, CIMPool
 targets), ``finetune.log.jsonl``, ``checkpoint.pt`` (a rerun resumes from it) and
 ``calibration.npz`` (the samples the activation ranges were calibrated on) and
-``summary.json`` (the pipeline that compiles the result to the fine-tuned numbers). Compile
-with that pipeline and that calibration:
+``summary.json`` (the pipeline that compiles the result to the fine-tuned numbers).
+
+--feature-loss W also matches every CiM layer's input to fp32's (MSE over its variance, weight
+W). --downstream a.onnx,b.onnx --window N distils, besides the model's outputs, those of
+frozen fp32 graphs reading every N consecutive rows of its first output (a wake-word head
+reading 16 embeddings): the student then minimises the errors they amplify.
+
+Compile with the pipeline and the calibration written:
 
     cimc compile runs/ft/model.onnx --pipeline "$(jq -r .pipeline runs/ft/summary.json)" \\
         --calibration runs/ft/calibration.npz
@@ -21,10 +27,15 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import CimcError
 from .args import parse_input_shapes
+
+if TYPE_CHECKING:  # torch is optional: distill is imported when the command runs
+    from ..ir import Graph
+    from ..train.distill import Downstream
 
 POOL_SCHEMES = ("cimpool-keep0.5", "cimpool-keep1", "cimpool-keep0.25", "cimpool-pool-only")
 
@@ -50,6 +61,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="CIMPool variant (pool targets)",
     )
     p.add_argument("--loss", choices=("auto", "kl", "mse"), default="auto")
+    p.add_argument(
+        "--feature-loss",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight of the per-layer loss (CiM layer inputs matched to fp32's; 0: off)",
+    )
+    p.add_argument(
+        "--downstream",
+        metavar="GRAPH.onnx[,GRAPH2.onnx]",
+        help="frozen fp32 graphs fed the first output, whose outputs are distilled too",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        metavar="N",
+        help="consecutive rows of the first output each downstream input reads (default 1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
@@ -69,6 +98,30 @@ def scheme_for(target_name: str, pool_scheme: str):  # noqa: ANN201 (torch-side 
     )
 
 
+def downstream_from_args(args: argparse.Namespace, graph: Graph) -> Downstream | None:
+    """The --downstream graphs and --window, checked against ``graph``'s first output before
+    any training (a graph that cannot read its rows is refused here, not at step 1)."""
+    from ..frontend import import_onnx
+    from ..train.distill import Downstream
+
+    if args.downstream is None:
+        if args.window is not None:
+            raise CimcError(f"--window {args.window}: give the graphs it feeds with --downstream")
+        return None
+    window = 1 if args.window is None else args.window
+    if window < 1:
+        raise CimcError(f"--window {window}: give at least 1 (rows each downstream input reads)")
+    paths = [p for p in args.downstream.split(",") if p]
+    for path in paths or [""]:
+        if not Path(path).is_file():
+            raise CimcError(
+                f"--downstream {path!r}: no such file; give ONNX graphs, comma-separated"
+            )
+    down = Downstream(tuple(import_onnx(p) for p in paths), window)
+    down.modules(tuple(graph.values[graph.outputs[0]].shape))
+    return down
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     try:
         import torch
@@ -84,6 +137,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.steps < 1 or args.batch_size < 1:
         raise CimcError(f"--steps {args.steps} --batch-size {args.batch_size}: give at least 1")
+    if not args.feature_loss >= 0:  # also refuses nan
+        raise CimcError(f"--feature-loss {args.feature_loss}: give a weight >= 0 (0: off)")
     scheme = scheme_for(args.target, args.scheme)
     cfg = replace(
         DistillConfig(),
@@ -91,10 +146,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         loss=args.loss,
+        features=args.feature_loss,
         seed=args.seed,
     )
     graph = import_onnx(args.model, parse_input_shapes(args.input_shape))
     check_exportable(graph, args.model, scheme=scheme)
+    downstream = downstream_from_args(args, graph)
     data = load_samples(args.data, graph, cfg.min_samples)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +169,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             scheme,
             data,
             cfg,
+            downstream=downstream,
             log_path=out / "finetune.log.jsonl",
             checkpoint=out / "checkpoint.pt",
             progress=lambda done, total, loss: bar.update(task, completed=done, loss=loss),
