@@ -105,3 +105,23 @@ def test_an_lstm_whose_first_step_is_the_first_layer_is_refused(tmp_path, capsys
     want = "compresses step 'LSTM_0.hr' as int8 and the later step 'LSTM_0.hr_1' on the pool"
     assert code == 2 and want in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_keep_sensitive_reaches_the_pipeline(tmp_path, capsys):
+    code, err = _run(capsys, tmp_path / "kept", "--keep-sensitive", "1")
+    assert code == 0, err
+    pipeline = json.loads((tmp_path / "kept" / "summary.json").read_text())["pipeline"]
+    assert "keep_sensitive=1" in pipeline, pipeline
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--keep-sensitive", "-1"), "--keep-sensitive -1: give N >= 0"),
+        (("--keep-sensitive", "1", "--target", "int8-sram"), "int8-sram pools no layer"),
+    ],
+)
+def test_bad_keep_sensitive_is_refused(tmp_path, capsys, extra, message):
+    code, err = _run(capsys, tmp_path / "out", *extra)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

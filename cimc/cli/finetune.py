@@ -79,6 +79,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="consecutive rows of the first output each downstream input reads (default 1)",
     )
+    p.add_argument(
+        "--keep-sensitive",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the N pooled layers whose pooling costs the most fidelity stay at 8 bits "
+        "(weight-pool's keep_sensitive; pool targets)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
@@ -140,6 +148,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not args.feature_loss >= 0:  # also refuses nan
         raise CimcError(f"--feature-loss {args.feature_loss}: give a weight >= 0 (0: off)")
     scheme = scheme_for(args.target, args.scheme)
+    if args.keep_sensitive < 0 or (args.keep_sensitive and scheme.kind != "pool"):
+        raise CimcError(
+            f"--keep-sensitive {args.keep_sensitive}: give N >= 0 pooled layers to keep at 8 "
+            f"bits, on a pool target (--target {args.target} pools no layer)"
+        )
     cfg = replace(
         DistillConfig(),
         steps=args.steps,
@@ -170,6 +183,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             data,
             cfg,
             downstream=downstream,
+            keep_sensitive=args.keep_sensitive,
             log_path=out / "finetune.log.jsonl",
             checkpoint=out / "checkpoint.pt",
             progress=lambda done, total, loss: bar.update(task, completed=done, loss=loss),
