@@ -253,6 +253,28 @@ def test_kept_layers_train_at_8_bits_and_compile_so(tmp_path):
         )
 
 
+def test_every_pooled_layer_kept_compiles_with_none_pooled(tmp_path):
+    """keep_sensitive at least the pooled layers: nothing is learned on the pool, so no
+    assignment is written, and the pipeline must still keep them all (without it, weight-pool
+    would pool post-training the layers the tuning held at 8 bits)."""
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    data = load_samples(DATA / "digits_calib.npz", graph, 16)
+    model = distill(
+        graph, get_scheme("cimpool-keep0.5"), data, DistillConfig(steps=2), keep_sensitive=9
+    )
+    assert len(model.kept) == 6 and not (tmp_path / "m.npz").exists()
+    pipeline = export(model, DIGITS, tmp_path / "m.onnx", tmp_path / "m.npz")
+    assert "keep_sensitive=6" in pipeline and not (tmp_path / "m.npz").exists()
+    tuned = cimc.compile(
+        tmp_path / "m.onnx",
+        "cimpool-sram",
+        pipeline,
+        input_shapes=SHAPE,
+        calibration=str(DATA / "digits_calib.npz"),
+    )
+    assert _sensitive(tuned.graph) == model.kept
+
+
 def test_a_checkpoint_resumes_and_a_foreign_one_is_refused(tmp_path):
     graph = cimc.import_onnx(DIGITS, SHAPE)
     data = load_samples(DATA / "digits_calib.npz", graph, 16)

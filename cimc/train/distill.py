@@ -780,8 +780,8 @@ def export(
     proto.graph.input.extend(inputs)
     with atomic_path(onnx_path) as tmp:
         onnx.save(proto, str(tmp))
-    if not layers:
-        return model.scheme.pipeline()
+    if not layers:  # nothing pooled; if fine-tuning kept every pooled layer, so must the compiler
+        return model.scheme.pipeline(kept=len(model.kept))
     pool = next(m.pool for _, m in model.cim.items() if m.role == "pool").numpy()
     write_assignment(npz_path, pool, layers, json.dumps(model.scheme.to_dict()))
     return model.scheme.pipeline(str(npz_path), len(model.kept))
