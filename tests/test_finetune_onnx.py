@@ -223,14 +223,9 @@ def test_kept_layers_train_at_8_bits_and_compile_so(tmp_path):
 
     pipeline = export(model, DIGITS, tmp_path / "m.onnx", tmp_path / "m.npz")
     assert "keep_sensitive=2" in pipeline
-    tuned = cimc.compile(
-        tmp_path / "m.onnx",
-        "cimpool-sram",
-        pipeline,
-        input_shapes=SHAPE,
-        calibration=str(DATA / "digits_calib.npz"),
+    tuned, learned = _compile(
+        tmp_path / "m.onnx", pipeline, DATA / "digits_calib.npz", input_shapes=SHAPE
     )
-    learned = [n for n in tuned.graph.nodes() if n.meta.get("compression", {}).get("learned")]
     assert len(learned) == 4 and _sensitive(tuned.graph) == model.kept
     x = np.load(DATA / "digits_test.npz")["input"][:40]
     got = np.concatenate([cimc.interpret(tuned.graph, {"input": s[None]})["logits"] for s in x])
@@ -244,13 +239,7 @@ def test_kept_layers_train_at_8_bits_and_compile_so(tmp_path):
 
     wrong = pipeline.replace("keep_sensitive=2", "keep_sensitive=1")
     with pytest.raises(CimcError, match="leaves 2 of the 6 layers out; give keep_sensitive=2"):
-        cimc.compile(
-            tmp_path / "m.onnx",
-            "cimpool-sram",
-            wrong,
-            input_shapes=SHAPE,
-            calibration=str(DATA / "digits_calib.npz"),
-        )
+        _compile(tmp_path / "m.onnx", wrong, DATA / "digits_calib.npz", input_shapes=SHAPE)
 
 
 def test_every_pooled_layer_kept_compiles_with_none_pooled(tmp_path):
@@ -265,14 +254,10 @@ def test_every_pooled_layer_kept_compiles_with_none_pooled(tmp_path):
     assert len(model.kept) == 6 and not (tmp_path / "m.npz").exists()
     pipeline = export(model, DIGITS, tmp_path / "m.onnx", tmp_path / "m.npz")
     assert "keep_sensitive=6" in pipeline and not (tmp_path / "m.npz").exists()
-    tuned = cimc.compile(
-        tmp_path / "m.onnx",
-        "cimpool-sram",
-        pipeline,
-        input_shapes=SHAPE,
-        calibration=str(DATA / "digits_calib.npz"),
+    tuned, learned = _compile(
+        tmp_path / "m.onnx", pipeline, DATA / "digits_calib.npz", input_shapes=SHAPE
     )
-    assert _sensitive(tuned.graph) == model.kept
+    assert _sensitive(tuned.graph) == model.kept and not learned
 
 
 def test_a_checkpoint_resumes_and_a_foreign_one_is_refused(tmp_path):
