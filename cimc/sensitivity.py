@@ -93,21 +93,33 @@ def _with_layer(graph: Graph, compressed: Graph, node: Node) -> Graph:
 def most_sensitive(
     graph: Graph, ctx: Any, pipeline: str, candidates: list[Node], n: int
 ) -> set[str]:
-    """The names of the ``n`` ``candidates`` (all of them if fewer: the option is clamped, so one
-    search choice fits models of any depth) whose compression by ``pipeline`` alone costs the
-    most fidelity on the calibration feeds of pass context ``ctx``."""
-    if n <= 0 or not candidates:
-        return set()
-    if len(candidates) <= n:
-        return {c.name for c in candidates}
-    if not ctx.calibration:
+    """:func:`rank_sensitive` of ``candidates`` on the calibration feeds of pass context ``ctx``
+    (refused without them when a ranking is needed)."""
+    names = [c.name for c in candidates]
+    if 0 < n < len(names) and not ctx.calibration:
         raise OptionError(
             f"keep_sensitive={n} ranks layers on calibration data, but none was given; compile "
             "with calibration (cimc.compile does by default) or drop keep_sensitive"
         )
-    rows = layer_sensitivity(
-        graph, ctx.calibration, pipeline, target=ctx.target, layers=[c.name for c in candidates]
-    )
+    return rank_sensitive(graph, ctx.calibration, pipeline, names, n, ctx.target)
+
+
+def rank_sensitive(
+    graph: Graph,
+    feeds: Feeds,
+    pipeline: str,
+    layers: list[str],
+    n: int,
+    target: Any = None,
+) -> set[str]:
+    """The ``n`` of ``layers`` (all of them if fewer: the option is clamped, so one search
+    choice fits models of any depth) whose compression by ``pipeline`` alone costs the most
+    fidelity on ``feeds``; the passes' keep_sensitive and fine-tuning share it."""
+    if n <= 0 or not layers:
+        return set()
+    if len(layers) <= n:
+        return set(layers)
+    rows = layer_sensitivity(graph, feeds, pipeline, target=target, layers=layers)
     return {r["layer"] for r in rows[:n]}
 
 

@@ -44,7 +44,7 @@ from cimc.ir import Graph, Node
 from cimc.pass_manager import load_calibration
 from cimc.program import graph_digest
 from cimc.recurrent import constant_name, direction_from_weights, direction_weights, weight_tags
-from cimc.sensitivity import layer_sensitivity
+from cimc.sensitivity import rank_sensitive
 from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
 from cimc.weight_sharing import SOURCE_KEY, distinct_weights
 
@@ -142,15 +142,10 @@ def sensitive_layers(
     (ranked by :mod:`cimc.sensitivity` as ``weight-pool{keep_sensitive=n}`` ranks them): a
     deep chain of weak pooled copies loses its signal, so these stay at ``others`` bits."""
     pooled = [name for name, (role, _) in _roles(graph, scheme).items() if role == "pool"]
-    if n <= 0 or not pooled:
-        return frozenset()
-    if n >= len(pooled):
-        return frozenset(pooled)
     count = len(next(iter(data.values())))
     feeds = [{k: v[i].numpy() for k, v in data.items()} for i in range(count)]
     alone = replace(scheme, keep=None, act_bits=0).pipeline()  # the pool, no error term
-    rows = layer_sensitivity(graph, feeds, alone, layers=pooled)
-    return frozenset(r["layer"] for r in rows[:n])
+    return frozenset(rank_sensitive(graph, feeds, alone, pooled, n))
 
 
 def _torch_layer(node: Node, graph: Graph) -> nn.Module:
