@@ -241,7 +241,11 @@ def _distinct(
 def _propose(
     space: Space, rows: list[Row], settings: Settings, rng: np.random.Generator, n: int
 ) -> tuple[list[dict], list[dict | None], dict[str, Any]]:
-    """The ``n`` best candidates of NSGA-II on the predictors, not evaluated before."""
+    """The ``n`` best candidates on the predictors, not evaluated before: in a space of several
+    blocks a share ``block_rate`` of them are networks of the true front on the hierarchies the
+    predictors rate best (``_front_on_other_hardware``), the rest NSGA-II's best. An objective
+    of the compressed graph alone (accuracy, fidelity, bits) is not predicted for a candidate
+    whose graph was evaluated: the search uses the true value (``Objective.graph_only``)."""
     seen = {r.hash for r in rows}
     objectives = list(settings.objectives)
     good = [r for r in rows if r.feasible]
@@ -256,36 +260,158 @@ def _propose(
     violations = np.array([settings.constraints.violation(r.metrics) for r in rows])
     guard = Predictor().fit(enc(rows), violations) if violations.any() else None
     fitted = {k: {"model": m.chosen, "cv_neg_mape": m.cv_score} for k, m in models.items()}
+    known = _known_graphs(space, good, objectives)
 
-    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def predicted_only(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         oh = space.one_hot(x)
         f = np.stack(
             [(-1 if o.maximise else 1) * models[o.name].predict(oh) for o in objectives], axis=1
         )
         return f, (guard.predict(oh) - 0.5 if guard is not None else None)
 
+    def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        f, g = predicted_only(x)
+        return known.fill(x, f), g
+
     true = feasible_points(rows, settings)
     fit = [r for r in rows if settings.constraints.violation(r.metrics) == 0]
-    front = [space.to_indices(r.config) for r, keep in zip(fit, pareto_mask(true)) if keep]
-    pop = _nsga2(space, predict, settings, rng, np.array(front).reshape(-1, len(space.names)))
-    f, g = predict(pop)
-    order = _rank(f, g)
-    configs, predicted, picked = [], [], set()
-    for i in order:
-        config = space.from_indices(pop[i])
-        h = config_hash(config)
-        if h in seen or h in picked:
-            continue
-        picked.add(h)
-        configs.append(config)
-        predicted.append({o.name: float(abs(f[i, j])) for j, o in enumerate(objectives)})
-        if len(configs) == n:
-            break
+    on_front = pareto_mask(true)
+    front = [space.to_indices(r.config) for r, keep in zip(fit, on_front) if keep]
+    front = np.array(front).reshape(-1, len(space.names))
+    taken = set(seen)
+    chosen: list[np.ndarray] = []
+    if len(space.blocks()) > 1 and len(front):
+        m = round(settings.block_rate * n)
+        chosen += _front_on_other_hardware(space, front, true[on_front], predict, rng, m, taken)
+    pop = _nsga2(space, predict, settings, rng, front)
+    chosen += _best_new(space, pop, predict, n - len(chosen), taken)
+    configs = [space.from_indices(x) for x in chosen]
+    predicted: list[dict | None] = []
+    if chosen:  # what the predictors alone expected (the rounds' held-out scores compare it)
+        f, _ = predicted_only(np.array(chosen))
+        predicted = [{o.name: float(abs(v)) for o, v in zip(objectives, row)} for row in f]
     if len(configs) < n:
-        extra = _random_new(space, rng, n - len(configs), seen | picked)
+        extra = _random_new(space, rng, n - len(configs), taken)
         configs += extra
         predicted += [None] * len(extra)
     return configs, predicted, fitted
+
+
+class _KnownGraphs:
+    """The true values of the graph-only objectives per evaluated compressed graph (its values
+    of ``Space.graph_mask``'s variables), to replace the predictions of any candidate that
+    runs one of those graphs."""
+
+    def __init__(self, mask: np.ndarray, columns: list[int], values: dict[bytes, np.ndarray]):
+        self.mask, self.columns, self.values = mask, columns, values
+
+    def fill(self, x: np.ndarray, f: np.ndarray) -> np.ndarray:
+        if not self.columns or not self.values:
+            return f
+        f = f.copy()
+        for i, key in enumerate(np.ascontiguousarray(x[:, self.mask])):
+            value = self.values.get(key.tobytes())
+            if value is not None:
+                f[i, self.columns] = value
+        return f
+
+
+def _known_graphs(space: Space, rows: list[Row], objectives: list[Objective]) -> _KnownGraphs:
+    mask = space.graph_mask()
+    columns = [j for j, o in enumerate(objectives) if o.graph_only]
+    values = {}
+    for r in rows:
+        key = np.ascontiguousarray(space.to_indices(r.config)[mask]).tobytes()
+        values[key] = minimised(r.metrics, objectives)[columns]
+    return _KnownGraphs(mask, columns, values)
+
+
+def _front_on_other_hardware(
+    space: Space,
+    front: np.ndarray,
+    points: np.ndarray,
+    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+    rng: np.random.Generator,
+    n: int,
+    taken: set[str],
+) -> list[np.ndarray]:
+    """``n`` new candidates that run the true front's graphs (rows ``front``, true objectives
+    ``points``) on other hierarchies: each network's hierarchies ranked on the predictors
+    (``_hierarchies``), taken in turn from the networks in NSGA-II's crowding order (the
+    extremes first: the most accurate network and the cheapest one), so that a front of many
+    networks does not spend the share on its crowded middle."""
+    from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+
+    hardware = ~space.graph_mask() & np.array([len(v.choices) > 1 for v in space.variables])
+    order = np.argsort(-calc_crowding_distance(points), kind="stable")
+    ranked = [iter(_hierarchies(space, front[i], hardware, predict, rng)) for i in order]
+    out: list[np.ndarray] = []
+    while len(out) < n and ranked:
+        for candidates in list(ranked):
+            x = next((x for x in candidates if _take(space, x, taken)), None)
+            if x is None:
+                ranked.remove(candidates)
+            elif len(out) < n:
+                out.append(x)
+    return out
+
+
+def _hierarchies(
+    space: Space,
+    network: np.ndarray,
+    hardware: np.ndarray,
+    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+    rng: np.random.Generator,
+    draws: int = 512,
+) -> np.ndarray:
+    """``network`` (a row of indices) with its ``hardware`` variables redrawn, best first on
+    the predictors: ``draws`` random hierarchies, then two steps of local search (every
+    one-variable change of the best eight so far: the best hierarchy differs from a good random
+    one in a variable or two)."""
+    pool = np.repeat(network[None], draws, axis=0)
+    pool[:, hardware] = space.sample(draws, rng)[:, hardware]
+    for _ in range(2):
+        f, g = predict(pool)
+        best = pool[_rank(f, g)[:8]]
+        steps = [pool]
+        for j in np.flatnonzero(hardware):
+            for c in range(len(space.variables[j].choices)):
+                step = best.copy()
+                step[:, j] = c
+                steps.append(step)
+        pool = np.unique(np.vstack(steps), axis=0)
+    f, g = predict(pool)
+    return pool[_rank(f, g)]
+
+
+def _take(space: Space, x: np.ndarray, taken: set[str]) -> bool:
+    """Whether ``x``'s config is new (then it is added to ``taken``)."""
+    h = config_hash(space.from_indices(x))
+    if h in taken:
+        return False
+    taken.add(h)
+    return True
+
+
+def _best_new(
+    space: Space,
+    x: np.ndarray,
+    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+    n: int,
+    taken: set[str],
+) -> list[np.ndarray]:
+    """The first ``n`` rows of ``x`` in ``_rank`` order whose configs are not in ``taken``
+    (which grows by them)."""
+    out: list[np.ndarray] = []
+    if n <= 0 or not len(x):
+        return out
+    f, g = predict(x)
+    for i in _rank(f, g):
+        if _take(space, x[i], taken):
+            out.append(x[i])
+            if len(out) == n:
+                break
+    return out
 
 
 def _rank(f: np.ndarray, g: np.ndarray | None) -> list[int]:

@@ -27,6 +27,9 @@ class Objective:
     log: bool  # positive and multiplicative in hardware parameters: predicted in log space
     label: str
     compute: Callable[[dict[str, Any]], float] | None = None
+    graph_only: bool = False
+    """A function of the compressed graph alone (the architecture and the pass options), not of
+    the hierarchy that runs it: once a graph is evaluated, the search knows it exactly."""
 
     def value(self, metrics: dict[str, Any]) -> float:
         return float(self.compute(metrics) if self.compute else metrics[self.metric])
@@ -35,14 +38,16 @@ class Objective:
 OBJECTIVES = {
     o.name: o
     for o in (
-        Objective("fidelity", "cosine", True, False, "output cosine vs fp32"),
-        Objective("agreement", "top1_agreement", True, False, "top-1 agreement vs fp32"),
-        Objective("accuracy", "accuracy", True, False, "accuracy on the labels"),
+        Objective("fidelity", "cosine", True, False, "output cosine vs fp32", graph_only=True),
+        Objective(
+            "agreement", "top1_agreement", True, False, "top-1 agreement vs fp32", graph_only=True
+        ),
+        Objective("accuracy", "accuracy", True, False, "accuracy on the labels", graph_only=True),
         Objective("cycles", "cycles", False, True, "cycles"),
         Objective("latency", "latency_s", False, True, "latency (s)"),
         Objective("energy", "energy_pj", False, True, "energy (pJ)"),
         Objective("area", "area_mm2", False, True, "chip area (mm^2)"),
-        Objective("bits", "bits_per_weight", False, False, "bits per weight"),
+        Objective("bits", "bits_per_weight", False, False, "bits per weight", graph_only=True),
     )
 }
 

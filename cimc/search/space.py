@@ -121,6 +121,19 @@ class Space:
         searched = np.array([len(v.choices) > 1 for v in self.variables], bool)
         return tuple(np.flatnonzero(g) for g in (searched & arch, searched & ~arch) if g.any())
 
+    def graph_mask(self) -> np.ndarray:
+        """Per variable: does the compressed graph depend on it? The architecture, the scheme,
+        pass options and the target parameters linked to them do (what ``pipeline_for`` and
+        ``target_for(numerics_only=True)`` read); the rest, the hierarchy, change only what
+        running the graph costs."""
+        return np.array(
+            [
+                v.name == "scheme" or len(v.members) > 1 or not v.members[0].startswith("target.")
+                for v in self.variables
+            ],
+            bool,
+        )
+
     @property
     def size(self) -> int:
         return math.prod(len(v.choices) for v in self.variables)
