@@ -31,6 +31,7 @@ from cimc.train.distill import (  # noqa: E402
     distill,
     export,
     load_samples,
+    sensitive_layers,
 )
 from cimc.train.layers import get_scheme  # noqa: E402
 
@@ -687,3 +688,18 @@ def test_the_steps_of_an_unrolled_lstm_train_one_shared_weight(tmp_path):
     assert (
         counted == sum(weights.values()) == sum(g[0].layer.weight.numel() for g in groups.values())
     )
+
+
+def test_keep_sensitive_keeps_every_step_of_a_shared_weight(tmp_path):
+    # the ranking names single layers; a kept step of an unrolled LSTM beside pooled steps of
+    # the same R could not be written back (export refused it, after training): all go together
+    model_path = _lstm(tmp_path, steps=5)
+    graph = cimc.import_onnx(model_path)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((16, 5, 1, 4)).astype("f4"))
+    scheme = get_scheme("cimpool-keep0.5")
+    pooled = {"LSTM_0.hr_1", "LSTM_0.hr_2", "LSTM_0.hr_3"}  # xw and the last step: 8-bit edges
+    assert sensitive_layers(graph, scheme, {"x": x}, 1) == pooled
+    model = distill(graph, scheme, {"x": x}, DistillConfig(steps=2, batch_size=4), keep_sensitive=1)
+    assert model.kept == pooled
+    pipeline = export(model, model_path, tmp_path / "t.onnx", tmp_path / "t.npz")
+    assert "keep_sensitive=3" in pipeline, pipeline

@@ -46,7 +46,7 @@ from cimc.program import graph_digest
 from cimc.recurrent import constant_name, direction_from_weights, direction_weights, weight_tags
 from cimc.sensitivity import rank_sensitive
 from cimc.torch_backend import TORCH_OPS, GraphModule, run_batched, torch_dtype
-from cimc.weight_sharing import SOURCE_KEY, distinct_weights
+from cimc.weight_sharing import SOURCE_KEY, distinct_weights, weight_groups
 
 from .export import assignment_fields
 from .finetune import random_shift
@@ -140,12 +140,17 @@ def sensitive_layers(
 ) -> frozenset[str]:
     """The ``n`` pooled layers whose pooling alone costs the most output fidelity on ``data``
     (ranked by :mod:`cimc.sensitivity` as ``weight-pool{keep_sensitive=n}`` ranks them): a
-    deep chain of weak pooled copies loses its signal, so these stay at ``others`` bits."""
+    deep chain of weak pooled copies loses its signal, so these stay at ``others`` bits. With
+    them, every pooled layer that reads the same weight (the other steps of an unrolled LSTM:
+    the ONNX file's one R holds them at one precision, so :func:`export` could not write a
+    kept step beside pooled ones); :func:`export` writes how many were kept."""
     pooled = [name for name, (role, _) in _roles(graph, scheme).items() if role == "pool"]
     count = len(next(iter(data.values())))
     feeds = [{k: v[i].numpy() for k, v in data.items()} for i in range(count)]
     alone = replace(scheme, keep=None, act_bits=0).pipeline()  # the pool, no error term
-    return frozenset(rank_sensitive(graph, feeds, alone, pooled, n))
+    ranked = rank_sensitive(graph, feeds, alone, pooled, n)
+    groups = weight_groups(graph, pooled).values()
+    return frozenset(name for group in groups if ranked.intersection(group) for name in group)
 
 
 def _torch_layer(node: Node, graph: Graph) -> nn.Module:
