@@ -28,11 +28,13 @@ their mean gives the predictors' taus at twice ``--val`` (an "accuracy, N images
 **Fronts** (not with --quick): the predictor-guided loop (``cimc.search``) over arch-only,
 hardware-only and joint spaces, ``--budget`` true evaluations each (population ``--population``;
 the joint space is two blocks, architecture and hierarchy, varied one at a time at the loop's
-``Settings.block_rate``; the other two are one block each); reported: each front's
-hypervolume (common reference) and the speed-up at the largest subnet's accuracy (CiMNet: 1.7x
-from architecture, 3.1x from both, for ViT-B): the preset hierarchy running the largest subnet
-gives the baseline cycles; the fastest front point whose accuracy is at least the baseline's
-gives the speed-up (the best reached is printed when none is).
+``Settings.block_rate``, and that share of each round runs the true front's networks on the
+hierarchies the predictors rate best, their accuracy known; the other two are one block each;
+every search takes an evaluated network's accuracy as measured, not as predicted); reported:
+each front's hypervolume (common reference) and the speed-up at the largest subnet's accuracy
+(CiMNet: 1.7x from architecture, 3.1x from both, for ViT-B): the preset hierarchy running the
+largest subnet gives the baseline cycles; the fastest front point whose accuracy is at least
+the baseline's gives the speed-up (the best reached is printed when none is).
 Then the chosen-configuration table (the hierarchy multiples the joint front uses).
 
 True evaluations are rows of ``cimc.search.Study`` databases in ``--workdir``, so a rerun reads

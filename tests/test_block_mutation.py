@@ -135,12 +135,21 @@ def evaluate(config: dict) -> Metrics:
 
 def iso_accuracy_speedup(tmp_path, seed: int, rate: float) -> float:
     """The fastest true evaluation at the largest network's accuracy over the baseline (the
-    largest network on hierarchy multiples 2), after a 36-evaluation search."""
+    largest network on hierarchy multiples 2), after a 36-evaluation search; ``rate`` is both
+    the block rate and the share of each round that tries front networks on other hierarchies
+    (0: the loop before either)."""
     space = synthetic_space()
     base = space.from_indices([2] * ARCH + [1] * HW)
     objectives = (OBJECTIVES["accuracy"], OBJECTIVES["cycles"])
     settings = Settings(
-        objectives, 36, 12, seed, initial=(base,), inner_evals=1000, block_rate=rate
+        objectives,
+        36,
+        12,
+        seed,
+        initial=(base,),
+        inner_evals=1000,
+        block_rate=rate,
+        hardware_rate=rate,
     )
     study = Study(tmp_path / f"s{seed}-{rate}", {"synthetic": 1})
     run_loop(space, evaluate, study, settings)
@@ -152,8 +161,8 @@ def iso_accuracy_speedup(tmp_path, seed: int, rate: float) -> float:
 def test_search_keeps_the_best_network_and_changes_its_hierarchy(tmp_path):
     """The best point is the largest network (in the first round, as the baseline) on a faster
     hierarchy (up to 4x). With block-wise variation every one of six seeded searches finds a
-    faster hierarchy for it within 36 true evaluations; without (rate 0, the loop before) half
-    of them (seeds 0, 1, 3) keep the baseline, 1.0x, as 5 of 6 CiMNet joint searches did."""
+    faster hierarchy for it within 36 true evaluations (1.7-2.7x); without (rate 0, the loop
+    before) 5 of 6 keep the baseline, 1.0x, as 5 of 6 CiMNet joint searches did."""
     with_blocks = [iso_accuracy_speedup(tmp_path, seed, 0.5) for seed in range(6)]
     without = [iso_accuracy_speedup(tmp_path, seed, 0.0) for seed in range(6)]
     assert min(with_blocks) > 1.0

@@ -48,6 +48,10 @@ class Settings:
     mutation of the 31-variable CiMNet config almost always changed one of the 23 architecture
     variables, and crossover mixes both blocks, so "the largest subnet on another hierarchy"
     was almost never proposed (benchmarks/cimnet.py). With one block nothing changes."""
+    hardware_rate: float = 0.5
+    """In a space of several blocks: the share of each round's batch that runs the true front's
+    networks (their graph-only objectives known) on the hierarchies the predictors rate best;
+    the rest is NSGA-II's best on the predictors, where new networks come from."""
 
 
 def pareto_mask(points: np.ndarray) -> np.ndarray:
@@ -242,7 +246,7 @@ def _propose(
     space: Space, rows: list[Row], settings: Settings, rng: np.random.Generator, n: int
 ) -> tuple[list[dict], list[dict | None], dict[str, Any]]:
     """The ``n`` best candidates on the predictors, not evaluated before: in a space of several
-    blocks a share ``block_rate`` of them are networks of the true front on the hierarchies the
+    blocks a share ``hardware_rate`` of them are networks of the true front on the hierarchies the
     predictors rate best (``_front_on_other_hardware``), the rest NSGA-II's best. An objective
     of the compressed graph alone (accuracy, fidelity, bits) is not predicted for a candidate
     whose graph was evaluated: the search uses the true value (``Objective.graph_only``)."""
@@ -281,7 +285,7 @@ def _propose(
     taken = set(seen)
     chosen: list[np.ndarray] = []
     if len(space.blocks()) > 1 and len(front):
-        m = round(settings.block_rate * n)
+        m = round(settings.hardware_rate * n)
         chosen += _front_on_other_hardware(space, front, true[on_front], predict, rng, m, taken)
     pop = _nsga2(space, predict, settings, rng, front)
     chosen += _best_new(space, pop, predict, n - len(chosen), taken)
