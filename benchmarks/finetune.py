@@ -4,7 +4,7 @@ CNN and on the devkit's real models (../shared/devkit).
 
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
-                                  [--tuned-only] [--json out.json]
+                                  [--tuned-only] [--workdir DIR] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -84,7 +84,7 @@ FEATURES = {"openwakeword/embedding_model.onnx": 1.0}
 # Pooled layers kept at int8 (weight-pool's keep_sensitive: the most sensitive ones), in the
 # post-training and fine-tuned rows alike (--keep-sensitive). 0: measured, the embedding with 4,
 # 8 or 14 of its 18 pooled convs at int8 still answers "none" for every clip (README).
-KEEP_SENSITIVE = {"openwakeword/embedding_model.onnx": 0}
+KEEP_SENSITIVE = {"openwakeword/embedding_model.onnx": 0, "ddddocr/common.onnx": 0}
 HELD_OUT = {"mnist8": 3, "openwakeword": 2}  # every k-th kit input is scored, the others distil
 # A file whose sample is a whole call of the kit's scorer (a clip's embedding windows), not one
 # row, and how many consecutive rows of its output the later files read (the wake-word heads
@@ -293,7 +293,15 @@ def fine_tune(
     scheme = get_scheme(f"cimpool-keep{keep:g}")
     kept = KEEP_SENSITIVE.get(k, 0)
     model = distill(
-        graph, scheme, data, cfg, teacher_data=fp32, downstream=downstream, keep_sensitive=kept
+        graph,
+        scheme,
+        data,
+        cfg,
+        teacher_data=fp32,
+        downstream=downstream,
+        keep_sensitive=kept,
+        log_path=f"{stem}.log.jsonl",
+        checkpoint=f"{stem}.checkpoint.pt",
     )
     print(
         f"  {k}: {len(data[graph.inputs[0]])} samples, {cfg.steps} steps, {kept} kept at int8, "
@@ -474,19 +482,24 @@ def main() -> int:
         action="store_true",
         help="kit models: fp32 and fine-tuned rows only (int8 and post-training do not change)",
     )
+    ap.add_argument(
+        "--workdir",
+        help="keep the files here (log, checkpoint per model file): a rerun with the same "
+        "arguments resumes the training (default: a new temporary folder)",
+    )
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.keep_sensitive is not None:
         KEEP_SENSITIVE.update(dict.fromkeys(KEEP_SENSITIVE, args.keep_sensitive))
-    folder = Path(tempfile.mkdtemp(prefix="cimc-finetune-"))
+    folder = Path(args.workdir or tempfile.mkdtemp(prefix="cimc-finetune-"))
     names = args.models.split(",")
     kit = check_devkit() if set(names) - {"digits"} else None
     if set(names) - {"digits"} and kit is None:
         return 2
     out = {}
     for name in names:
-        (folder / name).mkdir()
+        (folder / name).mkdir(parents=True, exist_ok=True)
         if name == "digits":
             rows, what = digits_rows(args, folder / name)
         else:
