@@ -157,8 +157,15 @@ def identity(space: Space, args: argparse.Namespace) -> dict[str, Any]:
         "space": space.describe(),
         "seed": args.seed,
         "weights": weights_digest(space.family),
-        "val": args.val,
+        "val": val_images(space.family, args),
     }
+
+
+def val_images(family: str, args: argparse.Namespace) -> int | None:
+    """``--val`` for a labelled family; None for a random-weight one, whose evaluator then
+    measures its default few seeded inputs (they feed only fidelity): ``--val`` random 224 px
+    inputs through the interpreter cost minutes per architecture and measure nothing."""
+    return args.val if has_labels(family) else None
 
 
 def predictor_scores(
@@ -261,7 +268,7 @@ def fronts(target: Any, family: str, folder: Path, args: argparse.Namespace) -> 
     for kind, (a, h) in kinds.items():
         space = make_space(target, family, folder, a, h, args.multiples)
         study = Study(folder / f"loop-{kind}", identity(space, args))
-        ev = Evaluator("", space, None, None, str(folder / "cache"), args.val)
+        ev = Evaluator("", space, None, None, str(folder / "cache"), val_images(family, args))
         settings = Settings(
             objectives, args.budget, args.population, args.seed, initial=(space.base_config(),)
         )
@@ -336,7 +343,7 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     space = make_space(target, family, folder, True, True, args.multiples)
     study = Study(folder / "table", identity(space, args))
-    evaluator = Evaluator("", space, None, None, str(folder / "cache"), args.val)
+    evaluator = Evaluator("", space, None, None, str(folder / "cache"), val_images(family, args))
     kinds = sample_configs(space, args)
     unique = {config_hash(c): c for k in kinds.values() for c in k}
     log(f"{family}: {len(unique)} configs ({args.archs} architectures)")
