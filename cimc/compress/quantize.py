@@ -36,12 +36,15 @@ def quantize_per_channel(
     else:
         group = hessian.shape[0]
         og = w.shape[0] // group
-        wq = np.concatenate(
-            [
-                _gptq(w[g * og : (g + 1) * og], scale[g * og : (g + 1) * og], qmax, hessian[g])
-                for g in range(group)
-            ]
-        )
+        # one BLAS thread: the factorisations and updates must round alike on every machine
+        # (set once per layer: a depthwise conv has a group per channel, ~5 ms a setting)
+        with threadpool_limits(1, user_api="blas"):
+            wq = np.concatenate(
+                [
+                    _gptq(w[g * og : (g + 1) * og], scale[g * og : (g + 1) * og], qmax, hessian[g])
+                    for g in range(group)
+                ]
+            )
     return wq.astype(np.int8), scale
 
 
@@ -53,28 +56,27 @@ def _gptq(w: np.ndarray, scale: np.ndarray, qmax: int, h: np.ndarray) -> np.ndar
     """Integer weights of one group, columns rounded with the error compensated, the inputs
     of largest second moment first (GPTQ's activation order: their errors are the costliest,
     and compensating for them leaves the cheap inputs to absorb it); to nearest when the
-    calibration data do not determine the output error (see :func:`determined`)."""
-    # one BLAS thread: the factorisations and updates must round alike on every machine
-    with threadpool_limits(1, user_api="blas"):
-        if not determined(h):
-            return _nearest(w, scale, qmax)
-        h = h.astype(np.float64)
-        dead = np.flatnonzero(np.diag(h) == 0)  # inputs zero on every calibration row:
-        h[dead, dead] = 1.0  # decoupled, so rounded to nearest (not zeroed: other data reach them)
-        h[np.diag_indices_from(h)] += GPTQ_DAMP * np.mean(np.diag(h))
-        order = np.argsort(-np.diag(h), kind="stable")
-        w = w[:, order].astype(np.float64)  # a copy: the compensation updates it
-        u = _upper_factor_of_inverse(h[np.ix_(order, order)])
-        q = np.empty_like(w)
-        k = w.shape[1]
-        for b0 in range(0, k, GPTQ_BLOCK):
-            b1 = min(b0 + GPTQ_BLOCK, k)
-            err = np.zeros((w.shape[0], b1 - b0))
-            for i in range(b0, b1):
-                q[:, i] = np.clip(np.round(w[:, i] / scale), -qmax, qmax)
-                err[:, i - b0] = (w[:, i] - q[:, i] * scale) / u[i, i]
-                w[:, i + 1 : b1] -= np.outer(err[:, i - b0], u[i, i + 1 : b1])
-            w[:, b1:] -= err @ u[b0:b1, b1:]
+    calibration data do not determine the output error (see :func:`determined`). Runs under
+    :func:`quantize_per_channel`'s one-BLAS-thread limit."""
+    if not determined(h):
+        return _nearest(w, scale, qmax)
+    h = h.astype(np.float64)
+    dead = np.flatnonzero(np.diag(h) == 0)  # inputs zero on every calibration row:
+    h[dead, dead] = 1.0  # decoupled, so rounded to nearest (not zeroed: other data reach them)
+    h[np.diag_indices_from(h)] += GPTQ_DAMP * np.mean(np.diag(h))
+    order = np.argsort(-np.diag(h), kind="stable")
+    w = w[:, order].astype(np.float64)  # a copy: the compensation updates it
+    u = _upper_factor_of_inverse(h[np.ix_(order, order)])
+    q = np.empty_like(w)
+    k = w.shape[1]
+    for b0 in range(0, k, GPTQ_BLOCK):
+        b1 = min(b0 + GPTQ_BLOCK, k)
+        err = np.zeros((w.shape[0], b1 - b0))
+        for i in range(b0, b1):
+            q[:, i] = np.clip(np.round(w[:, i] / scale), -qmax, qmax)
+            err[:, i - b0] = (w[:, i] - q[:, i] * scale) / u[i, i]
+            w[:, i + 1 : b1] -= np.outer(err[:, i - b0], u[i, i + 1 : b1])
+        w[:, b1:] -= err @ u[b0:b1, b1:]
     return q[:, np.argsort(order)]
 
 
