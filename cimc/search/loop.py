@@ -301,33 +301,39 @@ def _propose(
     return configs, predicted, fitted
 
 
+@dataclass(frozen=True)
 class _KnownGraphs:
-    """The true values of the graph-only objectives per evaluated compressed graph (its values
-    of ``Space.graph_mask``'s variables), to replace the predictions of any candidate that
-    runs one of those graphs."""
+    """The true values of the graph-only objectives (``columns``) per evaluated compressed
+    graph (keyed by its values of the ``mask`` variables, ``Space.graph_mask``), to replace the
+    predictions of any candidate that runs one of those graphs."""
 
-    def __init__(self, mask: np.ndarray, columns: list[int], values: dict[bytes, np.ndarray]):
-        self.mask, self.columns, self.values = mask, columns, values
+    mask: np.ndarray
+    columns: list[int]
+    values: dict[bytes, np.ndarray]
+
+    def key(self, indices: np.ndarray) -> bytes:
+        return np.ascontiguousarray(indices[self.mask]).tobytes()
 
     def fill(self, x: np.ndarray, f: np.ndarray) -> np.ndarray:
         if not self.columns or not self.values:
             return f
         f = f.copy()
-        for i, key in enumerate(np.ascontiguousarray(x[:, self.mask])):
-            value = self.values.get(key.tobytes())
+        for i, row in enumerate(x):
+            value = self.values.get(self.key(row))
             if value is not None:
                 f[i, self.columns] = value
         return f
 
 
 def _known_graphs(space: Space, rows: list[Row], objectives: list[Objective]) -> _KnownGraphs:
-    mask = space.graph_mask()
-    columns = [j for j, o in enumerate(objectives) if o.graph_only]
-    values = {}
+    known = _KnownGraphs(
+        space.graph_mask(), [j for j, o in enumerate(objectives) if o.graph_only], {}
+    )
     for r in rows:
-        key = np.ascontiguousarray(space.to_indices(r.config)[mask]).tobytes()
-        values[key] = minimised(r.metrics, objectives)[columns]
-    return _KnownGraphs(mask, columns, values)
+        known.values[known.key(space.to_indices(r.config))] = minimised(r.metrics, objectives)[
+            known.columns
+        ]
+    return known
 
 
 def _front_on_other_hardware(
@@ -346,7 +352,7 @@ def _front_on_other_hardware(
     networks does not spend the share on its crowded middle."""
     from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
 
-    hardware = ~space.graph_mask() & np.array([len(v.choices) > 1 for v in space.variables])
+    hardware = ~space.graph_mask() & space.searched_mask()
     order = np.argsort(-calc_crowding_distance(points), kind="stable")
     ranked = [iter(_hierarchies(space, front[i], hardware, predict, rng)) for i in order]
     out: list[np.ndarray] = []

@@ -118,8 +118,12 @@ class Space:
         network and the hierarchy that runs it; the loop varies one block at a time at a rate
         (``Settings.block_rate``). A space without an architecture axis is one block."""
         arch = np.array([v.members[0].startswith("arch.") for v in self.variables], bool)
-        searched = np.array([len(v.choices) > 1 for v in self.variables], bool)
+        searched = self.searched_mask()
         return tuple(np.flatnonzero(g) for g in (searched & arch, searched & ~arch) if g.any())
+
+    def searched_mask(self) -> np.ndarray:
+        """Per variable: has it more than one choice?"""
+        return np.array([len(v.choices) > 1 for v in self.variables], bool)
 
     def graph_mask(self) -> np.ndarray:
         """Per variable: does the compressed graph depend on it? The architecture, the scheme,
