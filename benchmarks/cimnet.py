@@ -267,10 +267,15 @@ def fronts(target: Any, family: str, folder: Path, args: argparse.Namespace) -> 
     kinds = {"arch": (True, False), "hardware": (False, True), "joint": (True, True)}
     for kind, (a, h) in kinds.items():
         space = make_space(target, family, folder, a, h, args.multiples)
-        study = Study(folder / f"loop-{kind}", identity(space, args))
+        name = f"loop-{kind}" + (f"-seed{args.loop_seed}" if args.loop_seed != args.seed else "")
+        study = Study(folder / name, identity(space, args))
         ev = Evaluator("", space, None, None, str(folder / "cache"), val_images(family, args))
         settings = Settings(
-            objectives, args.budget, args.population, args.seed, initial=(space.base_config(),)
+            objectives,
+            args.budget,
+            args.population,
+            args.loop_seed,
+            initial=(space.base_config(),),
         )
         log(f"  {kind}-only search ({args.budget} true evaluations)")
         executor = process_pool(args.workers) if args.workers > 1 else None
@@ -506,6 +511,12 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--loop-seed",
+        type=int,
+        default=None,
+        help="the searches' seed (default --seed): other loop seeds on the same table",
+    )
+    ap.add_argument(
         "--multiples",
         default="0.25,0.5,1,2",
         help="hierarchy values searched, as multiples of the preset's (1 must be one: the "
@@ -534,6 +545,7 @@ def main() -> None:
     args.hw = args.hw or (4 if args.quick else 6)
     args.val = args.val or (360 if args.quick else 720)
     args.multiples = tuple(float(m) for m in args.multiples.split(","))
+    args.loop_seed = args.seed if args.loop_seed is None else args.loop_seed
     if 1.0 not in args.multiples:
         ap.error("--multiples must include 1 (the baseline is the preset's hierarchy)")
 

@@ -9,19 +9,25 @@ from cimc.targets.params import load_target
 from test_block_mutation import ARCH, HW, evaluate, synthetic_space
 
 from cimc.search import Space
-from cimc.search.loop import Settings, _front_on_other_hardware, _known_graphs, _propose
+from cimc.search.loop import (
+    Settings,
+    _front_on_other_hardware,
+    _hardware_share,
+    _known_graphs,
+    _propose,
+)
 from cimc.search.objectives import OBJECTIVES
 from cimc.search.study import Row, config_hash
 
 OBJ = [OBJECTIVES["accuracy"], OBJECTIVES["cycles"]]
 
 
-def _rows(space: Space, indices: list[list[int]]) -> list[Row]:
+def _rows(space: Space, indices: list[list[int]], round_: int = 0) -> list[Row]:
     out = []
     for idx in indices:
         config = space.from_indices(idx)
         metrics = evaluate(config).to_dict()
-        out.append(Row(config_hash(config), 0, config, metrics, None, 0.0))
+        out.append(Row(config_hash(config), round_, config, metrics, None, 0.0))
     return out
 
 
@@ -98,3 +104,24 @@ def test_proposals_record_what_the_predictors_expected():
             seen += 1
             assert pred["accuracy"] != row.metrics["accuracy"]
     assert seen >= 3  # half the batch: front networks on other hierarchies
+
+
+def test_hardware_share_follows_what_each_kind_added_to_the_front():
+    """A round whose known networks on new hierarchies added nothing to the true front (the
+    largest network on a slower hierarchy) while a new network did: the next share is 0. The
+    reverse (the largest network on a faster hierarchy; a new network dominated): the rate, as
+    before any proposing round; rate 0 stays 0."""
+    space = synthetic_space()
+    settings = Settings(tuple(OBJ), 30, 6, hardware_rate=0.5)
+    largest, middle, smallest = [2] * ARCH, [1] * ARCH, [0] * ARCH
+    slow, mid, fast = [0] * HW, [1] * HW, [3] * HW
+    first = _rows(space, [largest + fast, smallest + fast])
+    assert _hardware_share(space, first, settings) == 0.5
+    hierarchy_idle = first + _rows(space, [largest + slow, middle + fast], 1)
+    assert _hardware_share(space, hierarchy_idle, settings) == 0.0
+    first = _rows(space, [largest + mid, smallest + fast])
+    networks_idle = first + _rows(space, [largest + fast, middle + slow], 1)
+    assert evaluate(space.from_indices(middle + slow)).cycles > first[0].metrics["cycles"]
+    assert _hardware_share(space, networks_idle, settings) == 0.5
+    off = Settings(tuple(OBJ), 30, 6, hardware_rate=0.0)
+    assert _hardware_share(space, networks_idle, off) == 0.0
