@@ -91,7 +91,8 @@ def test_proposals_record_what_the_predictors_expected():
     rng = np.random.default_rng(1)
     rows = _rows(space, [list(r) for r in space.sample(10, rng)] + [[2] * ARCH + [1] * HW])
     settings = Settings(tuple(OBJ), 30, 6, inner_evals=200)
-    configs, predicted, _ = _propose(space, rows, settings, np.random.default_rng(2), 6)
+    configs, predicted, recorded = _propose(space, rows, settings, np.random.default_rng(2), 6)
+    assert recorded["hardware_share"] == settings.hardware_rate  # no proposing round before
     known = {
         config_hash(space.from_indices(np.r_[space.to_indices(r.config)[:ARCH], [0] * HW])): r
         for r in rows

@@ -84,9 +84,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     def progress(info: dict[str, Any]) -> None:
         best = ", ".join(f"{k} {v:.4g}" for k, v in info["best"].items())
+        share = info.get("hardware_share")
+        tried = "" if share is None else f", {share:.2f} of it front networks on other hierarchies"
         out.print(
             f"round {info['round']}: {info['evaluations']}/{budget} true evaluations "
-            f"({info['feasible']} feasible), hypervolume {info['hypervolume']:.4g}, best: {best}"
+            f"({info['feasible']} feasible){tried}, hypervolume {info['hypervolume']:.4g}, "
+            f"best: {best}"
         )
 
     executor = None

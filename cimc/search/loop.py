@@ -289,7 +289,8 @@ def _propose(
     front = np.array(front).reshape(-1, len(space.names))
     taken = set(seen)
     chosen: list[np.ndarray] = []
-    share = _hardware_share(space, rows, settings) if len(space.blocks()) > 1 else 0.0
+    several = len(space.blocks()) > 1
+    share = _hardware_share(space, rows, settings) if several else 0.0
     if len(front):
         m = round(share * n)
         chosen += _front_on_other_hardware(space, front, true[on_front], predict, rng, m, taken)
@@ -304,7 +305,8 @@ def _propose(
         extra = _random_new(space, rng, n - len(configs), taken)
         configs += extra
         predicted += [None] * len(extra)
-    return configs, predicted, {"predictors": fitted, "hardware_share": share}
+    recorded = {"predictors": fitted}
+    return configs, predicted, recorded | ({"hardware_share": share} if several else {})
 
 
 def _hardware_share(space: Space, rows: list[Row], settings: Settings) -> float:
