@@ -126,3 +126,21 @@ def test_hardware_share_follows_what_each_kind_added_to_the_front():
     assert _hardware_share(space, networks_idle, settings) == 0.5
     off = Settings(tuple(OBJ), 30, 6, hardware_rate=0.0)
     assert _hardware_share(space, networks_idle, off) == 0.0
+
+
+def test_no_share_leaves_the_rng_to_nsga2(monkeypatch):
+    """A space of one block, or a share that rounds to no candidate, never enters the hierarchy
+    share: its random hierarchies would draw from the generator NSGA-II then uses, and a search
+    without the share would no longer be the one it was."""
+    from cimc.search import loop
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the share drew candidates")
+
+    monkeypatch.setattr(loop, "_front_on_other_hardware", refuse)
+    rng = np.random.default_rng(1)
+    for space, rate in ((synthetic_space(arch=False), 0.5), (synthetic_space(), 0.0)):
+        rows = _rows(space, [list(r) for r in space.sample(10, rng)])
+        settings = Settings(tuple(OBJ), 30, 6, inner_evals=200, hardware_rate=rate)
+        configs, _, _ = _propose(space, rows, settings, np.random.default_rng(2), 6)
+        assert len(configs) == 6

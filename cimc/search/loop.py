@@ -291,8 +291,8 @@ def _propose(
     chosen: list[np.ndarray] = []
     several = len(space.blocks()) > 1
     share = _hardware_share(space, rows, settings) if several else 0.0
-    if len(front):
-        m = round(share * n)
+    m = round(share * n)
+    if len(front) and m:  # m = 0 draws nothing: the rng stays NSGA-II's, as in one block
         chosen += _front_on_other_hardware(space, front, true[on_front], predict, rng, m, taken)
     pop = _nsga2(space, predict, settings, rng, front)
     chosen += _best_new(space, pop, predict, n - len(chosen), taken)
