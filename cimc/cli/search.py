@@ -85,7 +85,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     def progress(info: dict[str, Any]) -> None:
         best = ", ".join(f"{k} {v:.4g}" for k, v in info["best"].items())
         share = info.get("hardware_share")
-        tried = "" if share is None else f", {share:.2f} of it front networks on other hierarchies"
+        tried = "" if share is None else f", {share:.0%} of it the front on other hierarchies"
         out.print(
             f"round {info['round']}: {info['evaluations']}/{budget} true evaluations "
             f"({info['feasible']} feasible){tried}, hypervolume {info['hypervolume']:.4g}, "
