@@ -2,10 +2,10 @@
 
 Stages are cached. The compressed graph depends on the model, the compression pipeline, the
 calibration data and the target parameters tied to pass options (the scheme, vector, pool,
-activation bits); its key is the digest of those. It is kept in memory (per process) and pickled
-in the study folder, so configs that differ only in hardware re-run only the backend (tile,
-lower) and the timing model, and fidelity is computed once per compressed graph: the hardware
-parameters the search varies beside it do not change the numerics.
+activation bits); its key is the digest of those. It is kept in memory (per process, the last
+few: ``_RecentGraphs``) and pickled in the study folder, so configs that differ only in hardware
+re-run only the backend (tile, lower) and the timing model, and fidelity is computed once per
+compressed graph: the hardware parameters the search varies beside it do not change the numerics.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import pickle
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,31 @@ backend stage, not in the cached compression stage, once per compressed graph an
 parameters they read (``_scheduled``: a pass added here must add what it reads to that key)."""
 
 _MISSING = re.compile(r"([\d,]+) bytes are missing")
-_MEMORY: dict[str, dict[str, Any]] = {}  # compressed stages of this process, by key
+_MEMORY: dict[str, Any] = {}  # this process's sources (model digest, data, reference outputs)
+
+
+class _RecentGraphs(OrderedDict):
+    """The last ``GRAPHS_KEPT`` compressed and scheduled graphs of this process, by key: enough
+    for the configs of a round that run one graph on several hierarchies, bounded because a
+    search over a family makes a graph per architecture (ViT-B's are 0.3-0.4 GB each: all of a
+    48-architecture table's would not fit in memory). An evicted graph is read back from the
+    study's cache."""
+
+    def get(self, key: str) -> Any:
+        if key in self:
+            self.move_to_end(key)
+        return super().get(key)
+
+    def keep(self, key: str, value: Any) -> Any:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > GRAPHS_KEPT:
+            self.popitem(last=False)
+        return value
+
+
+GRAPHS_KEPT = 8
+_GRAPHS = _RecentGraphs()
 
 
 @dataclass
@@ -224,12 +249,11 @@ class Evaluator:
             default=str,
         )
         key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
-        if key in _MEMORY:
-            return _MEMORY[key], True
+        if (stage := _GRAPHS.get(key)) is not None:
+            return stage, True
         path = Path(self.cache_dir) / f"{key}.pkl" if self.cache_dir else None
         if path is not None and path.is_file():
-            _MEMORY[key] = pickle.loads(path.read_bytes()) | {"key": key}
-            return _MEMORY[key], True
+            return _GRAPHS.keep(key, pickle.loads(path.read_bytes()) | {"key": key}), True
         from ..pass_manager import run_passes
 
         graph = import_onnx(model, self.input_shapes)
@@ -246,8 +270,7 @@ class Evaluator:
             from ..atomic import write_bytes_atomic
 
             write_bytes_atomic(path, pickle.dumps(stage, protocol=pickle.HIGHEST_PROTOCOL))
-        _MEMORY[key] = stage
-        return stage, False
+        return _GRAPHS.keep(key, stage), False
 
     def _source(self, model: str) -> dict[str, Any]:
         """The model's digest, data and onnxruntime reference outputs (once per process)."""
@@ -287,9 +310,11 @@ def _scheduled(stage: dict[str, Any], target: Any) -> Any:
 
     read = (target.perm_lanes, target.acc_banks, target.act_bits)
     key = f"scheduled:{stage['key']}:{read}"
-    if key not in _MEMORY:
-        _MEMORY[key] = run_passes(stage["graph"], ",".join(HARDWARE_PASSES), target=target)
-    return _MEMORY[key]
+    if (graph := _GRAPHS.get(key)) is None:
+        graph = _GRAPHS.keep(
+            key, run_passes(stage["graph"], ",".join(HARDWARE_PASSES), target=target)
+        )
+    return graph
 
 
 def prepare_source(
