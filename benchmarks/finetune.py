@@ -4,7 +4,7 @@ CNN and on the devkit's real models (../shared/devkit).
 
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
-                                  [--tuned-only] [--workdir DIR] [--json out.json]
+                                  [--tuned-only] [--workdir DIR] [--rendered N] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -24,9 +24,10 @@ interpreter (bit-identical to the simulator); wall time includes compiling, scor
 
 silero_vad distils on the odd clips (24, each a sample of 188 frames) and is scored on the even
 ones (24: every labelled frame); "agree": the speech / no-speech decision of every frame.
-ddddocr distils on two thirds of the images (128 px crops of them) and is scored on every third
-(80); every row, fp32 included, reads the images edge-padded to a multiple of 32 px (6 compiled
-widths, as benchmarks/ptq.py); "agree": the same decoded string.
+ddddocr distils on two thirds of the images (128 px crops of them) and on --rendered N text images
+rendered on this machine (benchmarks/text_images.py; not kit images, no labels), and is scored
+on every third kit image (80); every row, fp32 included, reads the images edge-padded to a
+multiple of 32 px (6 compiled widths, as benchmarks/ptq.py); "agree": the same decoded string.
 """
 
 from __future__ import annotations
