@@ -4,7 +4,7 @@ CNN and on the devkit's real models (../shared/devkit).
 
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
-                                  [--tuned-only] [--workdir DIR] [--json out.json]
+                                  [--tuned-only] [--workdir DIR] [--rendered N] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -24,9 +24,10 @@ interpreter (bit-identical to the simulator); wall time includes compiling, scor
 
 silero_vad distils on the odd clips (24, each a sample of 188 frames) and is scored on the even
 ones (24: every labelled frame); "agree": the speech / no-speech decision of every frame.
-ddddocr distils on two thirds of the images (128 px crops of them) and is scored on every third
-(80); every row, fp32 included, reads the images edge-padded to a multiple of 32 px (6 compiled
-widths, as benchmarks/ptq.py); "agree": the same decoded string.
+ddddocr distils on two thirds of the images (128 px crops of them) and on --rendered N text images
+rendered on this machine (benchmarks/text_images.py; not kit images, no labels), and is scored
+on every third kit image (80); every row, fp32 included, reads the images edge-padded to a
+multiple of 32 px (6 compiled widths, as benchmarks/ptq.py); "agree": the same decoded string.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from kit import (
     pad_width,
     subset_kit,
 )
+from text_images import text_images
 
 import cimc
 from cimc.atomic import write_text_atomic
@@ -101,16 +103,20 @@ OCR_WIDTH = 128
 # ddddocr at keep 1/2 (0.571 bits with every layer pooled) with its 20 most sensitive pooled
 # layers at int8 (18 of its 20 convs and the LSTM's two input projections: the ranking at 128 px,
 # measured): the recurrent R and two 576-weight convs stay pooled, 0.557 bits. At lr 1e-3 the
-# student reads only blanks by step 100; at 3e-4 the loss falls.
+# student reads only blanks by step 100; at 3e-4 the loss falls. 600 steps: what fitted in the
+# time on one core with the rendered images (4.5 s a step).
 KEEP.update(silero_vad=0.5, ddddocr=0.5)
 KEEP_SENSITIVE[OCR] = 20
-STEPS.update(silero_vad=200, ddddocr=520)
+STEPS.update(silero_vad=200, ddddocr=600)
 LR["ddddocr"] = 3e-4
 HELD_OUT.update(silero_vad=2, ddddocr=3)
 BATCH.update(silero_vad=4, ddddocr=4)
 LOSS[VAD] = "mse"
 WHOLE_FEEDS = {VAD}
 CALIB_ROWS = {OCR: 16}
+# Text images rendered on this machine (benchmarks/text_images.py, not kit images) that ddddocr
+# also distils on, after the kit's 160: its 352 kit crops alone are fitted after ~100 steps.
+RENDERED = {OCR: 2000}
 
 
 def unlabelled_digits(folder: Path) -> tuple[Path, Path]:
@@ -259,6 +265,8 @@ def distillation_feeds(kit: ModuleType, name: str, folder: Path, runner=None) ->
         stacked = {i: np.stack(v) for i, v in feeds.items()}
         order = np.random.default_rng(0).permutation(len(next(iter(stacked.values()))))
         out[k] = {i: v[order] for i, v in stacked.items()}
+    if OCR in out and RENDERED.get(OCR):
+        out[OCR] = {"input1": np.concatenate([out[OCR]["input1"], rendered_crops(RENDERED[OCR])])}
     return out
 
 
@@ -439,6 +447,17 @@ def ocr_crops(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return [{"input1": x[..., s : s + OCR_WIDTH]} for s in starts]
 
 
+def rendered_crops(n: int, seed: int = 0) -> np.ndarray:
+    """The crops (as ocr_crops cuts the kit's padded images) of ``n`` rendered text images,
+    shuffled: [crops, 1, 1, 64, OCR_WIDTH] float32 in [0, 1], as the kit feeds ddddocr."""
+    rows = [
+        c["input1"]
+        for img in text_images(n, seed)
+        for c in ocr_crops(pad_width({"input1": (img / np.float32(255))[None, None]}))
+    ]
+    return np.stack(rows)[np.random.default_rng(seed).permutation(len(rows))]
+
+
 def vad_decisions(kit: ModuleType, calls: list) -> np.ndarray:
     """silero_vad: speech (probability > 0.5) or not, for every frame of every scored clip."""
     return np.concatenate([out[0] > 0.5 for _, _, out in calls])
@@ -489,6 +508,13 @@ def main() -> int:
         type=int,
         help="pooled layers kept at int8 in the files KEEP_SENSITIVE names (default: its values)",
     )
+    ap.add_argument(
+        "--rendered",
+        type=int,
+        default=RENDERED[OCR],
+        help="ddddocr: rendered text images (benchmarks/text_images.py) distilled on besides the "
+        "kit's (default: %(default)s; 0: the kit's only)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--tuned-only",
@@ -503,6 +529,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    RENDERED[OCR] = args.rendered
     if args.keep_sensitive is not None:
         KEEP_SENSITIVE.update(dict.fromkeys(KEEP_SENSITIVE, args.keep_sensitive))
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="cimc-finetune-"))
