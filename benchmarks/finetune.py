@@ -24,9 +24,9 @@ interpreter (bit-identical to the simulator); wall time includes compiling, scor
 
 silero_vad distils on the odd clips (24, each a sample of 188 frames) and is scored on the even
 ones (24: every labelled frame); "agree": the speech / no-speech decision of every frame.
-ddddocr distils on two thirds of the images (128 px crops of them) and on --rendered N (0) text images
-rendered on this machine (benchmarks/text_images.py; not kit images, no labels), and is scored
-on every third kit image (80); every row, fp32 included, reads the images edge-padded to a
+ddddocr distils on two thirds of the images (128 px crops of them) and on --rendered N (0) text
+images rendered on this machine (benchmarks/text_images.py; not kit images, no labels), and is
+scored on every third kit image (80); every row, fp32 included, reads the images edge-padded to a
 multiple of 32 px (6 compiled widths, as benchmarks/ptq.py); "agree": the same decoded string.
 """
 
