@@ -113,19 +113,20 @@ def test_hardware_share_follows_what_each_kind_added_to_the_front():
     reverse (the largest network on a faster hierarchy; a new network dominated): the rate, as
     before any proposing round; rate 0 stays 0."""
     space = synthetic_space()
+    graph_of = lambda r: _known_graphs(space, [], OBJ).key(space.to_indices(r.config))  # noqa: E731
     settings = Settings(tuple(OBJ), 30, 6, hardware_rate=0.5)
     largest, middle, smallest = [2] * ARCH, [1] * ARCH, [0] * ARCH
     slow, mid, fast = [0] * HW, [1] * HW, [3] * HW
     first = _rows(space, [largest + fast, smallest + fast])
-    assert _hardware_share(space, first, settings) == 0.5
+    assert _hardware_share(first, settings, graph_of) == 0.5
     hierarchy_idle = first + _rows(space, [largest + slow, middle + fast], 1)
-    assert _hardware_share(space, hierarchy_idle, settings) == 0.0
+    assert _hardware_share(hierarchy_idle, settings, graph_of) == 0.0
     first = _rows(space, [largest + mid, smallest + fast])
     networks_idle = first + _rows(space, [largest + fast, middle + slow], 1)
     assert evaluate(space.from_indices(middle + slow)).cycles > first[0].metrics["cycles"]
-    assert _hardware_share(space, networks_idle, settings) == 0.5
+    assert _hardware_share(networks_idle, settings, graph_of) == 0.5
     off = Settings(tuple(OBJ), 30, 6, hardware_rate=0.0)
-    assert _hardware_share(space, networks_idle, off) == 0.0
+    assert _hardware_share(networks_idle, off, graph_of) == 0.0
 
 
 def test_no_share_leaves_the_rng_to_nsga2(monkeypatch):

@@ -290,7 +290,8 @@ def _propose(
     taken = set(seen)
     chosen: list[np.ndarray] = []
     several = len(space.blocks()) > 1
-    share = _hardware_share(space, rows, settings) if several else 0.0
+    graph_of = lambda r: known.key(space.to_indices(r.config))  # noqa: E731
+    share = _hardware_share(rows, settings, graph_of) if several else 0.0
     m = round(share * n)
     if len(front) and m:  # m = 0 draws nothing: the rng stays NSGA-II's, as in one block
         chosen += _front_on_other_hardware(space, front, true[on_front], predict, rng, m, taken)
@@ -309,7 +310,7 @@ def _propose(
     return configs, predicted, recorded | ({"hardware_share": share} if several else {})
 
 
-def _hardware_share(space: Space, rows: list[Row], settings: Settings) -> float:
+def _hardware_share(rows: list[Row], settings: Settings, graph_of: Callable[[Row], bytes]) -> float:
     """``hardware_rate``, lowered where known networks on new hierarchies (their compressed
     graph evaluated in an earlier round) have added less hypervolume to the true front per
     evaluation than new networks, over every proposing round so far: the rate times
@@ -324,16 +325,16 @@ def _hardware_share(space: Space, rows: list[Row], settings: Settings) -> float:
     if not rate or len(points) < 2:
         return rate
     reference = reference_point(points)
-    key = _KnownGraphs(space.graph_mask(), [], {}).key
+    graphs = {r.hash: graph_of(r) for r in rows}  # ``graph_of``: the row's compressed-graph key
     gain, count = np.zeros(2), np.zeros(2)
     for number in sorted({r.round for r in rows} - {0}):
         before = [r for r in rows if r.round < number]
-        known = {key(space.to_indices(r.config)) for r in before}
+        known = {graphs[r.hash] for r in before}
         base = feasible_points(before, settings)
         start = hypervolume(base, reference)
         batch = [r for r in rows if r.round == number]
         for kind in (0, 1):
-            group = [r for r in batch if (key(space.to_indices(r.config)) in known) == kind]
+            group = [r for r in batch if (graphs[r.hash] in known) == kind]
             if group:
                 both = np.vstack([base, feasible_points(group, settings)])
                 gain[kind] += hypervolume(both, reference) - start
