@@ -179,7 +179,7 @@ def predictor_scores(
     y = np.array([obj.value(table[config_hash(c)]) for c in ok])
     if len(ok) < 6 or np.ptp(y) == 0:
         return None
-    x = space.one_hot(np.array([space.to_indices(c) for c in ok]))
+    x = space.features(np.array([space.to_indices(c) for c in ok]), obj.summed)
     arch = [json.dumps({k: v for k, v in c.items() if k.startswith(PREFIX)}) for c in ok]
     groups = sorted(set(arch)) if len(set(arch)) > 1 else [str(i) for i in range(len(ok))]
     key = arch if len(set(arch)) > 1 else groups

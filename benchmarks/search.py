@@ -227,12 +227,15 @@ def predictor_quality(
     configs = {config_hash(c): c for c in all_configs(space)}
     train = [h for h in hashes if table[h]["error"] is None]
     test = [h for h in configs if h not in set(hashes) and table[h]["error"] is None]
-    enc = lambda hs: space.one_hot(np.array([space.to_indices(configs[h]) for h in hs]))  # noqa: E731
+
+    def enc(hs: list[str], o: Objective) -> np.ndarray:
+        return space.features(np.array([space.to_indices(configs[h]) for h in hs]), o.summed)
+
     out = {}
     for o in objectives:
-        model = Predictor(log=o.log).fit(enc(train), [table[h][o.metric] for h in train])
+        model = Predictor(log=o.log).fit(enc(train, o), [table[h][o.metric] for h in train])
         true = np.array([table[h][o.metric] for h in test], float)
-        out[o.name] = rank_metrics(true, model.predict(enc(test)))
+        out[o.name] = rank_metrics(true, model.predict(enc(test, o)))
     return out
 
 

@@ -159,3 +159,30 @@ def test_readme_example_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert cimc.import_onnx(tmp_path / "sub.onnx").outputs
+
+
+class _Reads(dict):
+    """A config that records which variables the subnet's construction reads."""
+
+    def __init__(self, config: dict[str, int]) -> None:
+        super().__init__(config)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> int:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_slots_are_the_blocks_the_subnet_builds(name):
+    """A slot's variables are read exactly while its depth variable keeps the block: what the
+    predictors' encoding leaves out is what the subnet does not have."""
+    fam = family(name)
+    rng = np.random.default_rng(7)
+    for config in [fam.smallest(), fam.largest()] + [fam.sample(rng) for _ in range(6)]:
+        reads = _Reads(config)
+        with torch.device("meta"):
+            fam._build(reads)
+        absent = {v for s in fam.slots() if config[s.depth] <= s.index for v in s.variables}
+        assert reads.read == set(config) - absent, config
+    assert fam.slots(), "every family has depth variables"

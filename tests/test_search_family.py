@@ -3,6 +3,7 @@ evaluated through the compiled graph."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from cimc.targets.params import load_target
 
@@ -29,6 +30,33 @@ def test_family_variables_come_first_and_the_base_is_the_largest(space):
     assert space.describe()["family"] == FAMILY
     # the architecture never leaks into the pipeline or the target
     assert "arch" not in space.pipeline_for(space.base_config())
+
+
+def test_features_leave_out_missing_blocks_and_count_choices_for_sums(space):
+    """Two networks that differ only in a block neither has encode alike; a cost's encoding adds,
+    per stage, how many blocks take each expansion, which equal costs share."""
+    fam = family(FAMILY)
+    slot = next(s for s in fam.slots() if s.index >= min(fam.variables()[s.depth]))
+    (var,) = slot.variables
+    a = space.base_config() | {f"arch.{slot.depth}": min(fam.variables()[slot.depth])}
+    choices = fam.variables()[var]
+    b = a | {f"arch.{var}": choices[0]}
+    a |= {f"arch.{var}": choices[-1]}
+    idx = np.array([space.to_indices(a), space.to_indices(b)])
+    assert not np.array_equal(space.one_hot(idx)[0], space.one_hot(idx)[1])
+    plain = space.features(idx)
+    assert plain.shape == space.one_hot(idx).shape and np.array_equal(plain[0], plain[1])
+    summed = space.features(idx, summed=True)
+    assert np.array_equal(summed[0], summed[1])
+    counts = summed[:, plain.shape[1] :]
+    present = [s for s in fam.slots() if a[f"arch.{s.depth}"] > s.index]
+    assert counts[0].sum() == len(present)  # one count per block that exists
+    # the largest network: every block, and the stage's blocks all at the largest expansion
+    full = space.features(space.to_indices(space.base_config()), summed=True)
+    assert full[0, plain.shape[1] :].sum() == len(fam.slots())
+    assert np.array_equal(
+        full[:, : plain.shape[1]], space.one_hot(space.to_indices(space.base_config()))
+    )
 
 
 def test_space_file_restricts_an_architecture_variable(tmp_path):

@@ -260,10 +260,14 @@ def _propose(
     good = [r for r in rows if r.feasible]
     if len(good) < 3:
         return _random_new(space, rng, n, seen), [None] * n, {}
-    enc = lambda rs: space.one_hot(np.array([space.to_indices(r.config) for r in rs]))  # noqa: E731
+    enc = lambda rs, summed=False: space.features(  # noqa: E731
+        np.array([space.to_indices(r.config) for r in rs]), summed
+    )
     pairs = hierarchy_blocks(space)
     models = {
-        o.name: Predictor(log=o.log, pairs=pairs).fit(enc(good), [o.value(r.metrics) for r in good])
+        o.name: Predictor(log=o.log, pairs=pairs).fit(
+            enc(good, o.summed), [o.value(r.metrics) for r in good]
+        )
         for o in objectives
     }
     violations = np.array([settings.constraints.violation(r.metrics) for r in rows])
@@ -272,11 +276,15 @@ def _propose(
     known = _known_graphs(space, good, objectives)
 
     def predicted_only(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        oh = space.one_hot(x)
+        feats = {summed: space.features(x, summed) for summed in (False, True)}
         f = np.stack(
-            [(-1 if o.maximise else 1) * models[o.name].predict(oh) for o in objectives], axis=1
+            [
+                (-1 if o.maximise else 1) * models[o.name].predict(feats[o.summed])
+                for o in objectives
+            ],
+            axis=1,
         )
-        return f, (guard.predict(oh) - 0.5 if guard is not None else None)
+        return f, (guard.predict(feats[False]) - 0.5 if guard is not None else None)
 
     def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         f, g = predicted_only(x)

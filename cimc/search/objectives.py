@@ -30,6 +30,9 @@ class Objective:
     graph_only: bool = False
     """A function of the compressed graph alone (the architecture and the pass options), not of
     the hierarchy that runs it: once a graph is evaluated, the search knows it exactly."""
+    summed: bool = False
+    """A sum over the network's blocks (cycles, energy): its predictor also reads how many
+    blocks of each kind take each choice (``Space.features``)."""
 
     def value(self, metrics: dict[str, Any]) -> float:
         return float(self.compute(metrics) if self.compute else metrics[self.metric])
@@ -43,9 +46,9 @@ OBJECTIVES = {
             "agreement", "top1_agreement", True, False, "top-1 agreement vs fp32", graph_only=True
         ),
         Objective("accuracy", "accuracy", True, False, "accuracy on the labels", graph_only=True),
-        Objective("cycles", "cycles", False, True, "cycles"),
-        Objective("latency", "latency_s", False, True, "latency (s)"),
-        Objective("energy", "energy_pj", False, True, "energy (pJ)"),
+        Objective("cycles", "cycles", False, True, "cycles", summed=True),
+        Objective("latency", "latency_s", False, True, "latency (s)", summed=True),
+        Objective("energy", "energy_pj", False, True, "energy (pJ)", summed=True),
         Objective("area", "area_mm2", False, True, "chip area (mm^2)"),
         Objective("bits", "bits_per_weight", False, False, "bits per weight", graph_only=True),
     )

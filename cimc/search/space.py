@@ -173,6 +173,47 @@ class Space:
         blocks = [np.eye(len(v.choices))[indices[:, j]] for j, v in enumerate(self.variables)]
         return np.concatenate(blocks, axis=1)
 
+    def features(self, indices: np.ndarray, summed: bool = False) -> np.ndarray:
+        """What the predictors read: the one-hot, with the variables of a block the subnet does
+        not have left out (zeros, as OFA encodes a skipped block: else they are noise to the
+        fit); for a cost summed over the blocks (``summed``) also, per block kind, how many
+        blocks take each choice of each of their variables (a block of one shape costs alike
+        wherever it sits: ViT-B's cycles on the preset are exactly linear in these counts).
+        One-hot columns first, so ``hierarchy_blocks`` still names theirs."""
+        indices = np.atleast_2d(indices)
+        x = self.one_hot(indices)
+        col = {v.name: j for j, v in enumerate(self.variables)}
+        start = np.concatenate([[0], np.cumsum([len(v.choices) for v in self.variables])])
+        counts: dict[tuple[str, int, Any], np.ndarray] = {}
+        for slot in self._slots():
+            depth = self.variables[col[slot.depth]]
+            present = np.asarray(depth.choices)[indices[:, col[slot.depth]]] > slot.index
+            for role, name in enumerate(slot.variables):
+                j = col[name]
+                x[~present, start[j] : start[j + 1]] = 0
+                for k, choice in enumerate(self.variables[j].choices):
+                    key = (slot.kind, role, choice)
+                    hits = present & (indices[:, j] == k)
+                    counts[key] = counts.get(key, 0) + hits
+        if not summed or not counts:
+            return x
+        return np.hstack([x, np.stack(list(counts.values()), axis=1).astype(x.dtype)])
+
+    def _slots(self) -> list[Any]:
+        """The family's slots (``ElasticFamily.slots``) as named in this space."""
+        if self.family is None:
+            return []
+        from .architecture import PREFIX, load_family
+
+        names = set(self.names)
+        return [
+            dataclasses.replace(
+                slot, depth=PREFIX + slot.depth, variables=tuple(PREFIX + v for v in slot.variables)
+            )
+            for slot in load_family(self.family).slots()
+            if {PREFIX + slot.depth, *(PREFIX + v for v in slot.variables)} <= names
+        ]
+
     def from_one_hot(self, encoded: np.ndarray) -> np.ndarray:
         encoded = np.atleast_2d(encoded)
         out, col = [], 0

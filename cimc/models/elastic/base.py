@@ -47,6 +47,20 @@ def prefix_index(sub: tuple[int, ...], full: tuple[int, ...], kernel_dims: int =
 
 
 @dataclass(frozen=True)
+class Slot:
+    """A block a subnet has while its ``depth`` variable is greater than ``index``, shaped by
+    ``variables``; blocks of one ``kind`` have the same shapes for the same choices. What the
+    search's predictors read (``Space.features``): a missing block's variables are left out of
+    the encoding (OFA's), and a cost, summed over the blocks, is fitted on how many blocks of
+    each kind take each choice."""
+
+    kind: str
+    depth: str
+    index: int
+    variables: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Scale:
     """Where a family lives: the input it takes and the classes it tells apart."""
 
@@ -73,6 +87,10 @@ class ElasticFamily:
 
     def _empty_stages(self, config: Config) -> list[str]:
         """Names of the depth variables whose value leaves their stage without a block."""
+        return []
+
+    def slots(self) -> list[Slot]:
+        """The blocks the depth variables add or drop (none for a family without them)."""
         return []
 
     def variables(self) -> dict[str, tuple[int, ...]]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..mobilenet import ConvBNAct, InvertedResidual
-from .base import Config, ElasticFamily, Scale, make_divisible
+from .base import Config, ElasticFamily, Scale, Slot, make_divisible
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,14 @@ class ElasticMobileNetV3(ElasticFamily):
         out |= {f"expand{i}": sp.expand for i in range(blocks)}
         out |= {f"depth{i}": sp.depth for i in range(len(sp.widths))}
         return out
+
+    def slots(self) -> list[Slot]:
+        d = max(self.space.depth)
+        return [
+            Slot(f"stage{s}", f"depth{s}", i, (f"kernel{s * d + i}", f"expand{s * d + i}"))
+            for s in range(len(self.space.widths))
+            for i in range(d)
+        ]
 
     def _empty_stages(self, config: Config) -> list[str]:
         names = [f"depth{s}" for s in range(len(self.space.widths))]

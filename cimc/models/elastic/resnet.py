@@ -19,7 +19,7 @@ from torch import nn
 
 from ..mobilenet import ConvBNAct
 from ..resnet import Bottleneck, projection
-from .base import Config, ElasticFamily, Scale, make_divisible
+from .base import Config, ElasticFamily, Scale, Slot, make_divisible
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,17 @@ class ElasticResNet(ElasticFamily):
         out = {f"depth{i}": sp.depth for i in range(len(sp.base_depth) + 1)}
         out |= {f"expand{i}": sp.expand for i in range(sum(sp.max_blocks))}
         out |= {f"width{i}": sp.width for i in range(len(sp.base_depth) + 2)}
+        return out
+
+    def slots(self) -> list[Slot]:
+        """Block i of stage s exists while base_depth[s] + depth{s+1} > i."""
+        sp, out, first = self.space, [], 0
+        for s, (base, blocks) in enumerate(zip(sp.base_depth, sp.max_blocks, strict=True)):
+            out += [
+                Slot(f"stage{s}", f"depth{s + 1}", i - base, (f"expand{first + i}",))
+                for i in range(blocks)
+            ]
+            first += blocks
         return out
 
     def _empty_stages(self, config: Config) -> list[str]:

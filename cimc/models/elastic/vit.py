@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..vit import EncoderBlock, VisionTransformer
-from .base import Config, ElasticFamily, Index, prefix_index
+from .base import Config, ElasticFamily, Index, Slot, prefix_index
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,10 @@ class ElasticViT(ElasticFamily):
         out |= {f"heads{i}": sp.heads for i in range(max(sp.layers))}
         out |= {f"mlp{i}": sp.mlp for i in range(max(sp.layers))}
         return out
+
+    def slots(self) -> list[Slot]:
+        layers = range(max(self.space.layers))
+        return [Slot("layer", "layers", i, (f"heads{i}", f"mlp{i}")) for i in layers]
 
     def _empty_stages(self, config: Config) -> list[str]:
         layers = config.get("layers")
