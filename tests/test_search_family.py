@@ -59,6 +59,31 @@ def test_features_leave_out_missing_blocks_and_count_choices_for_sums(space):
     )
 
 
+def test_the_search_takes_one_config_per_network(space):
+    """Configs that differ only in a block neither network has are one network: canonical()
+    sets those variables to their first choice, and the loop proposes each network once."""
+    from cimc.search.loop import _take
+    from cimc.search.study import config_hash
+
+    fam = family(FAMILY)
+    rng = np.random.default_rng(0)
+    draws = space.sample(64, rng)
+    canon = space.canonical(draws)
+    assert np.array_equal(space.canonical(canon), canon)
+    assert np.array_equal(space.features(canon), space.features(draws))
+    assert (canon != draws).any(), "64 draws leave out some blocks"
+    for row in space.canonical(draws):
+        config = space.from_indices(row)
+        for slot in fam.slots():
+            if config[f"arch.{slot.depth}"] <= slot.index:
+                assert all(config[f"arch.{v}"] == fam.variables()[v][0] for v in slot.variables)
+    twin = draws[np.flatnonzero((canon != draws).any(axis=1))[0]]
+    taken = {config_hash(space.from_indices(space.canonical(twin)))}
+    assert _take(space, twin, taken) is None
+    base = space.to_indices(space.base_config())
+    assert np.array_equal(_take(space, base, set()), base)  # the largest lacks no block
+
+
 def test_space_file_restricts_an_architecture_variable(tmp_path):
     name = next(iter(family(FAMILY).variables()))
     choices = family(FAMILY).variables()[name]

@@ -231,11 +231,11 @@ def _random_new(space: Space, rng: np.random.Generator, n: int, seen: set[str]) 
 def _distinct(
     space: Space, draw: Callable[[int], np.ndarray], n: int, seen: set[str]
 ) -> list[dict]:
-    """``n`` distinct configs from ``draw(n)`` (rows of indices) not in ``seen`` (fewer if
-    100 draws do not find them)."""
+    """``n`` distinct configs from ``draw(n)`` (rows of indices, made canonical) not in
+    ``seen`` (fewer if 100 draws do not find them)."""
     out: dict[str, dict] = {}
     for _ in range(100):
-        for idx in draw(n):
+        for idx in space.canonical(draw(n)):
             config = space.from_indices(idx)
             h = config_hash(config)
             if h not in seen and h not in out and len(out) < n:
@@ -255,7 +255,7 @@ def _propose(
     for a candidate whose graph was evaluated: the search uses the true value
     (``Objective.graph_only``). Also returns what the round records: the predictors chosen and
     the share."""
-    seen = {r.hash for r in rows}
+    seen = {_canonical_hash(space, r.config) for r in rows}
     objectives = list(settings.objectives)
     good = [r for r in rows if r.feasible]
     if len(good) < 3:
@@ -288,7 +288,7 @@ def _propose(
 
     def predict(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         f, g = predicted_only(x)
-        return known.fill(x, f), g
+        return known.fill(space.canonical(x), f), g
 
     true = feasible_points(rows, settings)
     fit = [r for r in rows if settings.constraints.violation(r.metrics) == 0]
@@ -298,7 +298,7 @@ def _propose(
     taken = set(seen)
     chosen: list[np.ndarray] = []
     several = len(space.blocks()) > 1
-    graph_of = lambda r: known.key(space.to_indices(r.config))  # noqa: E731
+    graph_of = lambda r: known.key(space.canonical(space.to_indices(r.config)))  # noqa: E731
     share = _hardware_share(rows, settings, graph_of) if several else 0.0
     m = round(share * n)
     if len(front) and m:  # m = 0 draws nothing: the rng stays NSGA-II's, as in one block
@@ -382,9 +382,8 @@ def _known_graphs(space: Space, rows: list[Row], objectives: list[Objective]) ->
         space.graph_mask(), [j for j, o in enumerate(objectives) if o.graph_only], {}
     )
     for r in rows:
-        known.values[known.key(space.to_indices(r.config))] = minimised(r.metrics, objectives)[
-            known.columns
-        ]
+        graph = known.key(space.canonical(space.to_indices(r.config)))
+        known.values[graph] = minimised(r.metrics, objectives)[known.columns]
     return known
 
 
@@ -410,7 +409,8 @@ def _front_on_other_hardware(
     out: list[np.ndarray] = []
     while len(out) < n and ranked:
         for candidates in list(ranked):
-            x = next((x for x in candidates if _take(space, x, taken)), None)
+            fresh = (_take(space, x, taken) for x in candidates)
+            x = next((c for c in fresh if c is not None), None)
             if x is None:
                 ranked.remove(candidates)
             elif len(out) < n:
@@ -446,13 +446,19 @@ def _hierarchies(
     return pool[_rank(f, g)]
 
 
-def _take(space: Space, x: np.ndarray, taken: set[str]) -> bool:
-    """Whether ``x``'s config is new (then it is added to ``taken``)."""
+def _take(space: Space, x: np.ndarray, taken: set[str]) -> np.ndarray | None:
+    """``x`` made canonical if its config is new (then it is added to ``taken``), else None."""
+    x = space.canonical(x)
     h = config_hash(space.from_indices(x))
     if h in taken:
-        return False
+        return None
     taken.add(h)
-    return True
+    return x
+
+
+def _canonical_hash(space: Space, config: dict[str, Any]) -> str:
+    """The hash of the config the search would evaluate for ``config``."""
+    return config_hash(space.from_indices(space.canonical(space.to_indices(config))))
 
 
 def _best_new(
@@ -469,8 +475,8 @@ def _best_new(
         return out
     f, g = predict(x)
     for i in _rank(f, g):
-        if _take(space, x[i], taken):
-            out.append(x[i])
+        if (new := _take(space, x[i], taken)) is not None:
+            out.append(new)
             if len(out) == n:
                 break
     return out

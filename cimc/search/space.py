@@ -199,6 +199,18 @@ class Space:
             return x
         return np.hstack([x, np.stack(list(counts.values()), axis=1).astype(x.dtype)])
 
+    def canonical(self, indices: np.ndarray) -> np.ndarray:
+        """``indices`` with the variables of every block the subnet lacks at their first choice:
+        configs that differ only there are one network, so the search takes one of them."""
+        out = np.array(indices, dtype=np.int64)
+        rows = np.atleast_2d(out)
+        col = {v.name: j for j, v in enumerate(self.variables)}
+        for slot in self._slots():
+            choices = np.asarray(self.variables[col[slot.depth]].choices)
+            absent = choices[rows[:, col[slot.depth]]] <= slot.index
+            rows[np.ix_(absent, [col[v] for v in slot.variables])] = 0
+        return out
+
     def _slots(self) -> list[Any]:
         """The family's slots (``ElasticFamily.slots``) as named in this space."""
         if self.family is None:
