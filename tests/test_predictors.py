@@ -45,3 +45,29 @@ def test_speedups_take_the_fastest_then_smallest_point(monkeypatch):
     assert s["0.01"] == {"speedup": 2.0, "area": 270.0}  # not the first of the tied points
     assert s["0.02"] == s["0.01"]  # 0.90 is 3 points below
     assert fronts["joint"]["best_accuracy"] == 0.93
+
+
+def test_splits_average_seeded_splits_and_keep_the_tau_range(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cimnet = importlib.import_module("cimnet")
+    seeds = []
+
+    def one_split(space, rows, table, objective, seed):
+        seeds.append(seed)
+        return {
+            "train": 40,
+            "test": 20,
+            "model": "Ridge",
+            "mape": 2.0 * seed,
+            "kendall_tau": seed / 10,
+            "spearman_rho": 0.5,
+        }
+
+    monkeypatch.setattr(cimnet, "_split_scores", one_split)
+    s = cimnet.predictor_scores(None, [], {}, "cycles", seed=3, splits=4)
+    assert seeds == [3, 4, 5, 6]
+    assert s["kendall_tau"] == pytest.approx(0.45) and s["mape"] == pytest.approx(9.0)
+    assert s["tau_range"] == [0.3, 0.6] and s["splits"] == 4 and s["train"] == 40
+    assert cimnet._cell(s) == "0.45 (0.30-0.60) / 9.0% (40)"
+    one = cimnet.predictor_scores(None, [], {}, "cycles", seed=3)
+    assert cimnet._cell(one) == "0.30 / 6.0% (40)"
