@@ -62,8 +62,15 @@ import cimc
 from cimc.atomic import write_text_atomic
 from cimc.compiler import default_pipeline
 from cimc.report.bits import storage_report
-from cimc.train.distill import DistillConfig, Downstream, distill, export, load_samples
-from cimc.train.layers import get_scheme
+from cimc.train.distill import (
+    DistillConfig,
+    Downstream,
+    distill,
+    export,
+    load_samples,
+    sensitive_layers,
+)
+from cimc.train.layers import Scheme, get_scheme
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "cimc" / "data" / "digits_cnn.onnx"
@@ -320,6 +327,8 @@ def fine_tune(
     t0 = time.perf_counter()
     scheme = get_scheme(f"cimpool-keep{keep:g}")
     kept = KEEP_SENSITIVE.get(k, 0)
+    if kept and k == OCR and OCR_WHOLE[OCR]:
+        kept = ocr_kept(scheme, data["input1"][: cfg.calib], kept)
     model = distill(
         graph,
         scheme,
@@ -332,7 +341,8 @@ def fine_tune(
         checkpoint=f"{stem}.checkpoint.pt",
     )
     print(
-        f"  {k}: {len(data[graph.inputs[0]])} samples, {cfg.steps} steps, {kept} kept at int8, "
+        f"  {k}: {len(data[graph.inputs[0]])} samples, {cfg.steps} steps, {len(model.kept)} kept "
+        f"at int8, "
         f"{time.perf_counter() - t0:.0f} s",
         flush=True,
     )
@@ -470,6 +480,15 @@ def ocr_whole(images: list[np.ndarray]) -> np.ndarray:
     return np.stack(
         [np.pad(x, [(0, 0)] * 3 + [(0, width - x.shape[-1])], mode="edge") for x in images]
     )
+
+
+def ocr_kept(scheme: Scheme, calib: torch.Tensor, n: int) -> frozenset[str]:
+    """ddddocr's ``n`` most sensitive pooled layers, ranked on the calibration crops (the first
+    OCR_WIDTH px of ``calib``, padded to the whole images' width) at their own width, as the
+    compiler ranks them at every scored width. Ranked at 288 px (36 LSTM steps), Conv_6 displaced
+    the LSTM's forward input projection (measured), an assignment the compiler would refuse."""
+    graph = cimc.import_onnx(KIT / "models" / OCR, {"input1": (1, 1, 64, OCR_WIDTH)})
+    return sensitive_layers(graph, scheme, {"input1": calib[..., :OCR_WIDTH]}, n)
 
 
 def rendered_crops(n: int, seed: int = 0) -> np.ndarray:
