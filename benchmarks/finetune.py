@@ -484,9 +484,9 @@ def ocr_whole(images: list[np.ndarray]) -> np.ndarray:
 
 def ocr_kept(scheme: Scheme, calib: torch.Tensor, n: int) -> frozenset[str]:
     """ddddocr's ``n`` most sensitive pooled layers, ranked on the calibration crops (the first
-    OCR_WIDTH px of ``calib``, padded to the whole images' width) at their own width, as the
-    compiler ranks them at every scored width. Ranked at 288 px (36 LSTM steps), Conv_6 displaced
-    the LSTM's forward input projection (measured), an assignment the compiler would refuse."""
+    OCR_WIDTH px of ``calib``, padded to the whole images' width) at their own width: the layers
+    the crop-distilled rows keep. Ranked at 288 px (36 LSTM steps), Conv_6 (576 weights) displaced
+    the LSTM's forward input projection (1.05 M) (measured): 6.30 bits per weight, not 6.88."""
     graph = cimc.import_onnx(KIT / "models" / OCR, {"input1": (1, 1, 64, OCR_WIDTH)})
     return sensitive_layers(graph, scheme, {"input1": calib[..., :OCR_WIDTH]}, n)
 
