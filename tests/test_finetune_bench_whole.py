@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cimc
+from cimc.train.distill import DistillConfig, distill, export, load_samples
+from cimc.train.layers import get_scheme
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 finetune = pytest.importorskip("finetune")
@@ -53,3 +57,27 @@ def test_whole_feed_keeps_the_calibration_crops_and_the_split(tmp_path, monkeypa
     )
     want = sorted(tuple(im[:, :8].ravel()) for im in x[distil])
     assert got == want
+
+
+def test_named_kept_layers_train_at_8_bits_and_compile_so(tmp_path):
+    """distill's keep_sensitive as names (ocr_kept ranks them on crops of another width): those
+    layers, not the ones it would rank itself, stay at 8 bits, and the compiler installs the
+    assignment with them kept."""
+    model_path = Path(cimc.__file__).parent / "data" / "digits_cnn.onnx"
+    calib = Path(cimc.__file__).parent / "data" / "digits_calib.npz"
+    shape = {"input": (1, 1, 16, 16)}
+    graph = cimc.import_onnx(model_path, shape)
+    data = load_samples(calib, graph, 16)
+    scheme = get_scheme("cimpool-keep0.5")
+    first = distill(graph, scheme, data, DistillConfig(steps=0), keep_sensitive=2)
+    others = [n for n, (role, _) in first.roles.items() if role == "pool"]
+    named = frozenset(others[:2])  # two layers its own ranking pools
+    model = distill(graph, scheme, data, DistillConfig(steps=2), keep_sensitive=named)
+    assert model.kept == named and len(first.kept) == 2 and not named & first.kept
+    assert all(model.roles[n] == ("int", 8) for n in named)
+    pipeline = export(model, model_path, tmp_path / "m.onnx", tmp_path / "m.npz")
+    program = cimc.compile(
+        tmp_path / "m.onnx", "cimpool-sram", pipeline, input_shapes=shape, calibration=str(calib)
+    )
+    meta = {n.name: n.meta.get("compression", {}) for n in program.graph.nodes()}
+    assert {n for n, m in meta.items() if m.get("learned")} == set(others[2:]) | first.kept
