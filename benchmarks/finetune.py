@@ -4,7 +4,8 @@ CNN and on the devkit's real models (../shared/devkit).
 
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
-                                  [--tuned-only] [--workdir DIR] [--rendered N] [--json out.json]
+                                  [--tuned-only] [--workdir DIR] [--rendered N] [--ocr-whole]
+                                  [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -24,7 +25,8 @@ interpreter (bit-identical to the simulator); wall time includes compiling, scor
 
 silero_vad distils on the odd clips (24, each a sample of 188 frames) and is scored on the even
 ones (24: every labelled frame); "agree": the speech / no-speech decision of every frame.
-ddddocr distils on two thirds of the images (128 px crops of them) and on --rendered N (0) text
+ddddocr distils on two thirds of the images (128 px crops of them; with --ocr-whole the whole
+images, see ocr_whole) and on --rendered N (0) text
 images rendered on this machine (benchmarks/text_images.py; not kit images, no labels), and is
 scored on every third kit image (80); every row, fp32 included, reads the images edge-padded to a
 multiple of 32 px (6 compiled widths, as benchmarks/ptq.py); "agree": the same decoded string.
@@ -60,8 +62,15 @@ import cimc
 from cimc.atomic import write_text_atomic
 from cimc.compiler import default_pipeline
 from cimc.report.bits import storage_report
-from cimc.train.distill import DistillConfig, Downstream, distill, export, load_samples
-from cimc.train.layers import get_scheme
+from cimc.train.distill import (
+    DistillConfig,
+    Downstream,
+    distill,
+    export,
+    load_samples,
+    sensitive_layers,
+)
+from cimc.train.layers import Scheme, get_scheme
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "cimc" / "data" / "digits_cnn.onnx"
@@ -118,6 +127,11 @@ CALIB_ROWS = {OCR: 16}
 # can also distil on, after the kit's 160 (--rendered): its 352 kit crops alone are fitted after
 # ~100 steps, but 2000 more images did not raise the compiled score (README), so none by default.
 RENDERED = {OCR: 0}
+# --ocr-whole: ddddocr distils on its whole padded images (ocr_whole) rather than crops of them,
+# as it is scored: its BiLSTM then runs the sequence lengths of the scored images, and no glyph
+# is cut. 2 images a step: about the text of 4 crops (160 images hold 352), at 2 x 288 px.
+OCR_WHOLE = {OCR: False}
+WHOLE_BATCH = 2
 
 
 def unlabelled_digits(folder: Path) -> tuple[Path, Path]:
@@ -255,6 +269,7 @@ def distillation_feeds(kit: ModuleType, name: str, folder: Path, runner=None) ->
     where = subset_kit(name, distil, folder / "distil")
     _, calls = record(kit, name, where, runner or kit.ort_run())
     samples: dict[str, dict[str, list]] = {}
+    images = [feeds["input1"] for k, feeds, _ in calls if k == OCR]
     for k, feeds, _ in calls:
         for one in [] if k in FRONT_END else ocr_crops(feeds) if k == OCR else [feeds]:
             for i, v in one.items():
@@ -266,8 +281,13 @@ def distillation_feeds(kit: ModuleType, name: str, folder: Path, runner=None) ->
         stacked = {i: np.stack(v) for i, v in feeds.items()}
         order = np.random.default_rng(0).permutation(len(next(iter(stacked.values()))))
         out[k] = {i: v[order] for i, v in stacked.items()}
-    if OCR in out and RENDERED.get(OCR):
-        out[OCR] = {"input1": np.concatenate([out[OCR]["input1"], rendered_crops(RENDERED[OCR])])}
+    if OCR in out:
+        rows = list(out[OCR]["input1"])
+        if OCR_WHOLE[OCR]:  # the crops that rank and calibrate, then the shuffled images
+            order = np.random.default_rng(0).permutation(len(images))
+            rows = rows[: CALIB_ROWS[OCR]] + [images[j] for j in order]
+        rows += list(rendered_crops(RENDERED[OCR])) if RENDERED.get(OCR) else []
+        out[OCR] = {"input1": ocr_whole(rows)}
     return out
 
 
@@ -307,6 +327,8 @@ def fine_tune(
     t0 = time.perf_counter()
     scheme = get_scheme(f"cimpool-keep{keep:g}")
     kept = KEEP_SENSITIVE.get(k, 0)
+    if kept and k == OCR and OCR_WHOLE[OCR]:
+        kept = ocr_kept(scheme, data["input1"][: cfg.calib], kept)
     model = distill(
         graph,
         scheme,
@@ -319,7 +341,8 @@ def fine_tune(
         checkpoint=f"{stem}.checkpoint.pt",
     )
     print(
-        f"  {k}: {len(data[graph.inputs[0]])} samples, {cfg.steps} steps, {kept} kept at int8, "
+        f"  {k}: {len(data[graph.inputs[0]])} samples, {cfg.steps} steps, {len(model.kept)} kept "
+        f"at int8, "
         f"{time.perf_counter() - t0:.0f} s",
         flush=True,
     )
@@ -448,6 +471,26 @@ def ocr_crops(feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     return [{"input1": x[..., s : s + OCR_WIDTH]} for s in starts]
 
 
+def ocr_whole(images: list[np.ndarray]) -> np.ndarray:
+    """ddddocr's images [1, 1, 64, w] (whole, crops or both) as samples of one shape: each
+    edge-padded on the right to the widest, [N, 1, 1, 64, widest]. One width, as the importer
+    unrolls the LSTM for one sequence length; the padding extends each image's last column (its
+    background), as pad_width does, and fp32 reads the same padded image the student does."""
+    width = max(x.shape[-1] for x in images)
+    return np.stack(
+        [np.pad(x, [(0, 0)] * 3 + [(0, width - x.shape[-1])], mode="edge") for x in images]
+    )
+
+
+def ocr_kept(scheme: Scheme, calib: torch.Tensor, n: int) -> frozenset[str]:
+    """ddddocr's ``n`` most sensitive pooled layers, ranked on the calibration crops (the first
+    OCR_WIDTH px of ``calib``, padded to the whole images' width) at their own width: the layers
+    the crop-distilled rows keep. Ranked at 288 px (36 LSTM steps), Conv_6 (576 weights) displaced
+    the LSTM's forward input projection (1.05 M) (measured): 6.30 bits per weight, not 6.88."""
+    graph = cimc.import_onnx(KIT / "models" / OCR, {"input1": (1, 1, 64, OCR_WIDTH)})
+    return sensitive_layers(graph, scheme, {"input1": calib[..., :OCR_WIDTH]}, n)
+
+
 def rendered_crops(n: int, seed: int = 0) -> np.ndarray:
     """The crops (as ocr_crops cuts the kit's padded images) of ``n`` rendered text images,
     shuffled: [crops, 1, 1, 64, OCR_WIDTH] float32 in [0, 1], as the kit feeds ddddocr."""
@@ -516,6 +559,11 @@ def main() -> int:
         help="ddddocr: rendered text images (benchmarks/text_images.py) distilled on besides the "
         "kit's (default: %(default)s; 0: the kit's only)",
     )
+    ap.add_argument(
+        "--ocr-whole",
+        action="store_true",
+        help=f"ddddocr: distil on the whole padded images ({WHOLE_BATCH} a step), not on crops",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--tuned-only",
@@ -531,6 +579,9 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RENDERED[OCR] = args.rendered
+    if args.ocr_whole:
+        OCR_WHOLE[OCR] = True
+        BATCH["ddddocr"] = WHOLE_BATCH
     if args.keep_sensitive is not None:
         KEEP_SENSITIVE.update(dict.fromkeys(KEEP_SENSITIVE, args.keep_sensitive))
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="cimc-finetune-"))

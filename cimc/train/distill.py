@@ -452,7 +452,7 @@ def distill(
     *,
     teacher_data: dict[str, torch.Tensor] | None = None,
     downstream: Downstream | None = None,
-    keep_sensitive: int = 0,
+    keep_sensitive: int | frozenset[str] = 0,
     log_path: str | Path | None = None,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -466,11 +466,16 @@ def distill(
     the teacher sees them without augmentation. ``downstream``: frozen graphs fed the first
     output, whose outputs are distilled as well (their kinds detected as for ``loss="auto"``).
     ``keep_sensitive``: that many pooled layers, the most sensitive on the calibration samples
-    (:func:`sensitive_layers`), stay at ``others`` bits; :func:`export`'s pipeline keeps them."""
+    (:func:`sensitive_layers`), or these ones (ranked by the caller), stay at ``others`` bits;
+    :func:`export`'s pipeline keeps them."""
     torch.manual_seed(cfg.seed)
     teacher: nn.Module = GraphModule(graph).eval()
     calib = {k: v[: cfg.calib] for k, v in data.items()}
-    kept = sensitive_layers(graph, scheme, calib, keep_sensitive)
+    kept = (
+        keep_sensitive
+        if isinstance(keep_sensitive, frozenset)
+        else sensitive_layers(graph, scheme, calib, keep_sensitive)
+    )
     student = CompressedGraph(graph, scheme, kept)
     if cfg.features:  # both return their CiM layers' inputs too
         teacher = CompressedGraph(graph, Scheme(kind="fp32", keep=None, act_bits=0)).eval()
