@@ -189,3 +189,17 @@ def test_random_weight_families_measure_few_inputs_labelled_ones_their_validatio
         assert len(data["labels"]) == len(data["input"]) == CALIBRATION + 72
     with pytest.raises(OptionError, match="validation images"):
         Evaluator("", chars, None, None, str(tmp_path), evaluation=10**6).data_for()
+
+
+def test_the_pareto_table_leaves_out_blocks_the_subnet_lacks(space):
+    from cimc.search.report import difference
+
+    fam = family(FAMILY)
+    slot = next(s for s in fam.slots() if s.index >= min(fam.variables()[s.depth]))
+    (var,) = slot.variables
+    base = space.base_config()
+    config = base | {f"arch.{slot.depth}": min(fam.variables()[slot.depth])}
+    config[f"arch.{var}"] = fam.variables()[var][0]  # canonical: changed, but the block is gone
+    shown = difference(config, base, FAMILY)
+    assert f"arch.{slot.depth}=" in shown and f"arch.{var}=" not in shown
+    assert f"arch.{var}=" in difference(config, base)  # without the family: every change

@@ -27,17 +27,32 @@ def pareto_rows(study: Study) -> list[Row]:
     return sorted(front, key=lambda r: minimised(r.metrics, objectives).tolist())
 
 
-def difference(config: dict[str, Any], base: dict[str, Any]) -> str:
-    """A config as its change from the preset; hierarchy values as multiples of the preset's."""
+def difference(config: dict[str, Any], base: dict[str, Any], family: str | None = None) -> str:
+    """A config as its change from the preset; hierarchy values as multiples of the preset's.
+    The variables of a block the family's subnet does not have are left out (they mean nothing)."""
+    absent = _absent_block_variables(config, family)
     parts = []
     for name, value in config.items():
-        if value == base.get(name):
+        if value == base.get(name) or name in absent:
             continue
         if name in HIERARCHY and base.get(name):
             parts.append(f"{name}x{value / base[name]:g}")
         else:
             parts.append(f"{name}={value}")
     return " ".join(parts) or "(preset)"
+
+
+def _absent_block_variables(config: dict[str, Any], family: str | None) -> set[str]:
+    if family is None:
+        return set()
+    from .architecture import PREFIX, load_family
+
+    return {
+        PREFIX + v
+        for slot in load_family(family).slots()
+        if config.get(PREFIX + slot.depth, slot.index + 1) <= slot.index
+        for v in slot.variables
+    }
 
 
 def pareto_table(study: Study) -> list[dict[str, Any]]:
@@ -51,7 +66,7 @@ def pareto_table(study: Study) -> list[dict[str, Any]]:
             **{n: OBJECTIVES[n].value(r.metrics) for n in settings["objectives"]},
             **({} if tested is None else {"test_accuracy": tested.get(r.hash)}),
             "area_mm2": r.metrics["area_mm2"],
-            "change": difference(r.config, base),
+            "change": difference(r.config, base, meta.get("family")),
         }
         for r in pareto_rows(study)
     ]
