@@ -275,8 +275,10 @@ def _propose(
     fitted = {k: {"model": m.chosen, "cv_neg_mape": m.cv_score} for k, m in models.items()}
     known = _known_graphs(space, good, objectives)
 
+    encodings = {o.summed for o in objectives} | {False}  # the guard reads the plain one
+
     def predicted_only(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        feats = {summed: space.features(x, summed) for summed in (False, True)}
+        feats = {summed: space.features(x, summed) for summed in encodings}
         f = np.stack(
             [
                 (-1 if o.maximise else 1) * models[o.name].predict(feats[o.summed])
@@ -298,7 +300,7 @@ def _propose(
     taken = set(seen)
     chosen: list[np.ndarray] = []
     several = len(space.blocks()) > 1
-    graph_of = lambda r: known.key(space.canonical(space.to_indices(r.config)))  # noqa: E731
+    graph_of = lambda r: _graph_key(space, known, r.config)  # noqa: E731
     share = _hardware_share(rows, settings, graph_of) if several else 0.0
     m = round(share * n)
     if len(front) and m:  # m = 0 draws nothing: the rng stays NSGA-II's, as in one block
@@ -382,9 +384,15 @@ def _known_graphs(space: Space, rows: list[Row], objectives: list[Objective]) ->
         space.graph_mask(), [j for j, o in enumerate(objectives) if o.graph_only], {}
     )
     for r in rows:
-        graph = known.key(space.canonical(space.to_indices(r.config)))
-        known.values[graph] = minimised(r.metrics, objectives)[known.columns]
+        known.values[_graph_key(space, known, r.config)] = minimised(r.metrics, objectives)[
+            known.columns
+        ]
     return known
+
+
+def _graph_key(space: Space, known: _KnownGraphs, config: dict[str, Any]) -> bytes:
+    """The key of the compressed graph ``config`` runs (its canonical form: one per network)."""
+    return known.key(space.canonical(space.to_indices(config)))
 
 
 def _front_on_other_hardware(

@@ -50,7 +50,7 @@ def _absent_block_variables(config: dict[str, Any], family: str | None) -> set[s
     return {
         PREFIX + v
         for slot in load_family(family).slots()
-        if config.get(PREFIX + slot.depth, slot.index + 1) <= slot.index
+        if not slot.present(config.get(PREFIX + slot.depth, slot.index + 1))
         for v in slot.variables
     }
 

@@ -185,17 +185,16 @@ class Space:
         col = {v.name: j for j, v in enumerate(self.variables)}
         start = np.concatenate([[0], np.cumsum([len(v.choices) for v in self.variables])])
         counts: dict[tuple[str, int, Any], np.ndarray] = {}
-        for slot in self._slots():
-            depth = self.variables[col[slot.depth]]
-            present = np.asarray(depth.choices)[indices[:, col[slot.depth]]] > slot.index
+        for slot, present in self._presence(indices):
             for role, name in enumerate(slot.variables):
                 j = col[name]
                 x[~present, start[j] : start[j + 1]] = 0
+                if not summed:
+                    continue
                 for k, choice in enumerate(self.variables[j].choices):
                     key = (slot.kind, role, choice)
-                    hits = present & (indices[:, j] == k)
-                    counts[key] = counts.get(key, 0) + hits
-        if not summed or not counts:
+                    counts[key] = counts.get(key, 0) + (present & (indices[:, j] == k))
+        if not counts:
             return x
         return np.hstack([x, np.stack(list(counts.values()), axis=1).astype(x.dtype)])
 
@@ -205,10 +204,17 @@ class Space:
         out = np.array(indices, dtype=np.int64)
         rows = np.atleast_2d(out)
         col = {v.name: j for j, v in enumerate(self.variables)}
+        for slot, present in self._presence(rows):
+            rows[np.ix_(~present, [col[v] for v in slot.variables])] = 0
+        return out
+
+    def _presence(self, indices: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+        """Each of the family's slots with, per row of ``indices``, whether its block exists."""
+        col = {v.name: j for j, v in enumerate(self.variables)}
+        out = []
         for slot in self._slots():
-            choices = np.asarray(self.variables[col[slot.depth]].choices)
-            absent = choices[rows[:, col[slot.depth]]] <= slot.index
-            rows[np.ix_(absent, [col[v] for v in slot.variables])] = 0
+            depth = np.asarray(self.variables[col[slot.depth]].choices)[indices[:, col[slot.depth]]]
+            out.append((slot, slot.present(depth)))
         return out
 
     def _slots(self) -> list[Any]:

@@ -59,6 +59,10 @@ class Slot:
     index: int
     variables: tuple[str, ...]
 
+    def present(self, depth: Any) -> Any:
+        """Whether the block exists at the depth variable's value ``depth`` (element-wise)."""
+        return depth > self.index
+
 
 @dataclass(frozen=True)
 class Scale:
