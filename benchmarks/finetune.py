@@ -5,7 +5,7 @@ CNN and on the devkit's real models (../shared/devkit).
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
                                   [--tuned-only] [--workdir DIR] [--rendered N] [--ocr-whole]
-                                  [--json out.json]
+                                  [--balance] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -132,6 +132,9 @@ RENDERED = {OCR: 0}
 # is cut. 2 images a step: about the text of 4 crops (160 images hold 352), at 2 x 288 px.
 OCR_WHOLE = {OCR: False}
 WHOLE_BATCH = 2
+# --balance: ddddocr's KL over CTC frames weighted by the inverse frequency of fp32's class
+# (DistillConfig.balance): ~75 % of its frames are blanks, which dominate the plain mean.
+BALANCE = {OCR: False}
 
 
 def unlabelled_digits(folder: Path) -> tuple[Path, Path]:
@@ -388,6 +391,7 @@ def fine_tuned(
             calib=calib_samples(inputs, k),
             batch_size=BATCH.get(k, cfg.batch_size),
             features=FEATURES.get(k, 0.0),
+            balance=BALANCE.get(k, False),
         )
         down = None
         if k in THROUGH:
@@ -564,6 +568,12 @@ def main() -> int:
         action="store_true",
         help=f"ddddocr: distil on the whole padded images ({WHOLE_BATCH} a step), not on crops",
     )
+    ap.add_argument(
+        "--balance",
+        action="store_true",
+        help="ddddocr: class-balanced distillation loss (each frame's KL weighted by the inverse "
+        "frequency of fp32's class in the batch: each character counts as much as the blank)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--tuned-only",
@@ -582,6 +592,7 @@ def main() -> int:
     if args.ocr_whole:
         OCR_WHOLE[OCR] = True
         BATCH["ddddocr"] = WHOLE_BATCH
+    BALANCE[OCR] = args.balance
     if args.keep_sensitive is not None:
         KEEP_SENSITIVE.update(dict.fromkeys(KEEP_SENSITIVE, args.keep_sensitive))
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="cimc-finetune-"))

@@ -703,3 +703,50 @@ def test_keep_sensitive_keeps_every_step_of_a_shared_weight(tmp_path):
     assert model.kept == pooled
     pipeline = export(model, model_path, tmp_path / "t.onnx", tmp_path / "t.npz")
     assert "keep_sensitive=3" in pipeline, pipeline
+
+
+def test_balance_weights_each_row_by_the_inverse_frequency_of_the_teachers_class():
+    # a CTC-like output [T=3, N=2, C=3] whose teacher reads the blank (class 0) in 4 of 6 rows:
+    # balanced, the 4 blank rows share the weight of the lone class-1 and class-2 rows
+    from cimc.train.distill import distill_loss, fingerprint
+
+    t = np.array(
+        [[[4, 0, 1], [3, 1, 0]], [[0, 5, 1], [2, 0, 0]], [[1, 0, 4], [5, 2, 1]]], np.float64
+    )
+    s = np.array(
+        [[[3, 1, 1], [2, 0, 1]], [[4, 0, 1], [1, 0, 0]], [[4, 1, 0], [4, 2, 0]]], np.float64
+    )
+
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(t).reshape(6, 3), log_softmax(s).reshape(6, 3)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)  # each row's KL(teacher || student)
+    top = lp.argmax(-1)
+    assert top.tolist() == [0, 0, 1, 0, 2, 0]
+    weight = np.array([1 / 4, 1 / 4, 1, 1 / 4, 1, 1 / 4])  # 1 / count of the row's class
+    weight *= 6 / weight.sum()  # averaging 1: blank rows 1/3 each, the others 4/3 each
+    balanced = (weight * kl).mean()
+    assert balanced > 1.5 * kl.mean()  # the student misreads the rare rows: they now weigh more
+
+    st, tt = (torch.from_numpy(s).float(),), (torch.from_numpy(t).float(),)
+    got = float(distill_loss(st, tt, ["logits"], balance=True))
+    assert got == pytest.approx(balanced, rel=1e-5)
+    plain = float(distill_loss(st, tt, ["logits"]))
+    assert plain == pytest.approx(kl.mean(), rel=1e-5)
+    old = torch.nn.functional.kl_div(
+        torch.log_softmax(st[0].reshape(6, 3), -1),
+        torch.softmax(tt[0].reshape(6, 3), -1),
+        reduction="batchmean",
+    )
+    assert plain == float(old)  # balance=False: the loss as it was, bit for bit
+    # already probabilities (kind "probs"): the same weights
+    sp, tp = (torch.softmax(st[0], -1),), (torch.softmax(tt[0], -1),)
+    got = float(distill_loss(sp, tp, ["probs"], balance=True))
+    assert got == pytest.approx(balanced, rel=1e-5)
+
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    scheme = get_scheme("cimpool-keep0.5")
+    plain_cfg, balanced_cfg = DistillConfig(), DistillConfig(balance=True)
+    assert fingerprint(graph, scheme, plain_cfg) != fingerprint(graph, scheme, balanced_cfg)

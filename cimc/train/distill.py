@@ -7,9 +7,9 @@ last and depthwise layers at ``others`` bits, the rest on the pool; quantize-wei
 and last at 8 bits), and quantises its input with an :class:`~cimc.train.layers.ActQuant`
 whose range is calibrated as ``quantize-act{method=max}`` calibrates it (the training keeps
 the extremes). The student learns to match the fp32 graph's outputs on unlabelled inputs
-(KL divergence of the softmax for class scores, cross-entropy for a single probability,
-MSE scaled by the teacher's variance otherwise), with random shifts and noise; Adam, cosine
-decay, seeded.
+(KL divergence of the softmax for class scores, optionally class-balanced, cross-entropy for
+a single probability, MSE scaled by the teacher's variance otherwise), with random shifts and
+noise; Adam, cosine decay, seeded.
 
 :func:`export` writes the model with the fine-tuned weights (the compressed ones, as in
 :mod:`cimc.train.export`) and the assignment file, so
@@ -67,6 +67,11 @@ class DistillConfig:
     min_samples: int = 16
     loss: str = "auto"  # auto, kl, mse
     features: float = 0.0  # weight of the CiM layers' inputs matched to fp32's (MSE/variance)
+    # Class scores: weight each row's KL by the inverse frequency of the teacher's top class in
+    # the batch (weights averaging 1), so every class the teacher predicts counts alike. When one
+    # class dominates the rows (a CTC model's blank: ~75 % of ddddocr's frames), the plain mean
+    # is mostly that class, and the rare rows that carry the task (characters) barely move it.
+    balance: bool = False
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -327,9 +332,25 @@ def output_kinds(outputs: tuple[torch.Tensor, ...], loss: str) -> list[str]:
     return kinds
 
 
+def balanced_kl(logq: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Mean over rows [R, C] of each row's KL(p || q), weighted by the inverse frequency of the
+    row's top teacher class among the rows, normalised so the weights average 1: each class
+    present gets the same share of the loss, however few rows it has
+    (:attr:`DistillConfig.balance`)."""
+    top = p.argmax(-1)
+    weight = 1.0 / torch.bincount(top, minlength=p.shape[-1]).to(p.dtype)[top]
+    weight = weight * len(weight) / weight.sum()
+    return (weight * F.kl_div(logq, p, reduction="none").sum(-1)).mean()
+
+
 def distill_loss(
-    student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...], kinds: list[str]
+    student: tuple[torch.Tensor, ...],
+    teacher: tuple[torch.Tensor, ...],
+    kinds: list[str],
+    balance: bool = False,
 ) -> torch.Tensor:
+    """The distillation loss summed over outputs; ``balance``: class scores through
+    :func:`balanced_kl` instead of the plain mean of the rows' KL."""
     total = torch.zeros(())
     for s, t, kind in zip(student, teacher, kinds):
         if kind == "values":
@@ -344,7 +365,8 @@ def distill_loss(
             logq, p = torch.log(s2.clamp_min(1e-12)), t2
         else:
             logq, p = torch.log_softmax(s2, -1), torch.softmax(t2, -1)
-        total = total + F.kl_div(logq, p, reduction="batchmean")
+        kl = balanced_kl(logq, p) if balance else F.kl_div(logq, p, reduction="batchmean")
+        total = total + kl
     return total
 
 
@@ -519,13 +541,14 @@ def distill(
         batch = {k: augment(v[pick], cfg, stds[k], gen) for k, v in data.items()}
         target, t_feats = targets(pick, batch if teacher_data is None else None)
         out, s_feats = _run(student, batch, graph.inputs)
-        loss = distill_loss(out, target, kinds)
+        loss = distill_loss(out, target, kinds, cfg.balance)
         if cfg.features:
             loss = loss + cfg.features * features_loss(s_feats, t_feats)
         if downstream is not None:
             with torch.no_grad():
                 t_down = downstream(after, target[0])
-            loss = loss + distill_loss(downstream(after, out[0]), t_down, down_kinds)
+            down_out = downstream(after, out[0])
+            loss = loss + distill_loss(down_out, t_down, down_kinds, cfg.balance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
