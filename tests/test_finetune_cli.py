@@ -30,12 +30,13 @@ def _weights(path: Path) -> dict[str, np.ndarray]:
     return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
 
 
-def test_feature_and_downstream_losses_reach_the_training(tmp_path, capsys):
+def test_feature_balance_and_downstream_losses_reach_the_training(tmp_path, capsys):
     _head(tmp_path, 1)  # a sigmoid detector reading the 10 logits: tmp_path/head1.onnx
     head = str(tmp_path / "head1.onnx")
     runs = {
         "plain": (),
         "features": ("--feature-loss", "1"),
+        "balance": ("--balance",),
         "downstream": ("--downstream", head),
         "both heads": ("--downstream", f"{head},{head}", "--window", "1"),
     }
@@ -46,8 +47,9 @@ def test_feature_and_downstream_losses_reach_the_training(tmp_path, capsys):
         weights[name] = _weights(tmp_path / name / "model.onnx")
     config = json.loads((tmp_path / "features" / "summary.json").read_text())["config"]
     assert config["features"] == 1.0
+    assert json.loads((tmp_path / "balance" / "summary.json").read_text())["config"]["balance"]
     # the same seed and batches: only the added losses can make the tuned weights differ
-    for name in ("features", "downstream"):
+    for name in ("features", "balance", "downstream"):
         assert any(not np.array_equal(v, weights["plain"][k]) for k, v in weights[name].items())
     # two copies of the head weigh its loss twice: not the one-head run
     assert any(

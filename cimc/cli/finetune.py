@@ -69,6 +69,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="weight of the per-layer loss (CiM layer inputs matched to fp32's; 0: off)",
     )
     p.add_argument(
+        "--balance",
+        action="store_true",
+        help="class scores: weight each row's KL by the inverse frequency of fp32's top class in "
+        "the batch (a dominant class, e.g. a CTC blank, no longer drowns the rare ones)",
+    )
+    p.add_argument(
         "--downstream",
         metavar="GRAPH.onnx[,GRAPH2.onnx]",
         help="frozen fp32 graphs fed the first output, whose outputs are distilled too",
@@ -160,6 +166,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         lr=args.lr,
         loss=args.loss,
         features=args.feature_loss,
+        balance=args.balance,
         seed=args.seed,
     )
     graph = import_onnx(args.model, parse_input_shapes(args.input_shape))
