@@ -5,7 +5,7 @@ CNN and on the devkit's real models (../shared/devkit).
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
                                   [--tuned-only] [--workdir DIR] [--rendered N] [--ocr-whole]
-                                  [--balance] [--json out.json]
+                                  [--balance [P]] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -134,7 +134,7 @@ OCR_WHOLE = {OCR: False}
 WHOLE_BATCH = 2
 # --balance: ddddocr's KL over CTC frames weighted by the inverse frequency of fp32's class
 # (DistillConfig.balance): ~75 % of its frames are blanks, which dominate the plain mean.
-BALANCE = {OCR: False}
+BALANCE = {OCR: 0.0}
 
 
 def unlabelled_digits(folder: Path) -> tuple[Path, Path]:
@@ -391,7 +391,7 @@ def fine_tuned(
             calib=calib_samples(inputs, k),
             batch_size=BATCH.get(k, cfg.batch_size),
             features=FEATURES.get(k, 0.0),
-            balance=BALANCE.get(k, False),
+            balance=BALANCE.get(k, 0.0),
         )
         down = None
         if k in THROUGH:
@@ -570,9 +570,14 @@ def main() -> int:
     )
     ap.add_argument(
         "--balance",
-        action="store_true",
-        help="ddddocr: class-balanced distillation loss (each frame's KL weighted by the inverse "
-        "frequency of fp32's class in the batch: each character counts as much as the blank)",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=0.0,
+        metavar="P",
+        help="ddddocr: class-balanced distillation loss (each frame's KL weighted by the "
+        "frequency of fp32's class in the batch to the power -P; alone: 1, each character counts "
+        "as much as the blank)",
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(

@@ -47,7 +47,7 @@ def test_feature_balance_and_downstream_losses_reach_the_training(tmp_path, caps
         weights[name] = _weights(tmp_path / name / "model.onnx")
     config = json.loads((tmp_path / "features" / "summary.json").read_text())["config"]
     assert config["features"] == 1.0
-    assert json.loads((tmp_path / "balance" / "summary.json").read_text())["config"]["balance"]
+    assert json.loads((tmp_path / "balance" / "summary.json").read_text())["config"]["balance"] == 1
     # the same seed and batches: only the added losses can make the tuned weights differ
     for name in ("features", "balance", "downstream"):
         assert any(not np.array_equal(v, weights["plain"][k]) for k, v in weights[name].items())
@@ -66,6 +66,7 @@ def test_feature_balance_and_downstream_losses_reach_the_training(tmp_path, caps
         (("--window", "2"), "--window 2: give the graphs it feeds with --downstream"),
         (("--feature-loss", "-1"), "--feature-loss -1.0: give a weight >= 0"),
         (("--feature-loss", "nan"), "--feature-loss nan: give a weight >= 0"),
+        (("--balance", "-0.5"), "--balance -0.5: give a power >= 0"),
         # the model's output is 10 logits: no window of two rows of 10, no row of 7 values
         (("--downstream", "{tmp}/head2.onnx", "--window", "2"), "cannot read windows of 2 rows"),
         (("--downstream", "{tmp}/r7/head1.onnx"), r"input \(1, 1, 7\)\) cannot read windows"),

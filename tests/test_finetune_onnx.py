@@ -731,8 +731,13 @@ def test_balance_weights_each_row_by_the_inverse_frequency_of_the_teachers_class
     assert balanced > 1.5 * kl.mean()  # the student misreads the rare rows: they now weigh more
 
     st, tt = (torch.from_numpy(s).float(),), (torch.from_numpy(t).float(),)
-    got = float(distill_loss(st, tt, ["logits"], balance=True))
+    got = float(distill_loss(st, tt, ["logits"], balance=1.0))
     assert got == pytest.approx(balanced, rel=1e-5)
+    half = np.array([4, 4, 1, 4, 1, 4]) ** -0.5  # count ** -0.5: the blank keeps part of its share
+    half *= 6 / half.sum()
+    got = float(distill_loss(st, tt, ["logits"], balance=0.5))
+    assert got == pytest.approx((half * kl).mean(), rel=1e-5)
+    assert kl.mean() < got < balanced
     plain = float(distill_loss(st, tt, ["logits"]))
     assert plain == pytest.approx(kl.mean(), rel=1e-5)
     old = torch.nn.functional.kl_div(
@@ -743,10 +748,10 @@ def test_balance_weights_each_row_by_the_inverse_frequency_of_the_teachers_class
     assert plain == float(old)  # balance=False: the loss as it was, bit for bit
     # already probabilities (kind "probs"): the same weights
     sp, tp = (torch.softmax(st[0], -1),), (torch.softmax(tt[0], -1),)
-    got = float(distill_loss(sp, tp, ["probs"], balance=True))
+    got = float(distill_loss(sp, tp, ["probs"], balance=1.0))
     assert got == pytest.approx(balanced, rel=1e-5)
 
     graph = cimc.import_onnx(DIGITS, SHAPE)
     scheme = get_scheme("cimpool-keep0.5")
-    plain_cfg, balanced_cfg = DistillConfig(), DistillConfig(balance=True)
+    plain_cfg, balanced_cfg = DistillConfig(), DistillConfig(balance=1.0)
     assert fingerprint(graph, scheme, plain_cfg) != fingerprint(graph, scheme, balanced_cfg)

@@ -70,9 +70,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--balance",
-        action="store_true",
-        help="class scores: weight each row's KL by the inverse frequency of fp32's top class in "
-        "the batch (a dominant class, e.g. a CTC blank, no longer drowns the rare ones)",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=0.0,
+        metavar="P",
+        help="class scores: weight each row's KL by the frequency of fp32's top class in the "
+        "batch to the power -P (alone: 1, every class alike; 0: off), so a dominant class, e.g. "
+        "a CTC blank, no longer drowns the rare ones",
     )
     p.add_argument(
         "--downstream",
@@ -153,6 +158,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise CimcError(f"--steps {args.steps} --batch-size {args.batch_size}: give at least 1")
     if not args.feature_loss >= 0:  # also refuses nan
         raise CimcError(f"--feature-loss {args.feature_loss}: give a weight >= 0 (0: off)")
+    if not args.balance >= 0:
+        raise CimcError(f"--balance {args.balance}: give a power >= 0 (1: every class alike)")
     scheme = scheme_for(args.target, args.scheme)
     if args.keep_sensitive < 0 or (args.keep_sensitive and scheme.kind != "pool"):
         raise CimcError(

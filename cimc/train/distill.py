@@ -67,11 +67,13 @@ class DistillConfig:
     min_samples: int = 16
     loss: str = "auto"  # auto, kl, mse
     features: float = 0.0  # weight of the CiM layers' inputs matched to fp32's (MSE/variance)
-    # Class scores: weight each row's KL by the inverse frequency of the teacher's top class in
-    # the batch (weights averaging 1), so every class the teacher predicts counts alike. When one
-    # class dominates the rows (a CTC model's blank: ~75 % of ddddocr's frames), the plain mean
-    # is mostly that class, and the rare rows that carry the task (characters) barely move it.
-    balance: bool = False
+    # Class scores: weight each row's KL by the frequency of the teacher's top class in the
+    # batch to the power -balance (weights averaging 1): 0 is the plain mean, 1 gives every class
+    # the teacher predicts the same share. When one class dominates the rows (a CTC model's
+    # blank: ~75 % of ddddocr's frames), the plain mean is mostly that class, and the rare rows
+    # that carry the task (characters) barely move it; between 0 and 1 the dominant class keeps
+    # part of its share (full balance turned some of ddddocr's blanks into characters).
+    balance: float = 0.0
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,13 +334,13 @@ def output_kinds(outputs: tuple[torch.Tensor, ...], loss: str) -> list[str]:
     return kinds
 
 
-def balanced_kl(logq: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Mean over rows [R, C] of each row's KL(p || q), weighted by the inverse frequency of the
-    row's top teacher class among the rows, normalised so the weights average 1: each class
-    present gets the same share of the loss, however few rows it has
+def balanced_kl(logq: torch.Tensor, p: torch.Tensor, power: float) -> torch.Tensor:
+    """Mean over rows [R, C] of each row's KL(p || q), weighted by the frequency of the row's
+    top teacher class among the rows to the power ``-power``, normalised so the weights average
+    1: at 1 each class present gets the same share of the loss, however few rows it has
     (:attr:`DistillConfig.balance`)."""
     top = p.argmax(-1)
-    weight = 1.0 / torch.bincount(top, minlength=p.shape[-1]).to(p.dtype)[top]
+    weight = torch.bincount(top, minlength=p.shape[-1]).to(p.dtype)[top] ** -power
     weight = weight * len(weight) / weight.sum()
     return (weight * F.kl_div(logq, p, reduction="none").sum(-1)).mean()
 
@@ -347,9 +349,9 @@ def distill_loss(
     student: tuple[torch.Tensor, ...],
     teacher: tuple[torch.Tensor, ...],
     kinds: list[str],
-    balance: bool = False,
+    balance: float = 0.0,
 ) -> torch.Tensor:
-    """The distillation loss summed over outputs; ``balance``: class scores through
+    """The distillation loss summed over outputs; ``balance`` > 0: class scores through
     :func:`balanced_kl` instead of the plain mean of the rows' KL."""
     total = torch.zeros(())
     for s, t, kind in zip(student, teacher, kinds):
@@ -365,7 +367,7 @@ def distill_loss(
             logq, p = torch.log(s2.clamp_min(1e-12)), t2
         else:
             logq, p = torch.log_softmax(s2, -1), torch.softmax(t2, -1)
-        kl = balanced_kl(logq, p) if balance else F.kl_div(logq, p, reduction="batchmean")
+        kl = balanced_kl(logq, p, balance) if balance else F.kl_div(logq, p, reduction="batchmean")
         total = total + kl
     return total
 
