@@ -60,6 +60,7 @@ from text_images import text_images
 
 import cimc
 from cimc.atomic import write_text_atomic
+from cimc.cli.finetune import add_balance_option
 from cimc.compiler import default_pipeline
 from cimc.report.bits import storage_report
 from cimc.train.distill import (
@@ -568,17 +569,7 @@ def main() -> int:
         action="store_true",
         help=f"ddddocr: distil on the whole padded images ({WHOLE_BATCH} a step), not on crops",
     )
-    ap.add_argument(
-        "--balance",
-        type=float,
-        nargs="?",
-        const=1.0,
-        default=0.0,
-        metavar="P",
-        help="ddddocr: class-balanced distillation loss (each frame's KL weighted by the "
-        "frequency of fp32's class in the batch to the power -P; alone: 1, each character counts "
-        "as much as the blank)",
-    )
+    add_balance_option(ap, "ddddocr: ")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--tuned-only",

@@ -68,17 +68,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="W",
         help="weight of the per-layer loss (CiM layer inputs matched to fp32's; 0: off)",
     )
-    p.add_argument(
-        "--balance",
-        type=float,
-        nargs="?",
-        const=1.0,
-        default=0.0,
-        metavar="P",
-        help="class scores: weight each row's KL by the frequency of fp32's top class in the "
-        "batch to the power -P (alone: 1, every class alike; 0: off), so a dominant class, e.g. "
-        "a CTC blank, no longer drowns the rare ones",
-    )
+    add_balance_option(p)
     p.add_argument(
         "--downstream",
         metavar="GRAPH.onnx[,GRAPH2.onnx]",
@@ -139,6 +129,21 @@ def downstream_from_args(args: argparse.Namespace, graph: Graph) -> Downstream |
     down = Downstream(tuple(import_onnx(p) for p in paths), window)
     down.modules(tuple(graph.values[graph.outputs[0]].shape))
     return down
+
+
+def add_balance_option(p: argparse.ArgumentParser, scope: str = "") -> None:
+    """``--balance [P]`` (DistillConfig.balance), also offered by benchmarks/finetune.py."""
+    p.add_argument(
+        "--balance",
+        type=float,
+        nargs="?",
+        const=1.0,
+        default=0.0,
+        metavar="P",
+        help=f"{scope}class scores: weight each row's KL by the frequency of fp32's top class in "
+        "the batch to the power -P (alone: 1, every class alike; 0: off), so a dominant class, "
+        "e.g. a CTC blank, no longer drowns the rare ones",
+    )
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
