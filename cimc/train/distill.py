@@ -76,6 +76,10 @@ class DistillConfig:
     balance: float = 0.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.balance >= 0:  # also refuses nan: every caller, the CLI and the benchmark
+            raise DistillError(f"balance {self.balance}: give a power >= 0 (1: every class alike)")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -549,8 +553,7 @@ def distill(
         if downstream is not None:
             with torch.no_grad():
                 t_down = downstream(after, target[0])
-            down_out = downstream(after, out[0])
-            loss = loss + distill_loss(down_out, t_down, down_kinds, cfg.balance)
+            loss = loss + distill_loss(downstream(after, out[0]), t_down, down_kinds, cfg.balance)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
