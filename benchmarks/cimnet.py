@@ -58,6 +58,7 @@ from cimc.search import Evaluator, Predictor, Space, Study, rank_metrics
 from cimc.search.architecture import (
     PREFIX,
     arch_config,
+    calibration_inputs,
     default_objectives,
     has_labels,
     load_family,
@@ -157,6 +158,7 @@ def identity(space: Space, args: argparse.Namespace) -> dict[str, Any]:
         "space": space.describe(),
         "seed": args.seed,
         "weights": weights_digest(space.family),
+        "calibration": calibration_inputs(space.family),
         "val": val_images(space.family, args),
     }
 

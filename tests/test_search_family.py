@@ -171,20 +171,22 @@ def test_final_pareto_points_are_scored_on_the_test_split(tmp_path, monkeypatch)
 
 
 def test_random_weight_families_measure_few_inputs_labelled_ones_their_validation_split(tmp_path):
-    """A random-weight family's objectives are hardware only, so its fidelity inputs are kept
-    to RANDOM_EVALUATION (360 of them through a 224 px ResNet-50 took minutes per
-    architecture); a labelled family reads its validation images, as many as asked for."""
+    """A random-weight family's objectives are hardware only, so its calibrating and fidelity
+    inputs are kept to RANDOM_CALIBRATION and RANDOM_EVALUATION (360 of them through a 224 px
+    ResNet-50 took minutes per architecture); a labelled family reads its validation images, as
+    many as asked for."""
     import numpy as np
 
-    from cimc.search.architecture import RANDOM_EVALUATION
+    from cimc.search.architecture import RANDOM_CALIBRATION, RANDOM_EVALUATION
     from cimc.search.evaluate import CALIBRATION
 
     imagenet = Space.from_target(load_target("int8-sram"), None, "elastic-resnet")
     ev = Evaluator("", imagenet, None, None, str(tmp_path))
-    assert ev.data_for() == (None, RANDOM_EVALUATION) and RANDOM_EVALUATION < EVALUATION
+    assert ev.data_for() == (None, RANDOM_CALIBRATION, RANDOM_EVALUATION)
+    assert RANDOM_EVALUATION < EVALUATION and RANDOM_CALIBRATION < CALIBRATION
     chars = Space.from_target(load_target("int8-sram"), None, FAMILY)
-    path, n = Evaluator("", chars, None, None, str(tmp_path), evaluation=72).data_for()
-    assert n == 72
+    path, cal, n = Evaluator("", chars, None, None, str(tmp_path), evaluation=72).data_for()
+    assert (cal, n) == (CALIBRATION, 72)
     with np.load(path) as data:
         assert len(data["labels"]) == len(data["input"]) == CALIBRATION + 72
     with pytest.raises(OptionError, match="validation images"):

@@ -92,7 +92,11 @@ def run(
         objectives = objectives or architecture.default_objectives(family)
         architecture.check_objectives(family, objectives)
         has_labels = architecture.has_labels(family)
-        identity = {"family": family, "weights": architecture.weights_digest(family)}
+        identity = {
+            "family": family,
+            "weights": architecture.weights_digest(family),
+            "calibration": architecture.calibration_inputs(family),
+        }
     else:
         from ..frontend import import_onnx
 

@@ -221,18 +221,19 @@ class Evaluator:
             _MEMORY["folder"] = Path(tempfile.mkdtemp(prefix="cimc-search-"))
         return _MEMORY["folder"]
 
-    def data_for(self) -> tuple[str | None, int]:
-        """The data file and how many of its samples measure (a labelled family's validation
-        split, else ``data_path``)."""
+    def data_for(self) -> tuple[str | None, int, int]:
+        """The data file and how many of its samples calibrate and measure (a labelled family's
+        validation split, a random-weight family's few seeded inputs, else ``data_path``)."""
         if self.space.family is None:
-            return self.data_path, self.evaluation or EVALUATION
+            return self.data_path, CALIBRATION, self.evaluation or EVALUATION
         from .architecture import EVALUATION as FAMILY_EVALUATION
-        from .architecture import RANDOM_EVALUATION, data_file, has_labels
+        from .architecture import RANDOM_EVALUATION, calibration_inputs, data_file, has_labels
 
-        default = FAMILY_EVALUATION if has_labels(self.space.family) else RANDOM_EVALUATION
-        n = self.evaluation or default
-        path = data_file(self.space.family, self._folder(), n)
-        return (None if path is None else str(path)), n
+        calibration = calibration_inputs(self.space.family)
+        if not has_labels(self.space.family):
+            return None, calibration, self.evaluation or RANDOM_EVALUATION
+        n = self.evaluation or FAMILY_EVALUATION
+        return str(data_file(self._folder(), n)), calibration, n
 
     def compressed(self, config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """The compression stage of ``config`` and whether it came from a cache."""
@@ -274,10 +275,12 @@ class Evaluator:
 
     def _source(self, model: str) -> dict[str, Any]:
         """The model's digest, data and onnxruntime reference outputs (once per process)."""
-        data_path, evaluation = self.data_for()
+        data_path, calibration, evaluation = self.data_for()
         key = f"source:{model}:{self.input_shapes}:{data_path}"
         if key not in _MEMORY:
-            _MEMORY[key] = prepare_source(model, self.input_shapes, data_path, evaluation)
+            _MEMORY[key] = prepare_source(
+                model, self.input_shapes, data_path, calibration, evaluation
+            )
         return _MEMORY[key]
 
     def _numerics(self, graph: Any, source: dict[str, Any]) -> dict[str, Any]:
@@ -321,6 +324,7 @@ def prepare_source(
     model: str,
     input_shapes: dict[str, tuple[int, ...]] | None,
     data_path: str | None,
+    calibration: int = CALIBRATION,
     evaluation: int = EVALUATION,
 ) -> dict[str, Any]:
     """Model digest, calibration / evaluation data and fp32 onnxruntime outputs of the model."""
@@ -329,7 +333,7 @@ def prepare_source(
     from ..frontend import import_onnx
 
     graph = import_onnx(model, input_shapes)
-    data = load_data(graph, data_path, evaluation=evaluation)
+    data = load_data(graph, data_path, calibration, evaluation)
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     name = graph.outputs[0]
     ref = np.concatenate([sess.run([name], dict(feed))[0] for feed in data.evaluation])
