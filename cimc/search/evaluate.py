@@ -276,7 +276,7 @@ class Evaluator:
     def _source(self, model: str) -> dict[str, Any]:
         """The model's digest, data and onnxruntime reference outputs (once per process)."""
         data_path, calibration, evaluation = self.data_for()
-        key = f"source:{model}:{self.input_shapes}:{data_path}"
+        key = f"source:{model}:{self.input_shapes}:{data_path}:{calibration}:{evaluation}"
         if key not in _MEMORY:
             _MEMORY[key] = prepare_source(
                 model, self.input_shapes, data_path, calibration, evaluation
