@@ -64,6 +64,7 @@ from cimc.search.architecture import (
     load_family,
     weights_digest,
 )
+from cimc.search.cache_limit import CACHE_GB
 from cimc.search.executor import process_pool
 from cimc.search.loop import (
     Settings,
@@ -291,7 +292,9 @@ def fronts(target: Any, family: str, folder: Path, args: argparse.Namespace) -> 
         space = make_space(target, family, folder, a, h, args.multiples)
         name = f"loop-{kind}" + (f"-seed{args.loop_seed}" if args.loop_seed != args.seed else "")
         study = Study(folder / name, identity(space, args))
-        ev = Evaluator("", space, None, None, str(folder / "cache"), val_images(family, args))
+        ev = Evaluator(
+            "", space, None, None, str(folder / "cache"), val_images(family, args), args.cache_gb
+        )
         settings = Settings(
             objectives,
             args.budget,
@@ -370,7 +373,9 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     space = make_space(target, family, folder, True, True, args.multiples)
     study = Study(folder / "table", identity(space, args))
-    evaluator = Evaluator("", space, None, None, str(folder / "cache"), val_images(family, args))
+    evaluator = Evaluator(
+        "", space, None, None, str(folder / "cache"), val_images(family, args), args.cache_gb
+    )
     kinds = sample_configs(space, args)
     unique = {config_hash(c): c for k in kinds.values() for c in k}
     log(f"{family}: {len(unique)} configs ({args.archs} architectures)")
@@ -565,6 +570,7 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="PNG of the fronts and predictor scatter")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--workdir", default=".cimc-bench/cimnet")
+    ap.add_argument("--cache-gb", type=float, default=CACHE_GB, help="each study's cache limit")
     ap.add_argument("--quick", action="store_true", help="elastic-resnet-chars, predictors only")
     ap.add_argument(
         "--ceiling",

@@ -181,6 +181,7 @@ def test_rerun_recomputes_nothing(finished_study, hw_space):
         ("[choices]\nscheme = ['int3']", [], "not a weight scheme"),
         ("", ["--objectives", "fidelity,speed"], "unknown objective"),
         ("", ["--budget", "4"], "smaller than --population"),
+        ("", ["--cache-gb", "0"], "--cache-gb 0.0 must be positive"),
         ("", ["--data", str(DATA / "digits32_test.npz")], "needs"),
     ],
 )

@@ -229,3 +229,29 @@ def test_the_pareto_table_leaves_out_blocks_the_subnet_lacks(space):
     shown = difference(config, base, FAMILY)
     assert f"arch.{slot.depth}=" in shown and f"arch.{var}=" not in shown
     assert f"arch.{var}=" in difference(config, base)  # without the family: every change
+
+
+def test_an_evicted_subnet_and_graph_are_rebuilt_and_measure_the_same(space, tmp_path, monkeypatch):
+    """A study's cache over its limit loses the subnet's export and compressed graph; the next
+    config on that architecture exports and compresses it again, with the same objectives."""
+    import importlib
+
+    import cimc.search.cache_limit as cache_limit
+
+    evaluation = importlib.import_module("cimc.search.evaluate")  # not the function of that name
+    monkeypatch.setattr(cache_limit, "IN_USE_S", 0.0)  # this process is the only user
+    monkeypatch.setattr(evaluation, "_GRAPHS", evaluation._RecentGraphs())
+    config = space.base_config() | {f"arch.{k}": v for k, v in family(FAMILY).smallest().items()}
+    config["scheme"] = "int8"
+    ev = Evaluator("", space, None, None, str(tmp_path), cache_gb=1e-9)
+    first = ev(config)
+    assert first.error is None and not first.compress_cached
+    products = sorted(tmp_path.glob("*.onnx")) + sorted(tmp_path.glob("*.pkl"))
+    assert products == [] and sorted(tmp_path.glob("*.npz"))  # evicted; the data file stays
+    evaluation._GRAPHS.clear()  # a new worker process: nothing in memory either
+    again = ev(config)
+    assert not again.compress_cached  # not read back: rebuilt
+    skip = ("seconds", "compress_cached")
+    assert {k: v for k, v in first.to_dict().items() if k not in skip} == {
+        k: v for k, v in again.to_dict().items() if k not in skip
+    }

@@ -8,6 +8,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ..errors import CimcError, OptionError
+from ..search.cache_limit import CACHE_GB
 from .args import parse_input_shapes
 
 
@@ -52,6 +53,12 @@ def add_parsers(sub: Any) -> None:
         help="with Dask: an evaluation running longer is cancelled and recorded as failed",
     )
     p.add_argument("--study", default="cimc-study", help="study folder (resumed if it exists)")
+    p.add_argument(
+        "--cache-gb",
+        type=float,
+        default=CACHE_GB,
+        help=f"size limit of the study's cache of subnets and compressed graphs ({CACHE_GB:g})",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-area", type=float, help="constraint: chip area in mm^2")
     p.add_argument("--min-fidelity", type=float, help="constraint: output cosine")
@@ -112,6 +119,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             min_fidelity=args.min_fidelity,
             executor=executor,
             progress=progress,
+            cache_gb=args.cache_gb,
         )
     finally:
         if executor is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OptionError
+from .cache_limit import CACHE_GB
 from .evaluate import Evaluator, Metrics, evaluate
 from .executor import EvaluationFailed, cluster_executor, process_pool
 from .loop import Settings, hypervolume, pareto_mask, run_loop
@@ -63,6 +64,7 @@ def run(
     min_fidelity: float | None = None,
     executor: Executor | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    cache_gb: float = CACHE_GB,
 ) -> Study:
     """Search (or resume the search in ``study``) and return the study. With an elastic
     ``family`` (and ``model`` None) the family's architecture is searched too. Objectives
@@ -73,6 +75,8 @@ def run(
     from ..targets.params import Target, load_target
     from .evaluate import load_data
 
+    if not cache_gb > 0:
+        raise OptionError(f"--cache-gb {cache_gb} must be positive (the cache's size limit)")
     if budget < population or population < 2:
         raise OptionError(
             f"--budget {budget} is smaller than --population {population} (or the population is "
@@ -137,6 +141,7 @@ def run(
         input_shapes,
         None if data is None else str(data),
         str(st.folder / "cache"),
+        cache_gb=cache_gb,
     )
     run_loop(sp, evaluator, st, settings, executor, progress)
     if family is not None and has_labels:

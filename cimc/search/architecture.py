@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OptionError
+from .cache_limit import mark_used
 from .evaluate import CALIBRATION
 
 PREFIX = "arch."
@@ -120,6 +121,7 @@ def subnet_model(name: str, config: dict[str, Any], folder: Path) -> Path:
     arch = load_family(name).validate(arch_config(config))
     digest = hashlib.sha256(json.dumps([name, arch], sort_keys=True).encode()).hexdigest()
     path = folder / f"{name}-{digest[:16]}.onnx"
+    mark_used(path)  # first: a file in use is not evicted (cache_limit)
     if not path.is_file():
         import torch
 

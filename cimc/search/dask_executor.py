@@ -232,7 +232,7 @@ class _Pickler(pickle.Pickler):
             return NotImplemented
         data = None if obj.data_path is None else Path(obj.data_path).read_bytes()
         cache = None if obj.cache_dir is None else str(Path(obj.cache_dir).resolve())
-        fields = (obj.space, obj.input_shapes, cache)
+        fields = (obj.space, obj.input_shapes, cache, obj.cache_gb)
         return _worker_evaluator, (Path(obj.model).read_bytes(), data, *fields)
 
 
@@ -243,7 +243,12 @@ def _dumps(fn: Any) -> bytes:
 
 
 def _worker_evaluator(
-    model: bytes, data: bytes | None, space: Any, input_shapes: Any, cache_dir: str | None
+    model: bytes,
+    data: bytes | None,
+    space: Any,
+    input_shapes: Any,
+    cache_dir: str | None,
+    cache_gb: float,
 ) -> Evaluator:
     """The Evaluator on a worker: its files written once per machine under their digest, and the
     study's cache folder if this machine sees it (else the in-memory cache alone)."""
@@ -252,7 +257,7 @@ def _worker_evaluator(
     model_path = _stored(folder, model, ".onnx")
     data_path = None if data is None else _stored(folder, data, ".npz")
     shared = cache_dir if cache_dir is not None and Path(cache_dir).is_dir() else None
-    return Evaluator(model_path, space, input_shapes, data_path, shared)
+    return Evaluator(model_path, space, input_shapes, data_path, shared, cache_gb=cache_gb)
 
 
 def _stored(folder: Path, content: bytes, suffix: str) -> str:

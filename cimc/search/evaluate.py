@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CimcError, FeedError
+from .cache_limit import CACHE_GB, mark_used, trim
 from .space import Space
 
 HARDWARE_PASSES = ("permute-schedule",)
@@ -168,6 +169,7 @@ class Evaluator:
     data_path: str | None
     cache_dir: str | None = None
     evaluation: int | None = None  # samples that measure (None: the data kind's default)
+    cache_gb: float = CACHE_GB  # the cache folder's limit (``cache_limit``)
 
     def __call__(self, config: dict[str, Any]) -> Metrics:
         start = time.perf_counter()
@@ -253,8 +255,9 @@ class Evaluator:
         if (stage := _GRAPHS.get(key)) is not None:
             return stage, True
         path = Path(self.cache_dir) / f"{key}.pkl" if self.cache_dir else None
-        if path is not None and path.is_file():
-            return _GRAPHS.keep(key, pickle.loads(path.read_bytes()) | {"key": key}), True
+        if path is not None and (stored := _read_if_present(path)) is not None:
+            mark_used(path)
+            return _GRAPHS.keep(key, pickle.loads(stored) | {"key": key}), True
         from ..pass_manager import run_passes
 
         graph = import_onnx(model, self.input_shapes)
@@ -271,6 +274,7 @@ class Evaluator:
             from ..atomic import write_bytes_atomic
 
             write_bytes_atomic(path, pickle.dumps(stage, protocol=pickle.HIGHEST_PROTOCOL))
+            trim(path.parent, self.cache_gb)
         return _GRAPHS.keep(key, stage), False
 
     def _source(self, model: str) -> dict[str, Any]:
@@ -303,6 +307,14 @@ class Evaluator:
             "top1_agreement": fid["top1_agreement"],
             "accuracy": accuracy,
         }
+
+
+def _read_if_present(path: Path) -> bytes | None:
+    """The file's bytes, or None if it is not there (never written, or evicted by a worker)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _scheduled(stage: dict[str, Any], target: Any) -> Any:
