@@ -273,6 +273,24 @@ def arch_key(config: dict[str, Any]) -> str:
     return json.dumps(arch_config(config), sort_keys=True)
 
 
+def by_architecture(configs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
+    """``configs`` in the order that compresses each architecture once: an architecture's
+    configs one after another, so its compressed graph is still in the evaluator's (bounded)
+    caches for its next hierarchy; with several workers, ``workers`` architectures' first
+    configs side by side, then their second ones (a worker starting an architecture's second
+    config while another still compresses it would compress it again)."""
+    archs: dict[str, list[dict[str, Any]]] = {}
+    for c in configs:
+        archs.setdefault(arch_key(c), []).append(c)
+    groups = list(archs.values())
+    out = []
+    for start in range(0, len(groups), max(1, workers)):
+        batch = groups[start : start + max(1, workers)]
+        for k in range(max(len(g) for g in batch)):
+            out += [g[k] for g in batch if k < len(g)]
+    return out
+
+
 def pooled(table: dict[str, dict], configs: list[dict], second: dict[str, float]) -> dict:
     """``table`` with each accuracy measured on both image sets (what twice ``--val`` gives)."""
     out = {}
@@ -379,7 +397,8 @@ def bench_family(args: argparse.Namespace, family: str) -> dict[str, Any]:
     kinds = sample_configs(space, args)
     unique = {config_hash(c): c for k in kinds.values() for c in k}
     log(f"{family}: {len(unique)} configs ({args.archs} architectures)")
-    table, _ = evaluate_missing(list(unique.values()), evaluator, study, args.workers)
+    todo = by_architecture(list(unique.values()), args.workers)
+    table, _ = evaluate_missing(todo, evaluator, study, args.workers)
     objectives = ["cycles"] + (["accuracy"] if has_labels(family) else [])
     res: dict[str, Any] = {"family": family, "predictors": {}}
     for kind in KINDS:

@@ -71,3 +71,29 @@ def test_splits_average_seeded_splits_and_keep_the_tau_range(monkeypatch):
     assert cimnet._cell(s) == "0.45 (0.30-0.60) / 9.0% (40)"
     one = cimnet.predictor_scores(None, [], {}, "cycles", seed=3)
     assert cimnet._cell(one) == "0.30 / 6.0% (40)"
+
+
+def test_the_table_compresses_each_architecture_once(monkeypatch):
+    """Configs run architecture by architecture (the bounded cache would otherwise lose an
+    architecture's graph before its second hierarchy), ``workers`` architectures side by side."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    cimnet = importlib.import_module("cimnet")
+    configs = [{"arch.d": a, "L1_bw": h} for h in (1, 2) for a in (0, 1, 2)]  # as the kinds list
+    one = cimnet.by_architecture(configs, 1)
+    assert [(c["arch.d"], c["L1_bw"]) for c in one] == [
+        (0, 1),
+        (0, 2),
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+    ]
+    two = cimnet.by_architecture(configs, 2)
+    assert [(c["arch.d"], c["L1_bw"]) for c in two] == [
+        (0, 1),
+        (1, 1),
+        (0, 2),
+        (1, 2),
+        (2, 1),
+        (2, 2),
+    ]
