@@ -118,6 +118,29 @@ def test_rows_equal_a_local_run(cluster, space_file, tmp_path):
     assert sum(not r.metrics["compress_cached"] for r in dask.rows()) <= 2
 
 
+def test_a_family_evaluates_on_the_cluster(tmp_path):
+    """An elastic family has no model file to ship: each worker exports the subnet itself,
+    into the study's cache when it sees that folder (here: the subnet and compressed graph the
+    driver left there). Its own one-worker cluster: a cold family evaluation (the subnet's
+    reference outputs, Numba) can outlast the shared fixture's 8 s timeout on a loaded machine."""
+    from cimc.models.elastic import family
+
+    space = Space.from_target(load_target("int8-sram"), None, "elastic-resnet-chars")
+    smallest = family("elastic-resnet-chars").smallest()
+    config = space.base_config() | {f"arch.{k}": v for k, v in smallest.items()}
+    evaluator = Evaluator("", space, None, None, str(tmp_path / "cache"), evaluation=72)
+    local = evaluator(config)
+    executor = cluster_executor(local_workers=1, timeout=300.0)
+    try:
+        remote = executor.submit(evaluator, config).result()
+    finally:
+        executor.shutdown()
+    assert local.error is None and remote.compress_cached  # read from the shared cache
+    assert {k: v for k, v in remote.to_dict().items() if k not in TIMING} == {
+        k: v for k, v in local.to_dict().items() if k not in TIMING
+    }
+
+
 def test_worker_killed_mid_evaluation_loses_nothing(cluster, space_file, tmp_path):
     space, study, evaluator, settings = _search_parts(tmp_path / "st", space_file, 8)
     stall = StallOnce(evaluator, str(tmp_path / "marker"), 60.0)

@@ -18,6 +18,7 @@ restarted by its nanny, which frees the worker's slot for the rest of the search
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -225,15 +226,18 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Pickler(pickle.Pickler):
-    """Pickles an :class:`Evaluator` with the bytes of its model and data files."""
+    """Pickles an :class:`Evaluator` with the bytes of its model and data files (every other
+    field as it is, so a worker measures what the driver would)."""
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is not Evaluator:
             return NotImplemented
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        model = Path(obj.model).read_bytes() if obj.model else None  # None: a family's subnets
         data = None if obj.data_path is None else Path(obj.data_path).read_bytes()
-        cache = None if obj.cache_dir is None else str(Path(obj.cache_dir).resolve())
-        fields = (obj.space, obj.input_shapes, cache, obj.cache_gb)
-        return _worker_evaluator, (Path(obj.model).read_bytes(), data, *fields)
+        if obj.cache_dir is not None:
+            fields["cache_dir"] = str(Path(obj.cache_dir).resolve())
+        return _worker_evaluator, (model, data, fields)
 
 
 def _dumps(fn: Any) -> bytes:
@@ -242,22 +246,20 @@ def _dumps(fn: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _worker_evaluator(
-    model: bytes,
-    data: bytes | None,
-    space: Any,
-    input_shapes: Any,
-    cache_dir: str | None,
-    cache_gb: float,
-) -> Evaluator:
+def _worker_evaluator(model: bytes | None, data: bytes | None, fields: dict) -> Evaluator:
     """The Evaluator on a worker: its files written once per machine under their digest, and the
     study's cache folder if this machine sees it (else the in-memory cache alone)."""
     folder = Path(tempfile.gettempdir()) / "cimc-dask"
     folder.mkdir(exist_ok=True)
-    model_path = _stored(folder, model, ".onnx")
-    data_path = None if data is None else _stored(folder, data, ".npz")
-    shared = cache_dir if cache_dir is not None and Path(cache_dir).is_dir() else None
-    return Evaluator(model_path, space, input_shapes, data_path, shared, cache_gb=cache_gb)
+    cache = fields["cache_dir"]
+    return Evaluator(
+        **fields
+        | {
+            "model": "" if model is None else _stored(folder, model, ".onnx"),
+            "data_path": None if data is None else _stored(folder, data, ".npz"),
+            "cache_dir": cache if cache is not None and Path(cache).is_dir() else None,
+        }
+    )
 
 
 def _stored(folder: Path, content: bytes, suffix: str) -> str:
