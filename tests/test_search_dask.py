@@ -29,6 +29,9 @@ from cimc.search.objectives import parse_objectives
 from cimc.search.study import config_hash
 
 SHAPES = {"input": (1, 1, 16, 16)}
+TIMEOUT = 20.0
+"""The shared cluster's evaluation timeout: a cold evaluation (Numba, the digits model) takes
+1-3 s alone, but ran past 8 s with the tests on two processes beside other jobs (load ~10)."""
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +43,8 @@ def space_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Two single-threaded worker processes under nannies; cold evaluations stay below 8 s."""
-    executor = cluster_executor(local_workers=2, timeout=8.0)
+    """Two single-threaded worker processes under nannies."""
+    executor = cluster_executor(local_workers=2, timeout=TIMEOUT)
     yield executor
     executor.shutdown()
 
@@ -122,7 +125,7 @@ def test_a_family_evaluates_on_the_cluster(tmp_path):
     """An elastic family has no model file to ship: each worker exports the subnet itself,
     into the study's cache when it sees that folder (here: the subnet and compressed graph the
     driver left there). Its own one-worker cluster: a cold family evaluation (the subnet's
-    reference outputs, Numba) can outlast the shared fixture's 8 s timeout on a loaded machine."""
+    reference outputs, Numba) can outlast the shared fixture's timeout on a loaded machine."""
     from cimc.models.elastic import family
 
     space = Space.from_target(load_target("int8-sram"), None, "elastic-resnet-chars")
@@ -168,14 +171,14 @@ def test_hanging_evaluation_times_out_and_search_goes_on(cluster, space_file, tm
     hang = StallOnce(evaluator, str(tmp_path / "marker"), 3600.0)
     start = time.monotonic()
     run_loop(space, hang, study, settings, cluster)
-    assert time.monotonic() - start < 45  # timeout 8 s + restart, not the hour
+    assert time.monotonic() - start < TIMEOUT + 37  # timeout + restart, not the hour
     pid, hung = _marker(tmp_path / "marker", 0)
     rows = {r.hash: r for r in study.rows()}
     assert len(rows) == 8
     error = rows[hung].metrics["error"]
-    assert error.startswith("failed: timed out: still running after 8 s"), error
+    assert error.startswith(f"failed: timed out: still running after {TIMEOUT:g} s"), error
     assert "restarted" in error and "not restarted" not in error
-    assert 8 <= rows[hung].seconds < 12  # the watchdog polls every 0.2 s
+    assert TIMEOUT <= rows[hung].seconds < TIMEOUT + 4  # the watchdog polls every 0.2 s
     assert all(r.feasible for h, r in rows.items() if h != hung)
     assert _gone(pid)
     cluster.client.wait_for_workers(2, timeout=30)
