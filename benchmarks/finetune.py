@@ -5,7 +5,7 @@ CNN and on the devkit's real models (../shared/devkit).
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
                                   [--tuned-only] [--workdir DIR] [--rendered N] [--ocr-whole]
-                                  [--balance [P]] [--json out.json]
+                                  [--balance [P]] [--scale per-channel] [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -128,6 +128,10 @@ CALIB_ROWS = {OCR: 16}
 # can also distil on, after the kit's 160 (--rendered): its 352 kit crops alone are fitted after
 # ~100 steps, but 2000 more images did not raise the compiled score (README), so none by default.
 RENDERED = {OCR: 0}
+# weight-pool's options besides the defaults (--scale): per-channel gives each output channel its
+# own alpha, the per-channel scale a model whose BatchNorms were folded before export has lost
+# (openwakeword's embedding: fine-tuning trains no BatchNorm scale there)
+POOL_OPTIONS: dict[str, str] = {}
 # --ocr-whole: ddddocr distils on its whole padded images (ocr_whole) rather than crops of them,
 # as it is scored: its BiLSTM then runs the sequence lengths of the scored images, and no glyph
 # is cut. 2 images a step: about the text of 4 crops (160 images hold 352), at 2 x 288 px.
@@ -165,11 +169,23 @@ def bits(graphs: list[cimc.Graph]) -> dict[str, float]:
 
 def post_training(keep: float, sensitive: int = 0) -> str:
     """The target's default pipeline with error-prune keeping ``keep`` and weight-pool keeping
-    the ``sensitive`` most sensitive layers at int8."""
+    the ``sensitive`` most sensitive layers at int8 (and POOL_OPTIONS)."""
     text = default_pipeline(cimc.load_target("cimpool-sram"))
-    if sensitive:
-        text = text.replace("weight-pool", f"weight-pool{{keep_sensitive={sensitive}}}")
+    opts = {**POOL_OPTIONS, **({"keep_sensitive": sensitive} if sensitive else {})}
+    if opts:
+        inner = ",".join(f"{k}={v}" for k, v in opts.items())
+        text = text.replace("weight-pool", f"weight-pool{{{inner}}}")
     return text.replace("error-prune", f"error-prune{{keep={keep:g}}}")
+
+
+def cimpool_scheme(keep: float) -> Scheme:
+    """The scheme fine-tuning trains: CIMPool keeping ``keep`` of the error term, POOL_OPTIONS."""
+    return get_scheme(f"cimpool-keep{keep:g}", **POOL_OPTIONS)
+
+
+def pool_tag() -> str:
+    """What the rows' labels say of POOL_OPTIONS."""
+    return ", per-channel scale" if POOL_OPTIONS.get("scale") == "per-channel" else ""
 
 
 def pool_target(keep: float) -> dict:
@@ -207,7 +223,7 @@ def digits_rows(args: argparse.Namespace, folder: Path) -> tuple[list[dict], str
     for label, target, pipeline in [
         ("fp32", None, None),
         ("int8 (post-training)", "int8-sram", None),
-        (f"CIMPool keep {keep:g}, post-training", "cimpool-sram", post_training(keep)),
+        (f"CIMPool keep {keep:g}{pool_tag()}, post-training", "cimpool-sram", post_training(keep)),
     ]:
         t0 = time.perf_counter()
         r = score_digits(MODEL, target, pipeline, calib, keep)
@@ -216,10 +232,10 @@ def digits_rows(args: argparse.Namespace, folder: Path) -> tuple[list[dict], str
     graph = cimc.import_onnx(MODEL, SHAPE)
     data = load_samples(data_path, graph, 16)
     cfg = DistillConfig(steps=steps, lr=args.lr or LR.get("digits", 3e-3))
-    model = distill(graph, get_scheme(f"cimpool-keep{keep:g}"), data, cfg)
+    model = distill(graph, cimpool_scheme(keep), data, cfg)
     pipe = export(model, MODEL, folder / "tuned.onnx", folder / "tuned.npz")
     r = score_digits(folder / "tuned.onnx", "cimpool-sram", pipe, calib, keep)
-    label = f"CIMPool keep {keep:g}, fine-tuned without labels"
+    label = f"CIMPool keep {keep:g}{pool_tag()}, fine-tuned without labels"
     rows.append({"row": label, **r, "seconds": time.perf_counter() - t0})
     n = len(data["input"])
     return rows, f"digits CNN, {n} unlabelled images, {steps} steps, 360 test digits"
@@ -329,7 +345,7 @@ def fine_tune(
     data = load_samples(f"{stem}.data.npz", graph, cfg.min_samples)
     fp32 = load_samples(f"{stem}.teacher.npz", graph, cfg.min_samples)
     t0 = time.perf_counter()
-    scheme = get_scheme(f"cimpool-keep{keep:g}")
+    scheme = cimpool_scheme(keep)
     kept = KEEP_SENSITIVE.get(k, 0)
     if kept and k == OCR and OCR_WHOLE[OCR]:
         kept = ocr_kept(scheme, data["input1"][: cfg.calib], kept)
@@ -426,7 +442,7 @@ def kit_rows(
     pool = pool_target(keep)
     post = {k: post_training(keep, KEEP_SENSITIVE.get(k, 0)) for k in samples}
     kept = sum(KEEP_SENSITIVE.get(k, 0) for k in samples)
-    tag = f", {kept} layers int8" if kept else ""
+    tag = (f", {kept} layers int8" if kept else "") + pool_tag()
     how = "fine-tuned without labels" if any(steps.values()) else "untrained student exported"
     rows = []
     baselines = [
@@ -570,6 +586,12 @@ def main() -> int:
         help=f"ddddocr: distil on the whole padded images ({WHOLE_BATCH} a step), not on crops",
     )
     add_balance_option(ap, "ddddocr: ")
+    ap.add_argument(
+        "--scale",
+        choices=("per-layer", "per-channel"),
+        default="per-layer",
+        help="weight-pool's alpha: one per layer (CIMPool's) or one per output channel",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--tuned-only",
@@ -589,6 +611,8 @@ def main() -> int:
         OCR_WHOLE[OCR] = True
         BATCH["ddddocr"] = WHOLE_BATCH
     BALANCE[OCR] = args.balance
+    if args.scale != "per-layer":
+        POOL_OPTIONS["scale"] = args.scale
     if args.keep_sensitive is not None:
         KEEP_SENSITIVE.update(dict.fromkeys(KEEP_SENSITIVE, args.keep_sensitive))
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="cimc-finetune-"))
