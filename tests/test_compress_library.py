@@ -209,6 +209,15 @@ def test_train_schemes_build_their_pipelines_through_the_registry():
         "quantize-act{bits=8,method=max}"
     )
     assert layers.get_scheme("fp32").pipeline() == ""
+    # without an assignment weight-pool computes the pool itself, with the scheme's choices
+    own = layers.get_scheme("cimpool-keep0.5", scale="per-channel", init="hadamard", seed=3)
+    pool = next(p for p in own.passes().passes if p.name == "weight-pool")
+    assert (pool.scale, pool.init, pool.assign, pool.seed) == (
+        "per-channel",
+        "hadamard",
+        "non-repeating",
+        3,
+    )
 
 
 def test_train_scheme_options_are_checked_by_the_passes():

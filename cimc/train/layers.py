@@ -108,6 +108,8 @@ class Scheme:
             opts: dict[str, Any] = {"vector": self.vector, "pool": self.pool, "others": self.others}
             if assignment:
                 opts["assignment"] = assignment
+            else:  # weight-pool computes the pool and assignment itself, as the scheme does
+                opts.update(init=self.init, assign=self.assign, scale=self.scale, seed=self.seed)
             if kept:
                 opts["keep_sensitive"] = kept
             stages = [("zpack", {"vector": self.vector}), ("weight-pool", opts)]
