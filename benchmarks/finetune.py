@@ -5,7 +5,8 @@ CNN and on the devkit's real models (../shared/devkit).
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
                                   [--tuned-only] [--workdir DIR] [--rendered N] [--ocr-whole]
-                                  [--balance [P]] [--scale per-channel] [--json out.json]
+                                  [--balance [P]] [--scale per-channel] [--blend F]
+                                  [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
 digits, the split of benchmarks/make_digits_model.py; labels dropped); the test split
@@ -132,6 +133,9 @@ RENDERED = {OCR: 0}
 # own alpha, the per-channel scale a model whose BatchNorms were folded before export has lost
 # (openwakeword's embedding: fine-tuning trains no BatchNorm scale there)
 POOL_OPTIONS: dict[str, str] = {}
+# --blend: the share of each kit file's steps over which its weights move from fp32 to compressed
+# (alpha-blending): post-training, openwakeword's embedding loses its signal at once
+BLEND = {"share": 0.0}
 # --ocr-whole: ddddocr distils on its whole padded images (ocr_whole) rather than crops of them,
 # as it is scored: its BiLSTM then runs the sequence lengths of the scored images, and no glyph
 # is cut. 2 images a step: about the text of 4 crops (160 images hold 352), at 2 x 288 px.
@@ -409,6 +413,7 @@ def fine_tuned(
             batch_size=BATCH.get(k, cfg.batch_size),
             features=FEATURES.get(k, 0.0),
             balance=BALANCE.get(k, 0.0),
+            blend=round(BLEND["share"] * steps[k]),
         )
         down = None
         if k in THROUGH:
@@ -592,6 +597,13 @@ def main() -> int:
         default="per-layer",
         help="weight-pool's alpha: one per layer (CIMPool's) or one per output channel",
     )
+    ap.add_argument(
+        "--blend",
+        type=float,
+        default=0.0,
+        help="kit models: the first fraction of each file's steps moves its weights from fp32 "
+        "to compressed (distill's DistillConfig.blend; default 0: compressed from the start)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--tuned-only",
@@ -611,6 +623,9 @@ def main() -> int:
         OCR_WHOLE[OCR] = True
         BATCH["ddddocr"] = WHOLE_BATCH
     BALANCE[OCR] = args.balance
+    if not 0 <= args.blend <= 1:
+        ap.error(f"--blend {args.blend}: give a fraction of the steps, 0 to 1")
+    BLEND["share"] = args.blend
     if args.scale != "per-layer":
         POOL_OPTIONS["scale"] = args.scale
     if args.keep_sensitive is not None:

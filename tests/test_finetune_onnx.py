@@ -755,3 +755,36 @@ def test_balance_weights_each_row_by_the_inverse_frequency_of_the_teachers_class
     scheme = get_scheme("cimpool-keep0.5")
     plain_cfg, balanced_cfg = DistillConfig(), DistillConfig(balance=1.0)
     assert fingerprint(graph, scheme, plain_cfg) != fingerprint(graph, scheme, balanced_cfg)
+
+
+def test_blend_moves_the_forward_weight_from_fp32_to_compressed():
+    # alpha-blending: a training forward with a share b of the compressed weight uses
+    # (1 - b) W + b Ŵ, and the latent weight's gradient is the same at every share
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    model = CompressedGraph(graph, get_scheme("cimpool-keep0.5")).train()
+    m = model.layer(model.layer_nodes[1].name)
+    w, hat = m.layer.weight.detach().clone(), m.compressed_weight()
+    assert not torch.allclose(w, hat)
+    grads = []
+    for share in (0.0, 0.3, 1.0):
+        model.blend(share)
+        eff = m.effective_weight()
+        assert torch.allclose(eff, (1 - share) * w + share * hat, atol=1e-6), share
+        m.layer.weight.grad = None
+        (eff * torch.arange(eff.numel()).reshape(eff.shape)).sum().backward()
+        grads.append(m.layer.weight.grad.clone())
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    m.eval()
+    model.blend(0.0)
+    assert torch.equal(m.effective_weight(), hat)  # evaluation always sees the compressed one
+
+    data = load_samples(DATA / "digits_calib.npz", graph, 16)
+    scheme = get_scheme("cimpool-keep0.5")
+    cfg = DistillConfig(steps=4, batch_size=8)
+    blended = distill(graph, scheme, data, DistillConfig(steps=4, batch_size=8, blend=4))
+    plain = distill(graph, scheme, data, cfg)
+    name = plain.layer_nodes[1].name
+    assert not torch.equal(plain.layer(name).layer.weight, blended.layer(name).layer.weight)
+    assert all(m.blend == 1.0 for m in blended.cim.values())  # returned fully compressed
+    with pytest.raises(DistillError, match="blend 5: give 0 to 4 steps"):
+        DistillConfig(steps=4, blend=5)

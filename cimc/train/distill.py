@@ -74,11 +74,17 @@ class DistillConfig:
     # that carry the task (characters) barely move it; between 0 and 1 the dominant class keeps
     # part of its share (full balance turned some of ddddocr's blanks into characters).
     balance: float = 0.0
+    # Steps over which the forward weight moves linearly from fp32 to compressed (0: compressed
+    # from the first step): a deep chain of weak pooled copies loses its signal at once, while a
+    # gradual move lets the layers after each one follow it.
+    blend: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.balance >= 0:  # also refuses nan: every caller, the CLI and the benchmark
             raise DistillError(f"balance {self.balance}: give a power >= 0 (1: every class alike)")
+        if not 0 <= self.blend <= self.steps:
+            raise DistillError(f"blend {self.blend}: give 0 to {self.steps} steps (the --steps)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -250,6 +256,11 @@ class CompressedGraph(GraphModule):
 
     def layer(self, name: str) -> CimLayer:
         return self.cim[self._key[name]]
+
+    def blend(self, share: float) -> None:
+        """Train with ``share`` of every compressed weight (the rest fp32; see CimLayer.blend)."""
+        for m in self.cim.values():
+            m.blend = share
 
     def forward(self, *inputs: torch.Tensor) -> Any:
         self._captured: dict[str, torch.Tensor] = {}
@@ -543,6 +554,7 @@ def distill(
     student.train()
     t0 = time.perf_counter()
     for step in range(start + 1, cfg.steps + 1):
+        student.blend(min(1.0, step / cfg.blend) if cfg.blend else 1.0)
         pick = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         batch = {k: augment(v[pick], cfg, stds[k], gen) for k, v in data.items()}
         target, t_feats = targets(pick, batch if teacher_data is None else None)
@@ -585,6 +597,7 @@ def distill(
                 },
             )
     student.capturing = False
+    student.blend(1.0)
     return student.eval()
 
 

@@ -269,6 +269,9 @@ class CimLayer(nn.Module):
     """
 
     refresh_every = 1  # training: recompute the indices every n weight updates (1: always)
+    # training: the compressed share of the forward weight, (1 - blend) W + blend Ŵ; below 1 the
+    # network meets its compression gradually (alpha-blending, Liu & Mattina, IJCAI 2019)
+    blend = 1.0
 
     def __init__(self, layer: nn.Module, role: str, bits: int, scheme: Scheme) -> None:
         super().__init__()
@@ -320,7 +323,9 @@ class CimLayer(nn.Module):
         if self.role == "float":
             return w
         hat = self.compressed_weight()
-        return w + (hat - w).detach() if (self.training and torch.is_grad_enabled()) else hat
+        if self.training and torch.is_grad_enabled():
+            return w + (self.blend * (hat - w)).detach()
+        return hat
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(x)
