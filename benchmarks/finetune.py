@@ -5,7 +5,7 @@ CNN and on the devkit's real models (../shared/devkit).
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
                                   [--tuned-only] [--workdir DIR] [--rendered N] [--ocr-whole]
-                                  [--balance [P]] [--scale per-channel] [--blend F]
+                                  [--balance [P]] [--scale per-channel] [--blend F] [--int4]
                                   [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
@@ -133,6 +133,9 @@ RENDERED = {OCR: 0}
 # own alpha, the per-channel scale a model whose BatchNorms were folded before export has lost
 # (openwakeword's embedding: fine-tuning trains no BatchNorm scale there)
 POOL_OPTIONS: dict[str, str] = {}
+# --int4: kit models fine-tuned to int4-sram (4-bit per-channel weights) by the same
+# distillation instead of CIMPool: what the recipe reaches where the bits are not the limit
+INT4 = {"on": False}
 # --blend: the share of each kit file's steps over which its weights move from fp32 to compressed
 # (alpha-blending): post-training, openwakeword's embedding loses its signal at once
 BLEND = {"share": 0.0}
@@ -185,6 +188,16 @@ def post_training(keep: float, sensitive: int = 0) -> str:
 def cimpool_scheme(keep: float) -> Scheme:
     """The scheme fine-tuning trains: CIMPool keeping ``keep`` of the error term, POOL_OPTIONS."""
     return get_scheme(f"cimpool-keep{keep:g}", **POOL_OPTIONS)
+
+
+def tuned_scheme(keep: float) -> Scheme:
+    """The scheme the kit models are fine-tuned to: CIMPool keeping ``keep``, or int4 (--int4)."""
+    return get_scheme("int4") if INT4["on"] else cimpool_scheme(keep)
+
+
+def tuned_target(keep: float) -> tuple[str, dict | None]:
+    """The target (and its overrides) the fine-tuned kit models compile for."""
+    return ("int4-sram", None) if INT4["on"] else ("cimpool-sram", pool_target(keep))
 
 
 def pool_tag() -> str:
@@ -349,7 +362,7 @@ def fine_tune(
     data = load_samples(f"{stem}.data.npz", graph, cfg.min_samples)
     fp32 = load_samples(f"{stem}.teacher.npz", graph, cfg.min_samples)
     t0 = time.perf_counter()
-    scheme = cimpool_scheme(keep)
+    scheme = tuned_scheme(keep)
     kept = KEEP_SENSITIVE.get(k, 0)
     if kept and k == OCR and OCR_WHOLE[OCR]:
         kept = ocr_kept(scheme, data["input1"][: cfg.calib], kept)
@@ -393,7 +406,8 @@ def fine_tuned(
     def compiled() -> CimcRunner:
         pipes = {k: p for k, (_, p) in tuned.items()}
         files = {k: f for k, (f, _) in tuned.items()}
-        return CimcRunner("cimpool-sram", pipes, calib, files, pool_target(keep))
+        target, overrides = tuned_target(keep)
+        return CimcRunner(target, pipes, calib, files, overrides)
 
     for k, fp32 in samples.items():
         if tuned and after is None:  # the first file feeds the others
@@ -449,6 +463,7 @@ def kit_rows(
     kept = sum(KEEP_SENSITIVE.get(k, 0) for k in samples)
     tag = (f", {kept} layers int8" if kept else "") + pool_tag()
     how = "fine-tuned without labels" if any(steps.values()) else "untrained student exported"
+    tuned = f"CIMPool keep {keep:g}{tag}" if not INT4["on"] else "int4 (4-bit weights)"
     rows = []
     baselines = [
         ("int8 (post-training)", CimcRunner("int8-sram", None, calib)),
@@ -460,7 +475,7 @@ def kit_rows(
     for label, runner in [
         ("fp32", kit.ort_run()),
         *([] if args.tuned_only else baselines),
-        (f"CIMPool keep {keep:g}{tag}, {how}", None),
+        (f"{tuned}, {how}", None),
     ]:
         t0 = time.perf_counter()
         if runner is None:
@@ -604,6 +619,12 @@ def main() -> int:
         help="kit models: the first fraction of each file's steps moves its weights from fp32 "
         "to compressed (distill's DistillConfig.blend; default 0: compressed from the start)",
     )
+    ap.add_argument(
+        "--int4",
+        action="store_true",
+        help="kit models: fine-tune to int4-sram (4-bit weights) by the same distillation "
+        "instead of CIMPool",
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
         "--tuned-only",
@@ -626,6 +647,7 @@ def main() -> int:
     if not 0 <= args.blend <= 1:
         ap.error(f"--blend {args.blend}: give a fraction of the steps, 0 to 1")
     BLEND["share"] = args.blend
+    INT4["on"] = args.int4
     if args.scale != "per-layer":
         POOL_OPTIONS["scale"] = args.scale
     if args.keep_sensitive is not None:
@@ -645,7 +667,11 @@ def main() -> int:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(table(rows, what, f"{load} on {os.cpu_count()} cores"))
         print(flush=True)
-        out[name] = [{k: v for k, v in r.items() if k != "pred"} for r in rows]
+        fp32 = rows[0]["pred"]  # the table's agreement column, kept in the JSON too
+        agree = [float((r["pred"] == fp32).mean()) for r in rows]
+        out[name] = [
+            {**{k: v for k, v in r.items() if k != "pred"}, "agree": a} for r, a in zip(rows, agree)
+        ]
     if args.json:
         write_text_atomic(args.json, json.dumps(out, indent=1) + "\n")
     return 0
