@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 import cimc  # noqa: E402
 from cimc.cim_ops import POOL_OP, QUANT_OP, quantize_input  # noqa: E402
-from cimc.errors import PassError  # noqa: E402
+from cimc.errors import CimcError, PassError  # noqa: E402
 from cimc.train import data as D  # noqa: E402
 from cimc.train import finetune as T  # noqa: E402
 from cimc.train.evaluate import compile_export, compiled_logits  # noqa: E402
@@ -18,6 +18,7 @@ from cimc.train.export import export_model, plain_model  # noqa: E402
 from cimc.train.layers import (  # noqa: E402
     ActQuant,
     CimLayer,
+    calibrating,
     cim_layers,
     compress_model,
     get_scheme,
@@ -305,3 +306,15 @@ def test_plain_model_holds_compressed_weights(keep_half) -> None:
                 w2.shape[0], -1
             )[:, : w2.shape[1]]
             np.testing.assert_allclose(w2, recon, rtol=1e-6, atol=1e-7)
+
+
+def test_an_uncalibrated_activation_quantiser_refuses_to_evaluate():
+    """Without a range its scale would be 1 (every activation rounded to an integer): refused,
+    naming the fix; once calibrated it quantises on the calibrated grid."""
+    act = ActQuant(8).eval()
+    x = torch.linspace(-0.3, 0.7, 11)
+    with pytest.raises(CimcError, match="calibrate"):
+        act(x)
+    with calibrating(act):
+        act(x)
+    assert torch.allclose(act(x), x, atol=0.7 / 127)

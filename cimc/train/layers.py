@@ -40,6 +40,7 @@ from cimc.compress import (
     quantized_weights,
     refit_alpha,
 )
+from cimc.errors import CimcError
 from cimc.passes_base import Pipeline, make_pass
 
 KINDS = ("fp32", "int", "pool")
@@ -254,6 +255,13 @@ class ActQuant(nn.Module):
         straight-through rounding while training, the compiler's float64 rounding in eval."""
         if not self.bits:
             return x
+        if not self.training and not bool(self.seen):
+            # an empty range would give scale 1: every activation rounded to an integer
+            raise CimcError(
+                f"activation quantiser ({self.bits} bits) has no range: calibrate the model "
+                "(cimc.train.layers.calibrate, or cimc.train.distill.calibrate for an imported "
+                "graph) or train it before evaluating"
+            )
         scale, qmin, qmax, _ = self.params()
         if self.training:
             xq = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
