@@ -30,6 +30,11 @@ def pareto_rows(study: Study) -> list[Row]:
 def difference(config: dict[str, Any], base: dict[str, Any], family: str | None = None) -> str:
     """A config as its change from the preset; hierarchy values as multiples of the preset's.
     The variables of a block the family's subnet does not have are left out (they mean nothing)."""
+    return " ".join(changes(config, base, family)) or "(preset)"
+
+
+def changes(config: dict[str, Any], base: dict[str, Any], family: str | None = None) -> list[str]:
+    """The variables a config sets away from the preset, as :func:`difference` prints them."""
     absent = _absent_block_variables(config, family)
     parts = []
     for name, value in config.items():
@@ -39,7 +44,7 @@ def difference(config: dict[str, Any], base: dict[str, Any], family: str | None 
             parts.append(f"{name}x{value / base[name]:g}")
         else:
             parts.append(f"{name}={value}")
-    return " ".join(parts) or "(preset)"
+    return parts
 
 
 def _absent_block_variables(config: dict[str, Any], family: str | None) -> set[str]:
@@ -56,20 +61,30 @@ def _absent_block_variables(config: dict[str, Any], family: str | None) -> set[s
 
 
 def pareto_table(study: Study) -> list[dict[str, Any]]:
-    """The front's rows; a labelled family's also carry their test-split accuracy."""
+    """The front, one row per point: configurations reaching the same objective values (knobs
+    the objectives do not see) are one row, the one changing fewest variables from the preset,
+    with ``configs`` counting them. A labelled family's rows also carry test-split accuracy."""
     meta = study.meta()
     settings, tested = meta["settings"], meta.get("test_accuracy")
-    base = settings["base_config"]
-    return [
-        {
-            "round": r.round,
-            **{n: OBJECTIVES[n].value(r.metrics) for n in settings["objectives"]},
-            **({} if tested is None else {"test_accuracy": tested.get(r.hash)}),
-            "area_mm2": r.metrics["area_mm2"],
-            "change": difference(r.config, base, meta.get("family")),
-        }
-        for r in pareto_rows(study)
-    ]
+    base, family = settings["base_config"], meta.get("family")
+    objectives = [OBJECTIVES[n] for n in settings["objectives"]]
+    points: dict[tuple[float, ...], list[Row]] = {}
+    for r in pareto_rows(study):
+        points.setdefault(tuple(minimised(r.metrics, objectives).tolist()), []).append(r)
+    table = []
+    for tied in points.values():
+        r = min(tied, key=lambda r: len(changes(r.config, base, family)))  # the first if equal
+        table.append(
+            {
+                "round": r.round,
+                **{n: OBJECTIVES[n].value(r.metrics) for n in settings["objectives"]},
+                **({} if tested is None else {"test_accuracy": tested.get(r.hash)}),
+                "area_mm2": r.metrics["area_mm2"],
+                "configs": len(tied),
+                "change": difference(r.config, base, family),
+            }
+        )
+    return table
 
 
 def print_pareto(study: Study) -> None:
