@@ -230,28 +230,30 @@ def test_resume_after_sigkill(tmp_path, hw_space):
     assert kept <= {h for (h,) in db.execute("SELECT hash FROM evals")}
 
 
-def test_pareto_table_shows_tied_configurations_once_with_the_fewest_changes(tmp_path):
-    """Configurations the objectives cannot tell apart (a knob they do not see) are one point of
-    the front: the table shows it once, as its config changing fewest variables, and counts them."""
+def test_pareto_table_shows_tied_configurations_once_as_the_smallest_simplest(tmp_path):
+    """Configurations the objectives cannot tell apart (knobs they do not see) are one point of
+    the front: the table shows it once, as its smallest chip changing fewest variables, and counts
+    them."""
     from cimc.search.report import pareto_table
     from cimc.search.study import Row, Study, config_hash
 
     base = {"scheme": "int8", "perm_lanes": 16, "DRAM_bw": 32.0}
     settings = {"objectives": ["fidelity", "cycles"], "base_config": base}
     study = Study(tmp_path / "s", identity={"settings": settings})
-    points = [  # (changes from base, cosine, cycles)
-        ({"perm_lanes": 32, "DRAM_bw": 8.0}, 0.99, 100.0),
-        ({"perm_lanes": 32}, 0.99, 100.0),
-        ({"scheme": "int4"}, 0.95, 60.0),
-        ({"scheme": "int4", "perm_lanes": 32}, 0.90, 80.0),  # dominated
+    points = [  # (changes from base, cosine, cycles, area)
+        ({"perm_lanes": 32, "DRAM_bw": 8.0}, 0.99, 100.0, 2.0),
+        ({"perm_lanes": 32}, 0.99, 100.0, 2.0),  # as small, fewer changes: shown
+        ({"scheme": "int4"}, 0.95, 60.0, 3.0),
+        ({"scheme": "int4", "DRAM_bw": 8.0}, 0.95, 60.0, 1.5),  # smaller chip: shown
+        ({"scheme": "int4", "perm_lanes": 32}, 0.90, 80.0, 1.0),  # dominated
     ]
-    for i, (change, cosine, cycles) in enumerate(points):
+    for change, cosine, cycles, area in points:
         config = {**base, **change}
-        metrics = {"cosine": cosine, "cycles": cycles, "area_mm2": 1.0 + i}
+        metrics = {"cosine": cosine, "cycles": cycles, "area_mm2": area}
         study.add(Row(config_hash(config), 0, config, metrics, None, 0.1))
     table = pareto_table(study)
-    assert [(r["fidelity"], r["cycles"], r["configs"]) for r in table] == [
-        (0.99, 100.0, 2),
-        (0.95, 60.0, 1),
+    assert [(r["fidelity"], r["cycles"], r["configs"], r["area_mm2"]) for r in table] == [
+        (0.99, 100.0, 2, 2.0),
+        (0.95, 60.0, 2, 1.5),
     ]
-    assert [r["change"] for r in table] == ["perm_lanes=32", "scheme=int4"]
+    assert [r["change"] for r in table] == ["perm_lanes=32", "scheme=int4 DRAM_bwx0.25"]

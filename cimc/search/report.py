@@ -62,8 +62,9 @@ def _absent_block_variables(config: dict[str, Any], family: str | None) -> set[s
 
 def pareto_table(study: Study) -> list[dict[str, Any]]:
     """The front, one row per point: configurations reaching the same objective values (knobs
-    the objectives do not see) are one row, the one changing fewest variables from the preset,
-    with ``configs`` counting them. A labelled family's rows also carry test-split accuracy."""
+    the objectives do not see) are one row, the smallest chip of them changing fewest variables
+    from the preset, with ``configs`` counting them. A labelled family's rows also carry their
+    test-split accuracy."""
     meta = study.meta()
     settings, tested = meta["settings"], meta.get("test_accuracy")
     base, family = settings["base_config"], meta.get("family")
@@ -73,7 +74,8 @@ def pareto_table(study: Study) -> list[dict[str, Any]]:
         points.setdefault(tuple(minimised(r.metrics, objectives).tolist()), []).append(r)
     table = []
     for tied in points.values():
-        r = min(tied, key=lambda r: len(changes(r.config, base, family)))  # the first if equal
+        # the smallest chip, then the fewest changes, then the first evaluated
+        r = min(tied, key=lambda r: (r.metrics["area_mm2"], len(changes(r.config, base, family))))
         table.append(
             {
                 "round": r.round,
