@@ -30,25 +30,17 @@ from kit import check_devkit
 
 import cimc
 from cimc.atomic import write_text_atomic
-from cimc.torch_backend import GraphModule
-from cimc.train.distill import CompressedGraph, DistillConfig, calibrate, distill, load_samples
+from cimc.train.distill import (
+    DistillConfig,
+    distill,
+    load_samples,
+    output_error,
+    untrained_student,
+)
 from cimc.train.layers import SCHEMES, get_scheme
 
 EMBEDDING = "openwakeword/embedding_model.onnx"
 SCHEMES_DEFAULT = "cimpool-keep0.25,cimpool-keep0.5,cimpool-keep1,int4"
-
-
-def relative_mse(student: torch.nn.Module, teacher: torch.nn.Module, clips: np.ndarray) -> float:
-    """Mean squared error to fp32's embedding over the mean variance of fp32's, clip by clip."""
-    student.eval()
-    err = var = 0.0
-    with torch.no_grad():
-        for clip in clips:
-            x = torch.from_numpy(clip)
-            t, s = teacher(x)[0].double(), student(x)[0].double()
-            err += float(((s - t) ** 2).mean())
-            var += float(t.var())
-    return err / var
 
 
 def scheme_bits(name: str, shapes: dict, calib: list[dict]) -> float:
@@ -86,23 +78,19 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="cimc-embedding-fit-"))
     samples = distillation_feeds(kit, "openwakeword", folder)[EMBEDDING]
     np.savez(folder / "data.npz", **flat(samples))
-    clips = next(iter(samples.values()))
+    clips = next(iter(samples.values()))  # [clips, windows, *window]
     shapes = {i: v.shape[1:] for i, v in samples.items()}
     graph = cimc.import_onnx(KIT / "models" / EMBEDDING, shapes)
     data = load_samples(folder / "data.npz", graph, 16)
     calib = [{i: v[0] for i, v in samples.items()}]
     cfg = DistillConfig(steps=args.steps, batch_size=1, lr=3e-3, loss="mse", features=1.0, calib=8)
-    teacher = GraphModule(graph).eval()
     rows = []
     print(f"{len(clips)} clips x {clips.shape[1]} windows, {args.steps} steps of one clip")
     for name in names:
         t0 = time.perf_counter()
         scheme = get_scheme(name)
-        untrained = CompressedGraph(graph, scheme)
-        if scheme.act_bits:  # the activation ranges distill starts from (uncalibrated: none)
-            calibrate(untrained, {k: v[: cfg.calib] for k, v in data.items()})
-        before = relative_mse(untrained, teacher, clips)
-        after = relative_mse(distill(graph, scheme, data, cfg), teacher, clips)
+        before = output_error(graph, untrained_student(graph, scheme, data, cfg), data)
+        after = output_error(graph, distill(graph, scheme, data, cfg), data)
         row = {
             "scheme": name,
             "bits_compressed": scheme_bits(name, shapes, calib),

@@ -31,7 +31,9 @@ from cimc.train.distill import (  # noqa: E402
     distill,
     export,
     load_samples,
+    output_error,
     sensitive_layers,
+    untrained_student,
 )
 from cimc.train.layers import get_scheme  # noqa: E402
 
@@ -317,9 +319,27 @@ def test_cli_finetunes_and_refuses_a_foreign_checkpoint(tmp_path, capsys):
     # an int target: quantisation-aware distillation, no assignment file
     code, err = _cli(capsys, *args, "--target", "int8-sram", "-o", str(tmp_path / "int8"))
     assert code == 0, err
-    summary = json.loads((tmp_path / "int8" / "summary.json").read_text())
-    assert "quantize-weights{bits=8}" in summary["pipeline"]
+    int8 = json.loads((tmp_path / "int8" / "summary.json").read_text())
+    assert "quantize-weights{bits=8}" in int8["pipeline"]
     assert not (tmp_path / "int8" / "model.npz").exists()
+    # the fit each run reports: CIMPool's post-training error far above int8's
+    assert summary["fit"]["samples"] == int8["fit"]["samples"] == 64
+    assert 0 <= int8["fit"]["post_training"] < 0.01 < summary["fit"]["post_training"]
+
+
+def test_output_error_measures_the_fit_to_fp32_and_training_lowers_it():
+    """0 for the fp32 model itself; post-training int8 far below CIMPool keep 1/4; and a few
+    hundred steps of distillation lower CIMPool's error on the samples it trained on."""
+    graph = cimc.import_onnx(DIGITS, SHAPE)
+    data = load_samples(DATA / "digits_calib.npz", graph, 16)
+    cfg = DistillConfig(steps=300, batch_size=16)
+    assert output_error(graph, GraphModule(graph), data) == 0
+    int8 = output_error(graph, untrained_student(graph, get_scheme("int8"), data, cfg), data)
+    scheme = get_scheme("cimpool-keep0.25")
+    post = output_error(graph, untrained_student(graph, scheme, data, cfg), data)
+    tuned = output_error(graph, distill(graph, scheme, data, cfg), data)
+    assert int8 < 0.1 * post
+    assert tuned < 0.8 * post, (post, tuned)
 
 
 def test_load_samples_is_a_feed_error_for_a_missing_file(tmp_path):

@@ -40,6 +40,9 @@ if TYPE_CHECKING:  # torch is optional: distill is imported when the command run
 POOL_SCHEMES = ("cimpool-keep0.5", "cimpool-keep1", "cimpool-keep0.25", "cimpool-pool-only")
 
 
+FIT_SAMPLES = 64  # distillation samples the printed fit is measured on (two forward passes each)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "finetune",
@@ -156,7 +159,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..frontend import import_onnx
-    from ..train.distill import DistillConfig, check_exportable, distill, export, load_samples
+    from ..train.distill import (
+        DistillConfig,
+        check_exportable,
+        distill,
+        export,
+        load_samples,
+        output_error,
+        untrained_student,
+    )
 
     torch.set_num_threads(args.threads)
     if args.steps < 1 or args.batch_size < 1:
@@ -207,6 +218,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             checkpoint=out / "checkpoint.pt",
             progress=lambda done, total, loss: bar.update(task, completed=done, loss=loss),
         )
+    # the fit on the first FIT_SAMPLES distillation samples, before and after
+    fit_data = {k: v[:FIT_SAMPLES] for k, v in data.items()}
+    before = untrained_student(graph, scheme, data, cfg, model.kept)
+    fit = {
+        "post_training": output_error(graph, before, fit_data),
+        "fine_tuned": output_error(graph, model, fit_data),
+        "samples": len(next(iter(fit_data.values()))),
+    }
     pipeline = export(model, args.model, out / "model.onnx", out / "model.npz")
     calib = {k: v[: cfg.calib].numpy() for k, v in data.items()}  # what the ranges came from
     with atomic_path(out / "calibration.npz") as tmp:
@@ -218,9 +237,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         "config": cfg.to_dict(),
         "samples": len(next(iter(data.values()))),
         "pipeline": pipeline,
+        "fit": fit,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    print(
+        f"fit to fp32 on {fit['samples']} distillation samples (squared error over fp32's "
+        f"variance): {fit['post_training']:.4f} post-training -> {fit['fine_tuned']:.4f} "
+        "fine-tuned"
+    )
     print(f"pipeline: {pipeline}")
     print(f"wrote {out}/: {', '.join(sorted(p.name for p in out.iterdir()))}")
     shapes = " ".join(

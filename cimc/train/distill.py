@@ -416,6 +416,50 @@ def calibrate(model: CompressedGraph, x: dict[str, torch.Tensor], batch: int = 6
         act.seen.fill_(True)
 
 
+@torch.no_grad()
+def output_error(
+    graph: Graph, model: nn.Module, data: dict[str, torch.Tensor], batch: int = 16
+) -> float:
+    """How far ``model``'s outputs are from fp32's on ``data``: the squared error over fp32's
+    variance within each sample, summed over samples and averaged over the graph's outputs.
+
+    On the distillation data this is the fit: when the fine-tuned student stays far above what
+    int4 reaches on the same samples, the compression's bits are the limit, not the steps."""
+    teacher = GraphModule(graph).eval()
+    was = model.training
+    model.eval()
+    n = len(next(iter(data.values())))
+    err = np.zeros(len(graph.outputs))
+    var = np.zeros(len(graph.outputs))
+    try:
+        for start in range(0, n, batch):
+            part = {k: v[start : start + batch] for k, v in data.items()}
+            outs = zip(_run(model, part, graph.inputs)[0], _run(teacher, part, graph.inputs)[0])
+            for i, (s, t) in enumerate(outs):
+                s, t = s.double().flatten(1), t.double().flatten(1)
+                err[i] += float(((s - t) ** 2).mean(1).sum())
+                # one value a sample (a score): its mean square stands in for the variance
+                var[i] += float(t.var(1).sum()) if t.shape[1] > 1 else float(t.square().sum())
+    finally:
+        model.train(was)
+    return float(np.mean(err / np.maximum(var, 1e-30)))
+
+
+def untrained_student(
+    graph: Graph,
+    scheme: Scheme,
+    data: dict[str, torch.Tensor],
+    cfg: DistillConfig,
+    kept: frozenset[str] = frozenset(),
+) -> CompressedGraph:
+    """The student before any step (post-training compression), its activation ranges
+    calibrated as :func:`distill` starts it."""
+    student = CompressedGraph(graph, scheme, kept)
+    if scheme.act_bits:
+        calibrate(student, {k: v[: cfg.calib] for k, v in data.items()})
+    return student.eval()
+
+
 def features_loss(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> Any:
     """Mean over CiM layers of the input's MSE to fp32's, scaled by its variance: a deep
     student whose every layer adds error learns layer by layer, not only through the output."""
@@ -844,4 +888,6 @@ __all__ = [
     "sensitive_layers",
     "export",
     "load_samples",
+    "output_error",
+    "untrained_student",
 ]
