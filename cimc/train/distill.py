@@ -559,7 +559,8 @@ def distill(
         if isinstance(keep_sensitive, frozenset)
         else sensitive_layers(graph, scheme, calib, keep_sensitive)
     )
-    student = CompressedGraph(graph, scheme, kept)
+    # calibrated here even when a checkpoint follows: it holds the ranges it trained with
+    student = untrained_student(graph, scheme, data, cfg, kept)
     if cfg.features:  # both return their CiM layers' inputs too
         teacher = CompressedGraph(graph, Scheme(kind="fp32", keep=None, act_bits=0)).eval()
         teacher.capturing = student.capturing = True
@@ -591,8 +592,6 @@ def distill(
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         start = state["step"]
-    if scheme.act_bits and not start:  # a checkpoint holds the ranges it trained with
-        calibrate(student, calib)
     fixed = teacher_data is not None or not any(augments(v, cfg) for v in data.values())
     targets = _Targets(teacher, {k: (teacher_data or data)[k] for k in graph.inputs}, fixed)
     student.train()

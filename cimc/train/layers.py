@@ -220,7 +220,14 @@ class ActQuant(nn.Module):
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
 
     def params(self) -> tuple[float, int, int, bool]:
-        """(scale, qmin, qmax, signed) from the current range."""
+        """(scale, qmin, qmax, signed) from the current range; refused before there is one (an
+        empty range would give scale 1: every activation rounded to an integer)."""
+        if not bool(self.seen):
+            raise CimcError(
+                f"activation quantiser ({self.bits} bits) has no range: calibrate the model "
+                "(cimc.train.layers.calibrate, or cimc.train.distill.calibrate for an imported "
+                "graph) or train it before evaluating"
+            )
         signed = bool(self.lo < 0)
         qmin, qmax = act_range(self.bits, signed)
         lo, hi = float(self.lo), float(self.hi)
@@ -255,13 +262,6 @@ class ActQuant(nn.Module):
         straight-through rounding while training, the compiler's float64 rounding in eval."""
         if not self.bits:
             return x
-        if not self.training and not bool(self.seen):
-            # an empty range would give scale 1: every activation rounded to an integer
-            raise CimcError(
-                f"activation quantiser ({self.bits} bits) has no range: calibrate the model "
-                "(cimc.train.layers.calibrate, or cimc.train.distill.calibrate for an imported "
-                "graph) or train it before evaluating"
-            )
         scale, qmin, qmax, _ = self.params()
         if self.training:
             xq = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
