@@ -5,7 +5,7 @@ CNN and on the devkit's real models (../shared/devkit).
     python benchmarks/finetune.py [--models digits,mnist8,magika,openwakeword,silero_vad,ddddocr]
                                   [--steps N] [--keep 0.25] [--keep-sensitive N] [--threads 1]
                                   [--tuned-only] [--workdir DIR] [--rendered N] [--ocr-whole]
-                                  [--balance [P]] [--scale per-channel] [--blend F] [--int4]
+                                  [--balance [P]] [--scale per-channel] [--blend F] [--int-bits N]
                                   [--json out.json]
 
 digits: the unlabelled data are the images of the model's own training split (scikit-learn
@@ -133,9 +133,10 @@ RENDERED = {OCR: 0}
 # own alpha, the per-channel scale a model whose BatchNorms were folded before export has lost
 # (openwakeword's embedding: fine-tuning trains no BatchNorm scale there)
 POOL_OPTIONS: dict[str, str] = {}
-# --int4: kit models fine-tuned to int4-sram (4-bit per-channel weights) by the same
-# distillation instead of CIMPool: what the recipe reaches where the bits are not the limit
-INT4 = {"on": False}
+# --int-bits N: kit models fine-tuned to N-bit per-channel integer weights (int4-sram with
+# weight_bits=N) by the same distillation instead of CIMPool: what the recipe reaches where the
+# bits are not the limit, and how many bits a model needs (0: CIMPool)
+INT_BITS = {"bits": 0}
 # --blend: the share of each kit file's steps over which its weights move from fp32 to compressed
 # (alpha-blending): post-training, openwakeword's embedding loses its signal at once
 BLEND = {"share": 0.0}
@@ -191,13 +192,18 @@ def cimpool_scheme(keep: float) -> Scheme:
 
 
 def tuned_scheme(keep: float) -> Scheme:
-    """The scheme the kit models are fine-tuned to: CIMPool keeping ``keep``, or int4 (--int4)."""
-    return get_scheme("int4") if INT4["on"] else cimpool_scheme(keep)
+    """The scheme the kit models are fine-tuned to: CIMPool keeping ``keep``, or N-bit integer
+    weights (--int-bits N)."""
+    bits = INT_BITS["bits"]
+    return get_scheme("int4", bits=bits) if bits else cimpool_scheme(keep)
 
 
 def tuned_target(keep: float) -> tuple[str, dict | None]:
     """The target (and its overrides) the fine-tuned kit models compile for."""
-    return ("int4-sram", None) if INT4["on"] else ("cimpool-sram", pool_target(keep))
+    bits = INT_BITS["bits"]
+    if bits:
+        return ("int4-sram", None if bits == 4 else {"weight_bits": bits})
+    return ("cimpool-sram", pool_target(keep))
 
 
 def pool_tag() -> str:
@@ -463,7 +469,8 @@ def kit_rows(
     kept = sum(KEEP_SENSITIVE.get(k, 0) for k in samples)
     tag = (f", {kept} layers int8" if kept else "") + pool_tag()
     how = "fine-tuned without labels" if any(steps.values()) else "untrained student exported"
-    tuned = f"CIMPool keep {keep:g}{tag}" if not INT4["on"] else "int4 (4-bit weights)"
+    ibits = INT_BITS["bits"]
+    tuned = f"int{ibits} ({ibits}-bit weights)" if ibits else f"CIMPool keep {keep:g}{tag}"
     rows = []
     baselines = [
         ("int8 (post-training)", CimcRunner("int8-sram", None, calib)),
@@ -620,10 +627,12 @@ def main() -> int:
         "to compressed (distill's DistillConfig.blend; default 0: compressed from the start)",
     )
     ap.add_argument(
-        "--int4",
-        action="store_true",
-        help="kit models: fine-tune to int4-sram (4-bit weights) by the same distillation "
-        "instead of CIMPool",
+        "--int-bits",
+        type=int,
+        default=0,
+        metavar="N",
+        help="kit models: fine-tune to N-bit integer weights (int4-sram with weight_bits=N, "
+        "2-8) by the same distillation instead of CIMPool",
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -647,7 +656,9 @@ def main() -> int:
     if not 0 <= args.blend <= 1:
         ap.error(f"--blend {args.blend}: give a fraction of the steps, 0 to 1")
     BLEND["share"] = args.blend
-    INT4["on"] = args.int4
+    if args.int_bits and not 2 <= args.int_bits <= 8:
+        ap.error(f"--int-bits {args.int_bits}: give 2 to 8 bits per weight")
+    INT_BITS["bits"] = args.int_bits
     if args.scale != "per-layer":
         POOL_OPTIONS["scale"] = args.scale
     if args.keep_sensitive is not None:

@@ -63,6 +63,9 @@ class MacroKind:
 
     name: ClassVar[str] = ""
     layer_ops: ClassVar[tuple[str, ...]] = ()  # the compressed layer ops its arrays run
+    # target parameters none of this kind's rules (geometry, area, energy, simulator) read:
+    # configs that differ only there cost alike, so the search evaluates one of them
+    unread_params: ClassVar[frozenset[str]] = frozenset()
 
     def default_pipeline(self, target) -> str:
         """Compression for this macro; ``compile`` appends the backend passes."""
@@ -111,6 +114,9 @@ class IntMacro(MacroKind):
 
     name = "int"
     layer_ops = (QUANT_OP,)
+    # no pool array, error array or permutation unit (tests/test_search_canonical.py checks
+    # that changing them changes no program's cycles, energy or area)
+    unread_params = frozenset({"pool_cols", "error_rows", "error_cols", "perm_lanes"})
 
     def default_pipeline(self, target) -> str:
         """GPTQ rounding: chosen by measurement on the devkit's models (README, PTQ table)."""

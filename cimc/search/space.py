@@ -11,6 +11,7 @@ TOML file restricts, extends or drops variables (see :meth:`Space.from_target`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -175,16 +176,20 @@ class Space:
 
     def features(self, indices: np.ndarray, summed: bool = False) -> np.ndarray:
         """What the predictors read: the one-hot, with the variables of a block the subnet does
-        not have left out (zeros, as OFA encodes a skipped block: else they are noise to the
-        fit); for a cost summed over the blocks (``summed``) also, per block kind, how many
-        blocks take each choice of each of their variables (a block of one shape costs alike
-        wherever it sits: ViT-B's cycles on the preset are exactly linear in these counts).
+        not have and those its scheme does not read (``canonical``) left out (zeros, as OFA
+        encodes a skipped block: else they are noise to the fit); for a cost summed over the
+        blocks (``summed``) also, per block kind, how many blocks take each choice of each of
+        their variables (a block of one shape costs alike wherever it sits: ViT-B's cycles on
+        the preset are exactly linear in these counts).
         One-hot columns first, so ``hierarchy_blocks`` still names theirs."""
         indices = np.atleast_2d(indices)
         x = self.one_hot(indices)
         col = {v.name: j for j, v in enumerate(self.variables)}
         start = np.concatenate([[0], np.cumsum([len(v.choices) for v in self.variables])])
         counts: dict[tuple[str, int, Any], np.ndarray] = {}
+        for hit, unread in self._unread(indices):
+            for j in unread:
+                x[hit, start[j] : start[j + 1]] = 0
         for slot, present in self._presence(indices):
             for role, name in enumerate(slot.variables):
                 j = col[name]
@@ -199,14 +204,62 @@ class Space:
         return np.hstack([x, np.stack(list(counts.values()), axis=1).astype(x.dtype)])
 
     def canonical(self, indices: np.ndarray) -> np.ndarray:
-        """``indices`` with the variables of every block the subnet lacks at their first choice:
-        configs that differ only there are one network, so the search takes one of them."""
+        """``indices`` with the variables a config does not read pinned: those of every block
+        the subnet lacks at their first choice, and those only another macro kind reads at the
+        preset's choice (an int config runs no CIMPool pass and has no pool array, error array
+        or permutation unit: ``MacroKind.unread_params``). Configs that differ only there are one
+        network on one chip, so the search takes one of them."""
         out = np.array(indices, dtype=np.int64)
         rows = np.atleast_2d(out)
         col = {v.name: j for j, v in enumerate(self.variables)}
         for slot, present in self._presence(rows):
             rows[np.ix_(~present, [col[v] for v in slot.variables])] = 0
+        for hit, unread in self._unread(rows):
+            rows[np.ix_(hit, unread)] = self._base_indices[unread]
         return out
+
+    def _unread(self, indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(rows, columns) pairs: the variables each row's scheme does not read."""
+        scheme = self.names.index("scheme") if "scheme" in self.names else None
+        return [
+            (np.full(len(indices), True) if scheme is None else indices[:, scheme] == c, cols)
+            for c, cols in self._unread_columns.items()
+        ]
+
+    @functools.cached_property
+    def _unread_columns(self) -> dict[int | None, np.ndarray]:
+        """Per choice of the scheme variable (None: no such variable, the preset's macro), the
+        columns of the variables whose every member that scheme leaves unread: a target
+        parameter its macro kind does not read, or an option of a pass its pipeline lacks."""
+        from ..compiler import BACKEND
+        from ..targets.macros import macro_kind
+
+        if "scheme" in self.names:
+            choices = self.variables[self.names.index("scheme")].choices
+            targets = {i: self.target.replace(**SCHEMES[s]) for i, s in enumerate(choices)}
+        else:
+            targets = {None: self.target}
+        out = {}
+        for choice, target in targets.items():
+            unread = macro_kind(target).unread_params
+            passes = {p.name for p in parse_pipeline(_default_pipeline(target))} | set(BACKEND)
+            cols = [
+                j
+                for j, v in enumerate(self.variables)
+                if not any(_reads(m, unread, passes) for m in v.members)
+            ]
+            if cols:
+                out[choice] = np.array(cols, dtype=np.int64)
+        return out
+
+    @functools.cached_property
+    def _base_indices(self) -> np.ndarray:
+        """Each variable's index of its preset value (the first choice where it has none)."""
+        base = self.base_config()
+        return np.array(
+            [0 if base[v.name] is None else v.index(base[v.name]) for v in self.variables],
+            dtype=np.int64,
+        )
 
     def _presence(self, indices: np.ndarray) -> list[tuple[Any, np.ndarray]]:
         """Each of the family's slots with, per row of ``indices``, whether its block exists."""
@@ -298,6 +351,15 @@ def _default_pipeline(target: Any) -> str:
     from ..compiler import default_pipeline
 
     return default_pipeline(target)
+
+
+def _reads(member: str, unread_params: frozenset[str], passes: set[str]) -> bool:
+    """Does a config read this variable member, given its macro's unread target parameters and
+    the passes of its pipeline?"""
+    kind, _, key = member.partition(".")
+    if kind == "target":
+        return key not in unread_params
+    return kind in ("scheme", "arch") or kind in passes
 
 
 def _member_value(member: str, target: Any, pipe: dict[str, dict[str, Any]]) -> Any:
