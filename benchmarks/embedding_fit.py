@@ -3,7 +3,7 @@ compression: the training-set fit bounds what label-free fine-tuning (benchmarks
 can reach on the held-out clips, so it separates "the compression cannot represent it" from
 "the recipe does not find it".
 
-    python benchmarks/embedding_fit.py [--schemes cimpool-keep0.25,cimpool-keep0.5,...]
+    python benchmarks/embedding_fit.py [--schemes cimpool-keep0.25,cimpool-keep0.5,int3,...]
                                        [--steps 200] [--threads 1] [--json out.json]
 
 For each scheme the embedding is distilled from fp32 on the odd clips' 1,632 windows (a clip's
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -37,15 +38,23 @@ from cimc.train.distill import (
     output_error,
     untrained_student,
 )
-from cimc.train.layers import SCHEMES, get_scheme
+from cimc.train.layers import SCHEMES, Scheme, get_scheme
 
 EMBEDDING = "openwakeword/embedding_model.onnx"
 SCHEMES_DEFAULT = "cimpool-keep0.25,cimpool-keep0.5,cimpool-keep1,int4"
 
 
+def scheme_named(name: str) -> Scheme | None:
+    """A scheme of cimc.train (fp32 excluded) or ``intN``, N-bit integer weights (2 to 8)."""
+    bits = re.fullmatch(r"int([2-8])", name)
+    if bits:
+        return get_scheme("int4", bits=int(bits[1]))
+    return get_scheme(name) if name in SCHEMES and name != "fp32" else None
+
+
 def scheme_bits(name: str, shapes: dict, calib: list[dict]) -> float:
     """Bits per compressed weight of the compiled post-training graph (int schemes: their bits)."""
-    scheme = get_scheme(name)
+    scheme = scheme_named(name)
     if scheme.kind != "pool":
         return float(scheme.bits)
     keep = scheme.keep or 1.0
@@ -62,7 +71,9 @@ def scheme_bits(name: str, shapes: dict, calib: list[dict]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--schemes", default=SCHEMES_DEFAULT, help=f"of {', '.join(SCHEMES)}")
+    ap.add_argument(
+        "--schemes", default=SCHEMES_DEFAULT, help=f"of {', '.join(SCHEMES)} or int2..int8"
+    )
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="also write the rows here")
@@ -72,9 +83,10 @@ def main() -> int:
     if kit is None:
         return 2
     names = args.schemes.split(",")
-    bad = [n for n in names if n not in SCHEMES or n == "fp32"]
+    bad = [n for n in names if scheme_named(n) is None]
     if bad:
-        ap.error(f"--schemes: unknown {bad}; choose of {', '.join(set(SCHEMES) - {'fp32'})}")
+        known = ", ".join(sorted(set(SCHEMES) - {"fp32"}))
+        ap.error(f"--schemes: unknown {bad}; choose of {known} or int2..int8")
     folder = Path(tempfile.mkdtemp(prefix="cimc-embedding-fit-"))
     samples = distillation_feeds(kit, "openwakeword", folder)[EMBEDDING]
     np.savez(folder / "data.npz", **flat(samples))
@@ -88,7 +100,7 @@ def main() -> int:
     print(f"{len(clips)} clips x {clips.shape[1]} windows, {args.steps} steps of one clip")
     for name in names:
         t0 = time.perf_counter()
-        scheme = get_scheme(name)
+        scheme = scheme_named(name)
         before = output_error(graph, untrained_student(graph, scheme, data, cfg), data)
         after = output_error(graph, distill(graph, scheme, data, cfg), data)
         row = {

@@ -61,3 +61,10 @@ def test_the_int_tuned_model_compiles_to_its_trained_weights(monkeypatch, tmp_pa
     # float64 in the interpreter vs float32 in torch, the same N-bit weights and 8-bit activation
     # grid (measured: 7e-7 of outputs up to 5); a different weight or range would be off by ~0.1
     np.testing.assert_allclose(compiled, trained, atol=1e-4 * np.abs(trained).max())
+
+
+def test_embedding_fit_names_integer_schemes_by_their_bits():
+    fit = pytest.importorskip("embedding_fit")
+    assert (fit.scheme_named("int3").kind, fit.scheme_named("int3").bits) == ("int", 3)
+    assert fit.scheme_named("cimpool-keep0.25").keep == 0.25
+    assert [fit.scheme_named(n) for n in ("int1", "int9", "fp32", "int")] == [None] * 4
