@@ -10,20 +10,52 @@ from pathlib import Path
 from .errors import OutputError
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed to ``path`` when the block ends
-    without error, removed otherwise. It keeps ``path``'s extension, which writers such as
-    ``np.savez`` and ``savefig`` go by."""
+def check_output(path: str | os.PathLike, suffixes: tuple[str, ...] = ()) -> Path:
+    """``path`` as a Path if a file can be written there (by renaming a finished temporary file
+    over it), else an OutputError saying why: no file name, a directory, a device or pipe
+    (``/dev/null``: the rename would replace the node), a missing or read-only directory, or
+    (``suffixes`` given) an extension the writer cannot produce. Commands call it before they
+    work, so a bad path fails at once and no other output of the command is written first."""
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise OutputError(f"cannot write {str(path)!r}: give a file name, e.g. {path / 'out'}")
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory; give a file name inside it")
+    if path.exists() and not path.is_file():
+        raise OutputError(
+            f"cannot write {path}: it is not a regular file (a device, pipe or socket), which "
+            "cimc would replace by renaming its output over it; give a file path"
+        )
     if not path.parent.is_dir():
         raise OutputError(
             f"cannot write {path}: directory {path.parent} does not exist; create it first"
         )
+    if not os.access(path.parent, os.W_OK):
+        raise OutputError(
+            f"cannot write {path}: directory {path.parent} is not writable; choose another"
+        )
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OutputError(
+            f"cannot write {path}: give it one of the extensions {', '.join(suffixes)}"
+        )
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed to ``path`` when the block ends
+    without error, removed otherwise. It keeps ``path``'s extension, which writers such as
+    ``np.savez`` and ``savefig`` go by. An OS error on the temporary file or the rename (disk
+    full, permissions) is an OutputError."""
+    path = check_output(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename not in (str(tmp), str(path)):
+            raise
+        raise OutputError(f"cannot write {path}: {exc.strerror}; choose another place") from exc
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -2,10 +2,10 @@
 
 The contract every command keeps: a :class:`cimc.CimcError` (or a malformed argument) is one
 line on stderr and exit status 2; anything else is a bug, reported in one line naming a file
-that holds its traceback, exit status 1; a closed stdout (``cimc targets --json | head -1``)
-ends the command quietly. Command modules import their heavy dependencies (rich, the compiler,
-the simulator, onnxruntime, matplotlib, torch) inside the command, so building the parser stays
-cheap.
+that holds its traceback, exit status 1; Ctrl-C is one line and exit status 130; a closed
+stdout (``cimc targets --json | head -1``) ends the command quietly. Command modules import
+their heavy dependencies (rich, the compiler, the simulator, onnxruntime, matplotlib, torch)
+inside the command, so building the parser stays cheap.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CimcError as exc:
         print(f"cimc: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so none is half-done
+        print("cimc: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # the reader went away: send what is still buffered nowhere, so exit stays quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -6,6 +6,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .args import parse_calibration, parse_input_shapes, parse_sets
@@ -43,11 +44,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from ..atomic import check_output
+    from ..errors import OutputError
     from ..report.bits import storage_report
     from ..report.layers import tile_agreement
     from ..report.tables import agreement_line, compile_table, console, result_lines
     from ..targets.simulator import simulate
 
+    check_output(args.output)
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise OutputError(f"-o {args.output} is the model being compiled; give a .cimx path")
     out = console()
     with out.status("compiling") as status:
         program = compile_from_args(

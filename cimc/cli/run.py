@@ -71,12 +71,17 @@ def _describe(name: str, value: np.ndarray) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..atomic import write_text_atomic
+    from ..atomic import check_output, write_text_atomic
     from ..program import load_program
     from ..report.fidelity import compare_with_onnx
+    from ..report.plot import check_plot_path
     from ..report.tables import console, result_lines, result_table
     from ..targets.simulator import simulate
 
+    if args.json:
+        check_output(args.json)
+    if args.plot:
+        check_plot_path(args.plot)
     out = console()
     program = load_program(args.program)
     if args.compare and (warning := check_source(args.compare, program)):

@@ -10,13 +10,19 @@ from .args import parse_input_shapes, parse_sets
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from ..atomic import write_text_atomic
+    from ..atomic import check_output, write_text_atomic
     from ..compiler import default_pipeline
     from ..frontend import import_onnx
+    from ..report.plot import check_plot_path
     from ..report.tables import console, sensitivity_table
     from ..search.evaluate import load_data
     from ..sensitivity import layer_sensitivity
     from ..targets.params import load_target
+
+    if args.json:
+        check_output(args.json)
+    if args.plot:
+        check_plot_path(args.plot)
 
     out = console()
     target = load_target(args.target, parse_sets(args.set))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, check_output
 from .layers import UNIT_LABELS, LayerBar, top_layers
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 TOP_LAYERS = 24
 WIDTH_IN = 12.0
 DPI = 110
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")  # what --plot writes, by the file's extension
 
 
 def _short(name: str, width: int = 34) -> str:
@@ -104,9 +105,7 @@ def plot_layers(result: SimResult, program: Program, path: str, top: int = TOP_L
         f"{program.graph.name} on {program.manifest['target']['name']}: "
         f"{result.cycles:,} cycles, {result.latency_s * 1e3:.4g} ms"
     )
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_sensitivity(rows: list[dict], title: str, path: str, top: int = TOP_LAYERS) -> None:
@@ -137,6 +136,18 @@ def plot_sensitivity(rows: list[dict], title: str, path: str, top: int = TOP_LAY
     ax.legend(handles, schemes, loc="lower right", fontsize=8)
     more = f" ({len(shown)} least faithful of {len(rows)})" if len(rows) > len(shown) else ""
     ax.set_title(f"{title}{more}", fontsize=9)
+    _save(fig, path)
+
+
+def check_plot_path(path: str) -> None:
+    """Raise OutputError unless a plot can be written to ``path`` (see ``check_output``)."""
+    check_output(path, PLOT_SUFFIXES)
+
+
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    check_plot_path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI)
+        fig.savefig(tmp, dpi=DPI, format=tmp.suffix[1:].lower())
     plt.close(fig)

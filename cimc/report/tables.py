@@ -22,9 +22,21 @@ if TYPE_CHECKING:
     from ..targets.simulator import SimResult
 
 
-def console(min_width: int = 120) -> Console:
-    """A console at least ``min_width`` wide, so tables do not wrap in narrow terminals."""
-    return Console(width=max(min_width, Console().width))
+class _Console(Console):
+    """A rich Console whose closed stdout (``cimc inspect ... | head``) reaches the CLI as
+    BrokenPipeError, which ends the command quietly, rather than rich's exit status 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+def console(min_width: int = 120, piped_width: int = 400) -> Console:
+    """A console at least ``min_width`` wide, so tables do not wrap in narrow terminals; into a
+    pipe or file ``piped_width``, so no layer or parameter name is cut short (``--set`` needs
+    them whole)."""
+    probe = Console()
+    width = max(min_width, probe.width) if probe.is_terminal else piped_width
+    return _Console(width=width)
 
 
 def _columns(table: Table, names: tuple[str, ...], left: tuple[str, ...]) -> Table:
