@@ -17,7 +17,7 @@ from .cim_ops import unfold
 from .errors import FeedError
 from .interpreter import Interpreter
 from .ir import Graph, Node
-from .ops import REGISTRY
+from .ops import call_op
 
 
 class _Watcher(Interpreter):
@@ -225,7 +225,7 @@ def output_bias_error(
     count: dict[str, int] = {}
 
     def hook(node: Node, args: list) -> None:
-        compiled = REGISTRY[node.op].impl(node, *args)
+        compiled = call_op(node, args)
         rows, _ = unfold(args[0].astype(np.float64), node.attrs)  # [group, M, K]
         group, m, _ = rows.shape
         w = node.meta["compression"]["weight"].astype(np.float64)

@@ -33,7 +33,7 @@ from .errors import GraphError, ModelLoadError, NodeError, ShapeError, Unsupport
 from .interpreter import peak_live_bytes
 from .ir import Graph, Node, Value
 from .limits import check_bytes, memory_limit
-from .ops import REGISTRY
+from .ops import REGISTRY, call_op
 from .recurrent import unroll_recurrent
 
 CANONICAL_OPSET = 17
@@ -284,10 +284,10 @@ def _bind_input_shapes(
         given = shapes.get(inp.name)
         if given is not None:
             given = [int(d) for d in given]
-            if any(g < 1 for g in given):
+            if any(not 1 <= g < 2**63 for g in given):
                 raise ShapeError(
                     f"{where}: input_shapes gives {inp.name!r} the shape {tuple(given)}; "
-                    "every dimension must be at least 1"
+                    "every dimension must be at least 1 (and below 2**63)"
                 )
             if len(given) != len(dims):
                 raise ShapeError(
@@ -408,13 +408,12 @@ def fold_constants(graph: Graph, where: str = "", limit: int | None = None) -> i
     folded = 0
     for node in graph.nodes():
         present = [i for i in node.inputs if i]
-        opdef = REGISTRY[node.op]
         _validate(graph, node, where, limit)
         inputs_known = all(i in graph.values and graph.values[i].is_constant for i in present)
         shape_query = node.op in ("Shape", "Size") and node.inputs[0] in graph.values
         if inputs_known or shape_query:
             args = [None if not i else _placeholder(graph.values[i]) for i in node.inputs]
-            results = _outputs_of(node, opdef.impl(node, *args))
+            results = _outputs_of(node, call_op(node, args))
             if any(o in graph.outputs for o in node.outputs):
                 _record_shapes(graph, node, results)
                 continue
@@ -431,7 +430,7 @@ def fold_constants(graph: Graph, where: str = "", limit: int | None = None) -> i
                     f"node {node.name!r} ({node.op}): input {missing[0]!r} has no static shape"
                 )
             args = [None if not i else _placeholder(graph.values[i]) for i in node.inputs]
-            _record_shapes(graph, node, _outputs_of(node, opdef.impl(node, *args)))
+            _record_shapes(graph, node, _outputs_of(node, call_op(node, args)))
     return folded
 
 
@@ -441,6 +440,8 @@ def _validate(graph: Graph, node: Node, where: str, limit: int) -> None:
     ins = [graph.values.get(i) if i else None for i in node.inputs]
     known = all(v is not None for i, v in zip(node.inputs, ins) if i)
     problem = rule(node, ins) if rule and known else None
+    if not problem and node.op in WEIGHT_OPS:
+        problem = _non_finite_weight(ins[1:])
     if problem:
         raise NodeError(
             f"{where}: node {node.name!r} ({node.op}): {problem}; fix the node or re-export "
@@ -450,6 +451,21 @@ def _validate(graph: Graph, node: Node, where: str, limit: int) -> None:
         v = graph.values.get(out) if out else None
         if v is not None:
             check_bytes(v.nbytes, f"{where}: output {out!r} of node {node.name!r}", limit)
+
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+"""Ops whose constant operands become (or fold into) the quantised CiM weights."""
+
+
+def _non_finite_weight(ins: list[Value | None]) -> str | None:
+    """A constant float operand holding NaN or infinity, which no weight grid represents (the
+    quantisers would turn it into zeros or NaN outputs without a word)."""
+    for v in ins:
+        if v is not None and v.is_constant and np.issubdtype(v.data.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(v.data)))
+            if bad:
+                return f"constant {v.name!r} holds {bad} NaN or infinite values"
+    return None
 
 
 def _record_shapes(graph: Graph, node: Node, results: list[np.ndarray]) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from .errors import FeedError
 from .ir import Graph, Node
 from .limits import check_bytes
-from .ops import REGISTRY
+from .ops import call_op
 
 
 def _release_schedule(graph: Graph, order: list[Node]) -> list[list[str]]:
@@ -70,7 +70,7 @@ class Interpreter:
         return {o: self._fetch(env, o) for o in self.graph.outputs}
 
     def run_node(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray]:
-        result = REGISTRY[node.op].impl(node, *args)
+        result = call_op(node, args)
         if isinstance(result, (tuple, list)):
             return [np.asarray(r) for r in result]
         return [np.asarray(result)]

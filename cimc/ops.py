@@ -31,6 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from onnx import helper as onnx_helper
 from scipy import special
 
+from .errors import NodeError
 from .ir import Graph, Node, Value
 
 Impl = Callable[..., Any]
@@ -75,6 +76,22 @@ def register_op(
         return fn
 
     return deco
+
+
+def call_op(node: Node, args: list[Any]) -> Any:
+    """``node``'s implementation on ``args``. NumPy refusing the inputs (shapes that do not
+    concatenate, broadcast or reshape, an index out of range...) means the model breaks its
+    op's rules in a way ONNX's checker and shape inference did not see: a NodeError naming the
+    node, its input shapes and NumPy's reason, not a traceback."""
+    try:
+        return REGISTRY[node.op].impl(node, *args)
+    except (ValueError, IndexError) as exc:
+        shapes = [None if a is None else tuple(np.shape(a)) for a in args]
+        raise NodeError(
+            f"node {node.name!r} ({node.op}) cannot run on inputs of shapes {shapes}: {exc}; "
+            "the model is inconsistent there: fix the node or re-export the model (if "
+            "onnxruntime runs it, report it as a cimc bug)"
+        ) from exc
 
 
 def macs_of(node: Node, graph: Graph) -> int:
@@ -177,6 +194,11 @@ def _conv_rules(node: Node, ins: list[Value | None]) -> str | None:
     x, w = ins[0], ins[1]
     if problem or x is None or w is None:
         return problem
+    if len(x.shape) not in (3, 4):
+        return (
+            f"input {x.name!r} of rank {len(x.shape)} is a {len(x.shape) - 2}-D convolution; "
+            "cimc runs 1-D and 2-D ones"
+        )
     group = int(_a(node, "group", 1))
     if group < 1:
         return f"group={group}; it must be at least 1"
@@ -425,9 +447,20 @@ def _channel(v: np.ndarray, rank: int) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (rank - 2))
 
 
+def _batch_norm_rules(node: Node, ins: list[Value | None]) -> str | None:
+    """A constant variance below -epsilon has no square root: the model is broken there."""
+    var = ins[4] if len(ins) > 4 else None
+    if var is not None and var.is_constant:
+        low = var.data < -_a(node, "epsilon", 1e-5)
+        if low.any():
+            return f"variance {var.name!r} has {int(low.sum())} negative entries"
+    return None
+
+
 @register_op(
     "BatchNormalization",
     check=lambda n: "training_mode=1" if _a(n, "training_mode", 0) else None,
+    validate=_batch_norm_rules,
     work=_per_input(2),
 )
 def _batchnorm(node: Node, x, scale, bias, mean, var) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from .atomic import write_text_atomic
 from .errors import CimcError, FeedError, PassError
 from .ir import Graph
 from .passes_base import Pass, PassContext, PassResult, Pipeline, parse_pipeline
+from .sample_files import read_samples
 
 
 class Instrument:
@@ -90,40 +90,8 @@ def load_calibration(calibration: Any, graph: Graph) -> list[dict[str, np.ndarra
     if calibration is None or isinstance(calibration, list):
         return calibration
     path = Path(calibration)
-    if not path.is_file():
-        raise FeedError(f"calibration file {path} does not exist; give an .npz of input samples")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise FeedError(
-            f"calibration file {path} is not a readable .npz ({exc}); save input samples "
-            "with np.savez(FILE, <input name>=samples)"
-        ) from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise FeedError(
-            f"calibration file {path} holds one bare array; calibration needs an .npz naming "
-            f"each input: np.savez(FILE, {graph.inputs[0] if graph.inputs else 'input'}=samples)"
-        )
-    with data:
-        missing = [i for i in graph.inputs if i not in data.files]
-        if missing:
-            raise FeedError(
-                f"calibration file {path} lacks arrays for inputs {missing}; it has {data.files}"
-            )
-        try:
-            arrays = {i: data[i] for i in graph.inputs}
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:  # object arrays, bad members
-            raise FeedError(
-                f"calibration file {path}: an input array is unreadable ({exc})"
-            ) from None
-    for name, a in arrays.items():
-        if a.ndim == 0 or a.size == 0 or a.dtype.kind not in "biuf":
-            raise FeedError(
-                f"calibration file {path}: array {name!r} is {a.dtype} of shape {a.shape}; give "
-                "numeric input samples stacked along the first axis"
-            )
-        if not np.isfinite(a).all():
-            raise FeedError(f"calibration file {path}: array {name!r} holds NaN or infinity")
+    stored = read_samples(path, graph, "calibration file")
+    arrays = {i: stored[i] for i in graph.inputs}
     feeds = []
     batch = {i: graph.values[i].shape[0] if graph.values[i].shape else 1 for i in graph.inputs}
     n = min(len(a) // batch[i] for i, a in arrays.items())

@@ -242,7 +242,13 @@ def parse_pipeline(text: str | Pipeline | Iterable[Pass]) -> Pipeline:
                     raise OptionError(
                         f"malformed option {item!r} of pass {name!r}; expected option=value"
                     )
-                options[key.strip()] = value.strip()
+                key = key.strip()
+                if key.replace("-", "_") in {k.replace("-", "_") for k in options}:
+                    raise OptionError(
+                        f"pass {name!r} sets option {key!r} twice in {body!r}; "
+                        "give each option once"
+                    )
+                options[key] = value.strip()
         passes.append(make_pass(name, options))
         pos = m.end()
         if sep == "," and pos >= len(text):

@@ -118,6 +118,19 @@ class IntMacro(MacroKind):
     # that changing them changes no program's cycles, energy or area)
     unread_params = frozenset({"pool_cols", "error_rows", "error_cols", "perm_lanes"})
 
+    def check_target(self, target) -> None:
+        """Its arrays hold the N-bit weights the quantiser makes: said here, naming the target
+        parameter, not as the pass option the default pipeline derives from it (``--set
+        macro=int`` on a cimpool preset inherits its weight_bits=1)."""
+        from cimc.compress.quantize import WEIGHT_BITS
+
+        if target.weight_bits not in WEIGHT_BITS:
+            raise OptionError(
+                f"target {target.name}: macro=int stores {min(WEIGHT_BITS)}- to "
+                f"{max(WEIGHT_BITS)}-bit weights but weight_bits={target.weight_bits}; "
+                "--set weight_bits=8 (or 4)"
+            )
+
     def default_pipeline(self, target) -> str:
         """GPTQ rounding: chosen by measurement on the devkit's models (README, PTQ table)."""
         return f"fold-bn,quantize-weights{{bits={target.weight_bits},rounding=gptq}},quantize-act"

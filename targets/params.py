@@ -196,6 +196,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             )
         kind = types[key]
         try:
+            if isinstance(value, bool):  # a TOML true/false is an int to Python: never 1 or 0
+                raise ValueError
             if kind == "int":
                 out[key] = (
                     int(value) if not isinstance(value, float) or value.is_integer() else value
@@ -207,8 +209,26 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             else:
                 out[key] = str(value)
         except (TypeError, ValueError):
-            raise OptionError(f"target parameter {key}={value!r} must be {kind}") from None
+            want = "a number" if kind in ("int", "float") else "a string"
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)
+            raise OptionError(
+                f"target parameter {key}={shown} must be {want} ({kind}"
+                f"{_range(SPECS.get(key))}), e.g. {key} = {_example(key)}"
+            ) from None
     return out
+
+
+def _range(spec: Spec | None) -> str:
+    """`` in [lo, hi]`` of a numeric parameter, for messages."""
+    if spec is None or spec.lo is None:
+        return ""
+    return f" in [{spec.lo:g}, {spec.hi:g}]" if spec.hi is not None else f" >= {spec.lo:g}"
+
+
+def _example(key: str) -> str:
+    """The default preset's value of ``key`` as TOML, to show a valid setting."""
+    value = getattr(load_target("cimpool-sram"), key)
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def presets() -> dict[str, Path]:
@@ -221,6 +241,7 @@ def load_target(
     source: str | Path | dict[str, Any] = "cimpool-sram", overrides: dict[str, Any] | None = None
 ) -> Target:
     """A preset name, a TOML file (which may say ``base = "preset"``), or a dict; then overrides."""
+    hint = ""  # how to supply missing parameters, when the source could inherit them
     if isinstance(source, dict):
         values = dict(source)
     else:
@@ -239,6 +260,11 @@ def load_target(
         name = values.get("name", path.stem)
         if base is not None:
             values = _raw_values(base, (str(path.resolve()),)) | values
+        else:
+            hint = (
+                f'; add base = "<preset>" (one of {", ".join(sorted(known))}) to inherit the '
+                "parameters the file does not set"
+            )
         values["name"] = name
     values = values | dict(overrides or {})
     if "tech_nm" in values:
@@ -246,7 +272,10 @@ def load_target(
         values = {name: scaled(name, node) for name in PUBLISHED} | values
     missing = [f.name for f in dataclasses.fields(Target) if f.name not in values]
     if missing:
-        raise OptionError(f"target {values.get('name', source)!r} lacks parameters {missing}")
+        shown = ", ".join(missing[:8]) + (
+            f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+        )
+        raise OptionError(f"target {values.get('name', source)!r} lacks parameters {shown}{hint}")
     return Target(**_coerce(values))
 
 

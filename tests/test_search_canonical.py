@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cimc.targets.macros import MACRO_KINDS
+from cimc.targets.simulator import simulate
 
 import cimc
 from cimc.search.loop import _take
 from cimc.search.space import Space
 from cimc.search.study import config_hash
-from cimc.targets.macros import MACRO_KINDS
-from cimc.targets.simulator import simulate
 
 DATA = Path(cimc.__file__).parent / "data"
 MODEL, SHAPE = DATA / "digits_cnn.onnx", {"input": (1, 1, 16, 16)}

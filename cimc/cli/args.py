@@ -10,10 +10,15 @@ from ..errors import CimcError
 
 
 def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["x=1,3,224,224"]`` -> ``{"x": (1, 3, 224, 224)}``."""
+    """``["x=1,3,224,224"]`` -> ``{"x": (1, 3, 224, 224)}``; an input given twice is refused
+    rather than the last shape silently winning."""
     shapes: dict[str, tuple[int, ...]] = {}
     for item in items or []:
         name, sep, dims = item.rpartition("=")
+        if sep and name in shapes:
+            raise CimcError(
+                f"--input-shape {item!r}: input {name!r} is given twice; give one shape per input"
+            )
         try:
             if not sep or not name:
                 raise ValueError
@@ -29,13 +34,20 @@ def parse_input_shapes(items: Sequence[str] | None) -> dict[str, tuple[int, ...]
 
 
 def parse_sets(items: Sequence[str] | None) -> dict[str, str]:
-    """``["L1_bw=64"]`` -> ``{"L1_bw": "64"}`` (target overrides; the target checks values)."""
-    out = {}
+    """``["L1_bw=64"]`` -> ``{"L1_bw": "64"}`` (target overrides; the target checks values).
+    A parameter set twice is refused: silently keeping the last would hide a typo."""
+    out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise CimcError(f"--set {item!r}: expected NAME=VALUE, e.g. --set L1_bw=64")
-        out[key.strip()] = value.strip()
+        if key in out:
+            raise CimcError(
+                f"--set {item!r}: parameter {key!r} is set twice (also to {out[key]!r}); "
+                "give each parameter once"
+            )
+        out[key] = value.strip()
     return out
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import CimcError
+from .args import parse_sets
 from .compile import add_model_options, compile_from_args
 
 if TYPE_CHECKING:
@@ -22,9 +23,12 @@ if TYPE_CHECKING:
 def _programs(args: argparse.Namespace, status) -> list[tuple[str, Program]]:
     """(label, Program) of every program to compare, in order."""
     from ..program import load_program
+    from ..targets.params import load_target
 
     models = [s for s in args.sources if Path(s).suffix == ".onnx"]
     if models:
+        for target in args.target or []:  # a misspelt target is named, not miscounted
+            load_target(target, parse_sets(args.set))
         if len(args.sources) != 1 or len(args.target or []) < 2:
             raise CimcError(
                 "cimc compare: give one MODEL.onnx with two or more --target options "
@@ -42,7 +46,10 @@ def _programs(args: argparse.Namespace, status) -> list[tuple[str, Program]]:
             "model; .cimx programs are already compiled (drop those options)"
         )
     if len(args.sources) < 2:
-        raise CimcError("cimc compare: give two or more .cimx files (or MODEL.onnx and --targets)")
+        raise CimcError(
+            "cimc compare: give two or more .cimx files (or one MODEL.onnx with two or more "
+            "--target options)"
+        )
     return [(s, load_program(s)) for s in args.sources]
 
 

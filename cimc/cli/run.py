@@ -40,6 +40,8 @@ def load_inputs(items: Sequence[str] | None, graph: Graph) -> tuple[dict[str, np
             raise FeedError(f"--input {item!r}: {path} is not a .npy array ({exc})") from None
         if not isinstance(feeds[name], np.ndarray):
             raise FeedError(f"--input {item!r}: {path} is an .npz archive; give one .npy array")
+        if feeds[name].dtype.kind in "fc" and not np.isfinite(feeds[name]).all():
+            raise FeedError(f"--input {item!r}: {path} holds NaN or infinity; give finite inputs")
     return feeds, False
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CimcError, FeedError
+from ..errors import CimcError
+from ..sample_files import read_samples
 from .cache_limit import CACHE_GB, mark_used, trim
 from .space import Space
 
@@ -135,26 +136,7 @@ def load_data(
 
 
 def _read_npz(path: Path, graph: Any) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    if not path.is_file():
-        raise FeedError(f"--data {path} does not exist; give an .npz of input samples")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise FeedError(f"--data {path} is not a readable .npz ({exc})") from None
-    missing = [i for i in graph.inputs if i not in arrays]
-    if missing:
-        raise FeedError(
-            f"--data {path} lacks arrays for model inputs {missing}; it has {sorted(arrays)} "
-            f"(save with np.savez(FILE, {graph.inputs[0]}=samples, labels=...))"
-        )
-    for name in graph.inputs:
-        want = tuple(graph.values[name].shape[1:])
-        if tuple(arrays[name].shape[1:]) != want:
-            raise FeedError(
-                f"--data {path}: array {name} has samples of shape {arrays[name].shape[1:]}, "
-                f"the model's input {name} needs {want}; fix the data or --input-shape"
-            )
+    arrays = read_samples(path, graph, "--data")
     labels = arrays.get("labels", arrays.get("label"))
     return {i: arrays[i] for i in graph.inputs}, labels
 

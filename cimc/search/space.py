@@ -410,24 +410,51 @@ def _apply_file(
     extra = sorted(set(spec) - {"drop", "choices"})
     if extra:
         raise OptionError(f"space file {path}: unknown keys {extra}; use 'drop' and [choices]")
+    drop, choices = spec.get("drop", []), spec.get("choices", {})
+    if not isinstance(drop, list) or not all(isinstance(n, str) for n in drop):
+        raise OptionError(
+            f"space file {path}: drop = {drop!r} must be a list of variable names, "
+            'e.g. drop = ["perm_lanes"]'
+        )
+    if not isinstance(choices, dict):
+        raise OptionError(
+            f"space file {path}: choices must be a table, e.g. [choices] then act_bits = [4, 8]"
+        )
     out = dict(chosen)
-    for name in [*spec.get("drop", []), *spec.get("choices", {})]:
+    for name in [*drop, *choices]:
         if name not in declared:
             raise OptionError(
                 f"space file {path}: unknown variable {name!r}; variables are "
                 f"{', '.join(sorted(declared))}"
             )
-    for name in spec.get("drop", []):
+    for name in drop:
         out.pop(name, None)
-    for name, values in spec.get("choices", {}).items():
-        values = tuple(values) if isinstance(values, list) else (values,)
-        if not values:
-            raise OptionError(f"space file {path}: variable {name} has no choices")
+    for name, values in choices.items():
         var = declared[name]
-        for value in values:
-            _check_value(var, value, target, path)
-        out[name] = dataclasses.replace(var, choices=values)
+        out[name] = dataclasses.replace(var, choices=_file_choices(var, values, target, path))
     return out
+
+
+def _file_choices(var: Variable, values: Any, target: Any, path: Path) -> tuple:
+    """A space file's choices of one variable: a non-empty list of distinct allowed values (a
+    scalar would be ambiguous, a repeat would weigh one choice twice in sampling)."""
+    key = var.name if var.name.replace("_", "").isalnum() else json.dumps(var.name)
+    example = f"{key} = {json.dumps(list(var.choices), default=str)}"
+    if not isinstance(values, list):
+        raise OptionError(
+            f"space file {path}: {var.name} = {values!r} must be a list of choices, e.g. {example}"
+        )
+    if not values:
+        raise OptionError(f"space file {path}: variable {var.name} has no choices")
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise OptionError(
+            f"space file {path}: {var.name} lists {repeated[0]!r} more than once; "
+            "give each choice once"
+        )
+    for value in values:
+        _check_value(var, value, target, path)
+    return tuple(values)
 
 
 def _check_value(var: Variable, value: Any, target: Any, path: Path) -> None:
