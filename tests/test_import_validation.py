@@ -187,3 +187,47 @@ def test_memory_limit_is_configurable(monkeypatch):
     monkeypatch.setenv("CIMC_MEMORY_LIMIT", "lots")
     with pytest.raises(cimc.errors.OptionError, match="CIMC_MEMORY_LIMIT"):
         cimc.import_onnx(model)
+
+
+def _conv_with(w: np.ndarray, x_shape=(1, 3, 8, 8)) -> onnx.ModelProto:
+    node = h.make_node("Conv", ["x", "w"], ["y"], name="conv_bad")
+    return _model([node], [_vi("x", list(x_shape))], [_out("y", len(x_shape))], [_const("w", w)])
+
+
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        (_conv_with(np.full((4, 3, 3, 3), np.nan)), "'w' holds 108 NaN or infinite"),
+        (_conv_with(np.full((4, 3, 3, 3), np.inf)), "'w' holds 108 NaN or infinite"),
+        (_conv_with(np.ones((4, 3, 3, 3, 3)), (1, 3, 4, 4, 4)), "3-D convolution"),
+    ],
+)
+def test_weights_no_grid_holds_and_3d_convolutions_are_refused(model, words):
+    with pytest.raises(NodeError, match=words):
+        cimc.import_onnx(model)
+    assert cimc.import_onnx(_conv_with(np.ones((4, 3, 3, 3)))).values["y"].shape == (1, 4, 6, 6)
+
+
+def test_batchnorm_with_a_negative_variance():
+    params = [_const(n, np.ones(3)) for n in ("s", "b", "m")]
+    var = _const("v", [1.0, -2.0, 1.0])
+    node = h.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn")
+    model = _model([node], [_vi("x", [1, 3, 4, 4])], [_out("y", 4)], [*params, var])
+    with pytest.raises(NodeError, match="variance 'v' has 1 negative entries"):
+        cimc.import_onnx(model)
+
+
+def test_numpy_refusing_a_node_is_a_node_error_naming_it():
+    """Shapes ONNX's inference does not check (a Reshape whose target does not hold the
+    elements) surface when the node runs: a NodeError naming it, not NumPy's ValueError."""
+    shape = _const("shape", [5, 7], np.int64)
+    node = h.make_node("Reshape", ["x", "shape"], ["y"], name="reshape_bad")
+    graph = cimc.import_onnx(_model([node], [_vi("x", [1, 3, 8, 8])], [_out("y", 2)], [shape]))
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(NodeError, match=r"'reshape_bad' \(Reshape\).*size 192 into shape"):
+        Interpreter(graph).run({"x": x})
+
+
+def test_an_input_shape_too_large_for_onnx_is_a_shape_error():
+    with pytest.raises(ShapeError, match="below 2\\*\\*63"):
+        cimc.import_onnx(_conv(), {"x": (2**70, 3, 8, 8)})
