@@ -499,3 +499,12 @@ def _verify_import(graph: Graph, where: str) -> None:
         graph.verify()
     except GraphError as exc:
         raise ShapeError(f"{where}: imported graph is inconsistent: {exc}") from exc
+    for node in graph.nodes():
+        for out in node.outputs:
+            v = graph.values.get(out) if out else None
+            if v is not None and np.dtype(v.dtype).kind == "f" and 0 in v.shape:
+                raise NodeError(
+                    f"{where}: node {node.name!r} ({node.op}) makes {out!r} of shape {v.shape}, "
+                    "with no elements (a window larger than its input, a scale of 0 or less, "
+                    "pads that remove every element, ...); fix the node or re-export the model"
+                )

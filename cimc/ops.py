@@ -899,7 +899,24 @@ def _concat(node: Node, *xs: np.ndarray) -> np.ndarray:
     return np.concatenate(xs, axis=node.attrs["axis"])
 
 
-@register_op("Split", validate=_axis_rule("axis", 0))
+def _split_rules(node: Node, ins: list[Value | None]) -> str | None:
+    """The axis exists, and the split sizes (attribute or constant input) add up to its length
+    (np.split would cut the rest into a last piece ONNX does not have)."""
+    problem = _axis_rule("axis", 0)(node, ins)
+    x = ins[0]
+    split = ins[1] if len(ins) > 1 else None
+    sizes = split.data if split is not None and split.is_constant else node.attrs.get("split")
+    if problem or x is None or sizes is None:
+        return problem
+    axis = int(_a(node, "axis", 0)) % len(x.shape)
+    total = int(np.sum(sizes))
+    if total != x.shape[axis] or np.any(np.asarray(sizes) < 0):
+        shown = list(map(int, sizes))
+        return f"split sizes {shown} do not add up to axis {axis}'s length {x.shape[axis]}"
+    return None
+
+
+@register_op("Split", validate=_split_rules)
 def _split(node: Node, x: np.ndarray, split: np.ndarray | None = None) -> tuple:
     axis = _a(node, "axis", 0)
     sizes = node.attrs.get("split") if split is None else split

@@ -250,8 +250,9 @@ def load_program(path: str | os.PathLike) -> Program:
         )
     payload = data[_HEADER.size :]
     if len(payload) != length:
+        what = "truncated" if len(payload) < length else "has bytes after its payload"
         raise ProgramError(
-            f"{path}: truncated ({len(payload)} of {length} payload bytes); recompile the model"
+            f"{path}: {what} ({len(payload)} of {length} payload bytes); recompile the model"
         )
     if hashlib.sha256(payload).digest() != digest:
         raise ProgramError(f"{path}: checksum mismatch, the file was altered; recompile the model")

@@ -231,3 +231,20 @@ def test_numpy_refusing_a_node_is_a_node_error_naming_it():
 def test_an_input_shape_too_large_for_onnx_is_a_shape_error():
     with pytest.raises(ShapeError, match="below 2\\*\\*63"):
         cimc.import_onnx(_conv(), {"x": (2**70, 3, 8, 8)})
+
+
+def test_split_sizes_must_cover_the_axis():
+    sizes = _const("split", [1, 5], np.int64)
+    node = h.make_node("Split", ["x", "split"], ["a", "b"], name="split_bad", axis=1)
+    model = _model([node], [_vi("x", [1, 3, 4])], [_out("a", 3), _out("b", 3)], [sizes])
+    with pytest.raises(NodeError, match=r"split sizes \[1, 5\] do not add up to axis 1's length 3"):
+        cimc.import_onnx(model)
+
+
+def test_a_node_that_makes_an_empty_activation_is_named():
+    model = _unary("MaxPool", (1, 3, 8, 8), kernel_shape=[20, 20])
+    with pytest.raises(NodeError, match=r"'maxpool_bad' \(MaxPool\) makes 'y' of shape"):
+        cimc.import_onnx(model)
+    assert cimc.import_onnx(_unary("MaxPool", (1, 3, 8, 8), kernel_shape=[8, 8])).values[
+        "y"
+    ].shape == (1, 3, 1, 1)

@@ -126,6 +126,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("program")
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy")
     p.add_argument("--compare", metavar="MODEL.onnx", help="compare outputs with onnxruntime fp32")
-    p.add_argument("--json", metavar="OUT", help="write the full result as JSON")
+    p.add_argument(
+        "--json",
+        metavar="OUT",
+        help="write the result as JSON (cycles, energy, area, per layer; each output's shape, "
+        "mean and std)",
+    )
     p.add_argument("--plot", metavar="OUT.png", help="plot per-layer cycles by unit")
     p.set_defaults(func=cmd_run)
