@@ -84,20 +84,23 @@ class VerifyEach(Instrument):
         graph.verify()
 
 
-def load_calibration(calibration: Any, graph: Graph) -> list[dict[str, np.ndarray]] | None:
+def load_calibration(
+    calibration: Any, graph: Graph, what: str = "calibration file"
+) -> list[dict[str, np.ndarray]] | None:
     """Feeds for calibration: a list of feed dicts, or an .npz whose arrays are named after the
-    graph inputs with samples along the first axis (other arrays, such as labels, are ignored)."""
+    graph inputs with samples along the first axis (other arrays, such as labels, are ignored).
+    ``what`` names the file in messages."""
     if calibration is None or isinstance(calibration, list):
         return calibration
     path = Path(calibration)
-    stored = read_samples(path, graph, "calibration file")
+    stored = read_samples(path, graph, what)
     arrays = {i: stored[i] for i in graph.inputs}
     feeds = []
     batch = {i: graph.values[i].shape[0] if graph.values[i].shape else 1 for i in graph.inputs}
     n = min(len(a) // batch[i] for i, a in arrays.items())
     if n == 0:
         raise FeedError(
-            f"calibration file {path} holds fewer samples than one batch of the model "
+            f"{what} {path} holds fewer samples than one batch of the model "
             f"({batch}); compile with a smaller batch or give more samples"
         )
     for k in range(n):

@@ -299,7 +299,7 @@ def test_cli_refuses_bad_data_in_one_line(tmp_path, capsys):
     np.savez(few, input=np.zeros((5, 1, 16, 16), np.float32))
     for path, words in [
         (wrong_name, "lacks arrays for inputs ['input']"),
-        (wrong_shape, "has shape (1, 1, 8, 8), the model takes (1, 1, 16, 16)"),
+        (wrong_shape, "has samples of shape (1, 8, 8), the model's input needs (1, 16, 16)"),
         (few, "holds 5 samples; label-free fine-tuning needs at least 16"),
     ]:
         code, err = _cli(capsys, "--data", str(path), "-o", str(tmp_path / "out"))

@@ -211,7 +211,7 @@ def test_cli_refuses_data_not_matching_the_model(capsys, tmp_path):
     assert "(1, 16, 16)" in _one_line(capsys)
     np.savez(bad, image=np.zeros((4, 1, 16, 16), np.float32))
     assert main(args) == 2
-    assert "lacks arrays for model inputs ['input']" in _one_line(capsys)
+    assert "lacks arrays for inputs ['input']" in _one_line(capsys)
 
 
 def test_cli_refuses_a_negative_keep_sensitive(capsys):

@@ -290,16 +290,7 @@ class CompressedGraph(GraphModule):
 def load_samples(path: str | Path, graph: Graph, minimum: int) -> dict[str, torch.Tensor]:
     """The graph inputs from an .npz (one array per input name, samples stacked along the
     first axis, as for calibration), as tensors [N, *graph input shape]."""
-    feeds = load_calibration(str(path), graph)
-    for name in graph.inputs:
-        want = tuple(graph.values[name].shape)
-        got = tuple(feeds[0][name].shape)
-        if got != want:
-            raise FeedError(
-                f"data {path}: a sample of input {name!r} has shape {got}, the model takes "
-                f"{want}; stack samples of that shape along the first axis (or import with "
-                "--input-shape to match the data)"
-            )
+    feeds = load_calibration(str(path), graph, "data")
     if len(feeds) < minimum:
         raise FeedError(
             f"data {path} holds {len(feeds)} samples; label-free fine-tuning needs at least "
