@@ -41,6 +41,19 @@ def check_output(path: str | os.PathLike, suffixes: tuple[str, ...] = ()) -> Pat
     return path
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a folder to write into, made if missing; an existing file there, or a place
+    where no folder can be made, is an OutputError (before any work is done)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"cannot write into {path}: it is a file; give a folder (new or not)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make folder {path}: {exc.strerror}; choose another") from None
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed to ``path`` when the block ends

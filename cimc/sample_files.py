@@ -20,8 +20,9 @@ audio samples, features) are many orders of magnitude below this."""
 
 
 def read_samples(path: str | Path, graph: Graph, what: str) -> dict[str, np.ndarray]:
-    """Every array of the .npz at ``path``, those named after ``graph``'s inputs checked (other
-    arrays, such as labels, are returned as stored). ``what`` names the file in messages."""
+    """Every array of the .npz at ``path``, those named after ``graph``'s inputs checked and in
+    the input's dtype (other arrays, such as labels, as stored). ``what`` names the file in
+    messages."""
     path = Path(path)
     first = graph.inputs[0] if graph.inputs else "input"
     if not path.is_file():
@@ -48,6 +49,7 @@ def read_samples(path: str | Path, graph: Graph, what: str) -> dict[str, np.ndar
             raise FeedError(f"{what} {path}: an array is unreadable ({exc})") from None
     for name in graph.inputs:
         _check(arrays[name], name, graph, f"{what} {path}")
+        arrays[name] = arrays[name].astype(graph.values[name].dtype, copy=False)
     return arrays
 
 

@@ -3,6 +3,8 @@ which option, what was expected and an example."""
 
 from __future__ import annotations
 
+import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,11 +65,56 @@ def parse_calibration(value: str | None) -> int | str | None:
 
 
 def parse_ints(text: str, what: str, n: int | None = None) -> tuple[int, ...]:
-    """``"128,128,256"`` -> ``(128, 128, 256)``; ``n``: the count required, if any."""
+    """``"128,128,256"`` -> ``(128, 128, 256)``, each at least 1 (sizes and counts); ``n``: the
+    count required, if any."""
     try:
         vals = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise CimcError(f"{what} {text!r}: expected comma-separated integers") from None
     if n is not None and len(vals) != n:
         raise CimcError(f"{what} {text!r}: expected {n} comma-separated integers")
+    if min(vals) < 1:
+        raise CimcError(f"{what} {text!r}: every value must be at least 1")
     return vals
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts of threads, samples, epochs, sizes)."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """argparse type: an integer >= 0 (0: a default, e.g. one worker per core)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text} must be at least {low}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, areas)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
+
+
+def cosine(text: str) -> float:
+    """argparse type: a cosine bound, a finite number in [-1, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not -1 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a cosine, in [-1, 1]")
+    return value

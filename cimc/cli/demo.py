@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .args import positive_int
+
 BATCH = 8
 
 
@@ -102,5 +104,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="compile + simulate the bundled digits CNN on held-out digits")
     p.add_argument("--target", action="append", help="target preset (repeatable)")
-    p.add_argument("--samples", type=int, help="number of test images (default: all 360)")
+    p.add_argument("--samples", type=positive_int, help="number of test images (default: all 360)")
     p.set_defaults(func=cmd_demo, target=None)

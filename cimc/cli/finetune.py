@@ -29,9 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, output_folder, write_text_atomic
 from ..errors import CimcError
-from .args import parse_input_shapes
+from .args import parse_input_shapes, positive_float, positive_int
 
 if TYPE_CHECKING:  # torch is optional: distill is imported when the command runs
     from ..ir import Graph
@@ -55,8 +55,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help=".npz of unlabelled inputs")
     p.add_argument("-o", "--out", required=True, help="output directory (created)")
     p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument(
         "--scheme",
         choices=POOL_SCHEMES,
@@ -93,7 +93,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--input-shape", action="append", metavar="NAME=D0,D1,...")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads (1: reproducible)"
+    )
     p.set_defaults(func=cmd_finetune)
 
 
@@ -196,8 +198,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_exportable(graph, args.model, scheme=scheme)
     downstream = downstream_from_args(args, graph)
     data = load_samples(args.data, graph, cfg.min_samples)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(args.out)
     t0 = time.perf_counter()
     with Progress(
         TextColumn("{task.description}"),

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import CimcError, OptionError
 from ..search.cache_limit import CACHE_GB
-from .args import parse_input_shapes
+from .args import cosine, count, parse_input_shapes, positive_float
 
 
 def add_parsers(sub: Any) -> None:
@@ -39,7 +39,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--data", help=".npz of input samples named after the inputs (+ labels)")
     p.add_argument("--input-shape", action="append", help="NAME=D0,D1,... (repeatable)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, default=0, help="worker processes (default: cores)")
+    where.add_argument(
+        "--workers", type=count, metavar="N", default=0, help="worker processes (default 0: cores)"
+    )
     where.add_argument(
         "--scheduler", metavar="tcp://HOST:PORT", help="evaluate on this Dask scheduler's workers"
     )
@@ -60,8 +62,8 @@ def add_parsers(sub: Any) -> None:
         help=f"size limit of the study's cache of subnets and compressed graphs ({CACHE_GB:g})",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-area", type=float, help="constraint: chip area in mm^2")
-    p.add_argument("--min-fidelity", type=float, help="constraint: output cosine")
+    p.add_argument("--max-area", type=positive_float, help="constraint: chip area in mm^2")
+    p.add_argument("--min-fidelity", type=cosine, help="constraint: output cosine")
     p.set_defaults(func=cmd_search)
 
 
@@ -81,6 +83,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CimcError(f"cimc search takes one model or --family, got {args.model}")
     target = load_target(args.target)
     space = search.Space.from_target(target, args.space, args.family)
+    if not space.searched_mask().any() and not args.show_space:
+        raise CimcError(
+            "the search space has no variable with two or more choices: nothing to search; "
+            "keep some in the space file (cimc search --show-space lists them)"
+        )
     out = console()
     if args.show_space:
         for v in space.variables:
@@ -126,6 +133,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             executor.shutdown(cancel_futures=True)
     if study.meta()["settings"]["random_inputs"]:
         out.print("no --data: fidelity is measured on seeded random inputs")
+    rows = len(study.rows())
+    if rows < args.budget:
+        out.print(f"the space ran out after {rows} distinct configurations (budget {args.budget})")
     failed = sum((r.metrics["error"] or "").startswith("failed: ") for r in study.rows())
     if failed:
         out.print(f"{failed} evaluations failed (worker died, raised, timed out); see study.db")

@@ -16,9 +16,9 @@ import json
 import time
 from pathlib import Path
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, output_folder, write_text_atomic
 from ..errors import CimcError
-from .args import parse_ints
+from .args import parse_ints, positive_float, positive_int
 
 SCHEME_NAMES = (
     "fp32",
@@ -41,10 +41,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", choices=("digits", "chars"), default="digits")
     p.add_argument("--scheme", choices=SCHEME_NAMES, default="cimpool-keep0.5")
     p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--epochs", type=int, default=20, help="fp32 pre-training epochs")
-    p.add_argument("--finetune-epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3, help="pre-training lr (fine-tuning: 1e-3)")
+    p.add_argument("--epochs", type=positive_int, default=20, help="fp32 pre-training epochs")
+    p.add_argument("--finetune-epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument(
+        "--lr", type=positive_float, default=3e-3, help="pre-training lr (fine-tuning: 1e-3)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--widths", default="128,128,256", help="stem/stage widths of the ResNet")
     p.add_argument(
@@ -52,11 +54,31 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pretrained", help="fp32.pt from an earlier run: skip pre-training")
     p.add_argument(
-        "--refresh", type=int, default=4, help="CIMPool: recompute indices every n steps"
+        "--refresh", type=positive_int, default=4, help="CIMPool: recompute indices every n steps"
     )
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: reproducible)")
+    p.add_argument(
+        "--threads", type=positive_int, default=1, help="torch threads (1: reproducible)"
+    )
     p.add_argument("--no-compile", action="store_true", help="skip compiling the export")
     p.set_defaults(func=cmd_train)
+
+
+def load_pretrained(path: str) -> dict:
+    """The fp32 state dict of an earlier run's fp32.pt (--pretrained), or a CimcError."""
+    import torch
+
+    if not Path(path).is_file():
+        raise CimcError(f"--pretrained {path} does not exist; give the fp32.pt of an earlier run")
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises many kinds on a file that is not its own
+        raise CimcError(
+            f"--pretrained {path} is not a torch state dict ({type(exc).__name__}); give the "
+            "fp32.pt an earlier `cimc train` wrote"
+        ) from None
+    if not isinstance(state, dict):
+        raise CimcError(f"--pretrained {path} holds no state dict; give an earlier run's fp32.pt")
+    return state
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -74,15 +96,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train.layers import get_scheme
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    subset = parse_ints(args.subset, "--subset", 3) if args.subset else None
+    widths = parse_ints(args.widths, "--widths")  # options first: a refusal leaves no --out
+    out = output_folder(args.out)
     log_path = out / "train.log.jsonl"
     log_path.write_text("")
     console = Console(stderr=True)
     splits = D.load(args.data)
-    if args.subset:
-        splits = splits.subset(*parse_ints(args.subset, "--subset", 3))
-    widths = parse_ints(args.widths, "--widths")
+    if subset:
+        splits = splits.subset(*subset)
     cfg = T.TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -109,7 +131,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         kw = {"log_path": log_path, "progress": progress}
         if args.pretrained:
             fp32 = T.build_model(splits, widths, args.seed)
-            fp32.load_state_dict(torch.load(args.pretrained, weights_only=True))
+            try:
+                fp32.load_state_dict(load_pretrained(args.pretrained))
+            except RuntimeError as exc:  # another network's weights
+                raise CimcError(
+                    f"--pretrained {args.pretrained} does not fit this network ({str(exc)[:80]}); "
+                    "give the fp32.pt of a run with the same --widths and data"
+                ) from None
         else:
             fp32 = T.pretrain(splits, cfg, widths, **kw)
             with atomic_path(out / "fp32.pt") as tmp:

@@ -97,7 +97,8 @@ def run_loop(
     executor: Executor | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Run (or resume) the search until ``settings.budget`` true evaluations are stored."""
+    """Run (or resume) the search until ``settings.budget`` true evaluations are stored, or
+    the space has no config left that was not evaluated."""
     stored = {r.hash: r for r in study.rows()}
     recorded = {info["round"]: info for info in study.rounds()}
     number = 0
@@ -114,6 +115,8 @@ def run_loop(
             predicted, proposal = [None] * len(configs), {}
         else:
             configs, predicted, proposal = _propose(space, earlier, settings, rng, n)
+        if not configs:  # every distinct config of the space is evaluated: nothing is left
+            break
         todo = [(c, p) for c, p in zip(configs, predicted) if config_hash(c) not in stored]
         for (config, pred), metrics in run_all(executor, _Job(evaluate), todo):
             if isinstance(metrics, EvaluationFailed):  # stored, so a rerun does not repeat it

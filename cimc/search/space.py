@@ -405,7 +405,7 @@ def _apply_file(
         raise OptionError(f"space file {path} does not exist; give a TOML file (see --show-space)")
     try:
         spec = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise OptionError(f"space file {path}: not valid TOML ({exc})") from None
     extra = sorted(set(spec) - {"drop", "choices"})
     if extra:

@@ -65,6 +65,8 @@ class Study:
     def __init__(self, folder: str | Path, identity: dict[str, Any] | None = None):
         self.folder = Path(folder)
         self.path = self.folder / "study.db"
+        if self.folder.exists() and not self.folder.is_dir():
+            raise StudyError(f"--study {self.folder} is a file; give a folder (new or a study's)")
         if identity is None and not self.path.is_file():
             raise StudyError(f"{self.path} does not exist; give the folder of a cimc search study")
         if identity is not None:
@@ -79,6 +81,11 @@ class Study:
             raise StudyError(f"{self.path} is not a cimc study database ({exc})") from None
         if identity is not None:
             self._claim(identity)
+        elif "settings" not in self.meta():
+            raise StudyError(
+                f"{self.path} holds no search settings: not a study a search has run in (or "
+                "it was damaged); give another folder"
+            )
 
     def _claim(self, identity: dict[str, Any]) -> None:
         stored = self.meta()
@@ -98,7 +105,7 @@ class Study:
                 )
 
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+        return {k: self._json(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
 
     def set_meta(self, key: str, value: Any) -> None:
         with self.db:
@@ -129,7 +136,7 @@ class Study:
             "SELECT hash, round, config, metrics, predicted, seconds FROM evals ORDER BY id"
         )
         return [
-            Row(h, r, json.loads(c), json.loads(m), None if p is None else json.loads(p), s)
+            Row(h, r, self._json(c), self._json(m), None if p is None else self._json(p), s)
             for h, r, c, m, p, s in cur
         ]
 
@@ -141,7 +148,16 @@ class Study:
 
     def rounds(self) -> list[dict[str, Any]]:
         cur = self.db.execute("SELECT info FROM rounds ORDER BY round")
-        return [json.loads(info) for (info,) in cur]
+        return [self._json(info) for (info,) in cur]
+
+    def _json(self, text: str) -> Any:
+        """A stored record; one that is not JSON means the database was altered."""
+        try:
+            return json.loads(text)
+        except (TypeError, json.JSONDecodeError):
+            raise StudyError(
+                f"{self.path} holds a damaged record ({str(text)[:40]!r}); use a new --study folder"
+            ) from None
 
     def close(self) -> None:
         self.db.close()

@@ -571,12 +571,20 @@ def distill(
     mark = fingerprint(graph, scheme, cfg, downstream, kept)
     start = 0
     ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists() and not ckpt.is_file():
+        raise DistillError(f"checkpoint {ckpt} is not a file; remove it or give another -o folder")
     if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=False)
-        if state.get("fingerprint") != mark:
+        try:
+            state = torch.load(ckpt, weights_only=False)
+        except Exception as exc:  # torch raises many kinds on a damaged file
+            raise DistillError(
+                f"checkpoint {ckpt} is damaged ({type(exc).__name__}); delete it to start over"
+            ) from None
+        if not isinstance(state, dict) or state.get("fingerprint") != mark:
             raise DistillError(
                 f"checkpoint {ckpt} belongs to another model, pipeline or recipe (written for "
-                f"{state.get('what', 'something else')}); delete it or give another -o folder"
+                f"{state.get('what', 'something else') if isinstance(state, dict) else 'none'}); "
+                "delete it or give another -o folder"
             )
         student.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
