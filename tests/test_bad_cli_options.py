@@ -47,8 +47,8 @@ def test_out_of_range_options(capsys, tmp_path, monkeypatch, argv, words):
     assert not (tmp_path / "o").exists()
 
 
-def _space(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "space.toml"
+def _space(tmp_path: Path, text: str, name: str = "space.toml") -> str:
+    path = tmp_path / name
     path.write_text(text)
     return str(path)
 
@@ -59,10 +59,20 @@ def test_a_search_stops_when_its_space_runs_out(tmp_path, capsys):
     assert main([*argv, "--space", space, "--study", str(tmp_path / "st")]) == 0
     assert "ran out after 2 distinct configurations (budget 6)" in capsys.readouterr().out
     nothing = _space(
-        tmp_path, ONLY_VECTOR_WIDTH.replace('"perm_lanes"]', '"perm_lanes", "vector_width"]')
+        tmp_path,
+        ONLY_VECTOR_WIDTH.replace('"perm_lanes"]', '"perm_lanes", "vector_width"]'),
+        "nothing.toml",
     )
     assert main([*argv, "--space", nothing, "--study", str(tmp_path / "st2")]) == 2
     assert "no variable with two or more choices" in capsys.readouterr().err
+    study = ["--space", space, "--study", str(tmp_path / "st")]
+    other_data = tmp_path / "other.npz"
+    np.savez(other_data, input=np.load(DATA / "digits_calib.npz")["input"][:20])
+    for other, key in [(["--seed", "5"], "seed"), (["--data", str(other_data)], "data_sha256")]:
+        assert main([*argv, *study, *other]) == 2  # resumed rows were drawn / measured otherwise
+        assert f"was made for another {key}" in capsys.readouterr().err
+    assert main([*argv, *study, "--objectives", "fidelity,"]) == 2
+    assert "has an empty entry" in capsys.readouterr().err
     db = sqlite3.connect(tmp_path / "st" / "study.db")
     with db:
         db.execute("UPDATE evals SET metrics = 'garbage'")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .args import parse_calibration, parse_input_shapes, parse_sets
+from .args import parse_calibration, parse_input_shapes, parse_sets, positive_int
 
 if TYPE_CHECKING:
     from ..program import Program
@@ -100,6 +100,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("disasm", help="print a .cimx program readably")
     p.add_argument("program")
-    p.add_argument("--limit", type=int, default=12, help="instructions shown per layer")
+    p.add_argument("--limit", type=positive_int, default=12, help="instructions shown per layer")
     p.add_argument("--full", action="store_true", help="show every instruction")
     p.set_defaults(func=cmd_disasm)

@@ -115,8 +115,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             family=args.family,
             study=args.study,
             space=space,
-            objectives=tuple(o.strip() for o in (args.objectives or "").split(",") if o.strip())
-            or None,
+            objectives=_objectives(args.objectives),
             budget=args.budget,
             population=args.population,
             data=args.data,
@@ -164,3 +163,15 @@ def _executor(args: argparse.Namespace, out: Any) -> Executor | None:
             "cancel a running evaluation"
         )
     return None if args.workers == 1 else search.process_pool(args.workers or None)
+
+
+def _objectives(text: str | None) -> tuple[str, ...] | None:
+    """--objectives as names (None: the default); an empty entry is a typo, not a default."""
+    if text is None:
+        return None
+    names = tuple(o.strip() for o in text.split(","))
+    if not all(names):
+        raise CimcError(
+            f"--objectives {text!r} has an empty entry; e.g. --objectives fidelity,cycles"
+        )
+    return names

@@ -70,8 +70,6 @@ def run(
     ``family`` (and ``model`` None) the family's architecture is searched too. Objectives
     default to fidelity and cycles; for a family, accuracy and cycles (CiMNet's), or cycles
     and energy where its weights are random."""
-    import hashlib
-
     from ..targets.params import Target, load_target
     from .evaluate import load_data
 
@@ -91,8 +89,11 @@ def run(
     if family is not None:
         from . import architecture
 
-        if data is not None:
-            raise OptionError(f"--family {family} brings its own data; drop --data")
+        if data is not None or input_shapes:
+            raise OptionError(
+                f"--family {family} brings its own data and input shape; drop --data and "
+                "--input-shape"
+            )
         objectives = objectives or architecture.default_objectives(family)
         architecture.check_objectives(family, objectives)
         has_labels = architecture.has_labels(family)
@@ -106,7 +107,11 @@ def run(
 
         graph = import_onnx(str(model), input_shapes)
         has_labels = load_data(graph, data).labels is not None
-        identity = {"model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest()}
+        identity = {
+            "model_sha256": _sha256(model),
+            "input_shapes": input_shapes,
+            "data_sha256": None if data is None else _sha256(data),
+        }
     objectives = objectives or ("fidelity", "cycles")
     objs = parse_objectives(list(objectives), has_labels)
     settings = Settings(
@@ -117,7 +122,9 @@ def run(
         Constraints(max_area, min_fidelity),
         initial=(sp.base_config(),),
     )
-    st = Study(study, identity | {"space": sp.describe()})
+    # a resumed study keeps what its rows were measured with: the space, the data, the seed
+    # that drew its rounds (the objectives may change: every row holds every metric)
+    st = Study(study, identity | {"space": sp.describe(), "seed": seed})
     st.set_meta(
         "settings",
         {
@@ -147,6 +154,12 @@ def run(
     if family is not None and has_labels:
         _score_front_on_test(st, evaluator)
     return st
+
+
+def _sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _score_front_on_test(study: Study, evaluator: Evaluator) -> None:
