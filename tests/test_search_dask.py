@@ -257,6 +257,24 @@ def test_eval_timeout_needs_dask_and_bad_scheduler_is_one_line(
     assert err.count("\n") == 0 and f"cannot reach the Dask scheduler at {address}" in err
 
 
+def test_a_server_that_never_speaks_dask_fails_in_bounded_time(
+    space_file, tmp_path, capsys, monkeypatch
+):
+    """Client's timeout covers the TCP connect only: a port that accepts and stays silent used
+    to hang the search. Now the whole handshake has 2 x the connect timeout."""
+    monkeypatch.setattr(dask_executor, "_CONNECT_S", 1)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        start = time.perf_counter()
+        assert main(_cli(tmp_path / "s", space_file, 8, "--scheduler", address)) == 2
+        seconds = time.perf_counter() - start
+    err = capsys.readouterr().err.strip()
+    assert f"cannot reach the Dask scheduler at {address}" in err, err
+    assert seconds < 30, seconds  # 2 s of handshake deadline plus the import of the search
+
+
 def _free_address() -> str:
     """A tcp:// address on 127.0.0.1 where nothing listens."""
     with socket.socket() as s:

@@ -44,6 +44,29 @@ _STARTED = "cimc-task-started"  # event topic: a worker began a task (starts its
 _CONNECT_S = 10
 
 
+def _client_within(address: str, seconds: float) -> distributed.Client:
+    """A Client of the scheduler at ``address``, or TimeoutError after ``seconds``: Client's own
+    timeout bounds the TCP connect only, so a server that accepts and then never speaks Dask's
+    protocol would hang the search (the attempt is left in a daemon thread). A server that
+    answers garbage can make Dask read a huge frame length: a MemoryError, raised here too."""
+    box: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            box["client"] = distributed.Client(address, timeout=_CONNECT_S)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=attempt, name="cimc-dask-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no Dask handshake within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["client"]
+
+
 class ClusterError(CimcError):
     """The Dask scheduler cannot be reached."""
 
@@ -71,11 +94,12 @@ class DaskExecutor(Executor):
     def connect(cls, address: str, timeout: float | None = None) -> DaskExecutor:
         """On the scheduler at ``address`` (``tcp://HOST:PORT``)."""
         try:
-            client = distributed.Client(address, timeout=_CONNECT_S)
-        except (OSError, TimeoutError, ValueError) as exc:
+            client = _client_within(address, 2 * _CONNECT_S)
+        except (OSError, TimeoutError, ValueError, MemoryError) as exc:
+            reason = (str(exc) or type(exc).__name__).splitlines()[0]
             raise ClusterError(
-                f"cannot reach the Dask scheduler at {address} ({str(exc).splitlines()[0]}); "
-                "start one with 'dask scheduler' and give its tcp://HOST:PORT"
+                f"cannot reach the Dask scheduler at {address} ({reason}); start one with "
+                "'dask scheduler' and give its tcp://HOST:PORT"
             ) from None
         return cls(client, timeout)
 
