@@ -100,10 +100,7 @@ def _int_at_least(text: str, low: int) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (learning rates, areas)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
     return value
@@ -111,10 +108,14 @@ def positive_float(text: str) -> float:
 
 def cosine(text: str) -> float:
     """argparse type: a cosine bound, a finite number in [-1, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _number(text)
     if not -1 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text} must be a cosine, in [-1, 1]")
     return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
